@@ -1,0 +1,250 @@
+"""PreforkMixIn and the Prefork*Server classes: the socketserver-facing layer.
+
+``PreforkMixIn`` is to a pool of preforked workers what ``socketserver.ForkingMixIn`` is to a
+process per request. Mixed in front of any socketserver server class, it keeps the base class's
+contract and changes where requests are processed::
+
+    class PreforkTCPServer(PreforkMixIn, socketserver.TCPServer): ...
+    class MyRPC(PreforkMixIn, xmlrpc.server.SimpleXMLRPCServer): ...
+
+The request path, in each worker (as ``BaseServer`` documents it)::
+
+    get_request() -> verify_request() -> process_request() -> finish_request()
+        -> RequestHandlerClass(request, client_address, server): setup(), handle(), finish()
+        -> shutdown_request() -> close_request()
+
+with ``handle_error()`` on an exception. The master (the process that created the server)
+binds and activates the socket in the constructor, before any fork; ``serve_forever()`` forks
+the pool and supervises it; ``service_actions()`` reaps and restarts workers; the master never
+runs handler code. ``handle_request()`` keeps ForkingMixIn's meaning: one request, handled in a
+child forked for it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import os
+import socketserver
+import threading
+from typing import TYPE_CHECKING, Any
+
+from prefork import config
+from prefork.master import Master
+
+if TYPE_CHECKING:
+    from _socket import _RetAddress
+    from socketserver import _RequestType
+
+    from prefork.workers.base import Worker
+
+    # Every socketserver server class derives from TCPServer, which has socket and fileno().
+    _Base = socketserver.TCPServer
+else:
+    _Base = object
+
+log = logging.getLogger("prefork")
+
+
+class PreforkMixIn(_Base):
+    """Mix-in that serves requests from a supervised pool of preforked worker processes.
+
+    Settings are class attributes, as socketserver's are, and keyword-only constructor
+    arguments override them for one instance (``PreforkTCPServer(addr, Handler, workers=4)``);
+    see :mod:`prefork.config` for each one's meaning:
+
+    - ``workers`` (int or None: the number of usable CPUs), ``worker_class`` (str, ``"sync"``),
+      ``graceful_timeout`` (seconds, 30), ``request_queue_size`` (the backlog, 2048; the
+      socketserver default of 5 loses connections under any burst), ``proc_name`` (str).
+
+    A bad value raises ValueError from the constructor (or from ``serve_forever()`` for a bad
+    class attribute).
+
+    Methods for the caller (in the master): ``serve_forever()``, ``shutdown()``,
+    ``handle_request()``, ``server_close()``, and the context-manager protocol.
+
+    Methods that may be overridden: ``post_fork()`` (in each worker, before serving),
+    ``handle_error()``, and all of the base class's (``verify_request()``,
+    ``finish_request()``, ``server_bind()``, ...). May be extended: ``service_actions()``
+    (runs in the master loop), ``server_close()``.
+
+    Attributes: ``worker`` (the :class:`~prefork.workers.Worker` serving, in a worker process;
+    None in the master); ``listeners`` (a list of other bound prefork servers whose sockets
+    the same pool accepts on, each request going to the server it arrived on).
+    """
+
+    workers: int | None = config.WORKERS.default
+    worker_class: str = config.WORKER_CLASS.default
+    graceful_timeout: float = config.GRACEFUL_TIMEOUT.default
+    request_queue_size: int = config.REQUEST_QUEUE_SIZE.default
+    proc_name: str | None = config.PROC_NAME.default
+    #: As ForkingMixIn's: server_close() waits for the children of handle_request().
+    block_on_close: bool = True
+    #: The Worker serving, set in each worker process; None in the master.
+    worker: Worker | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for setting in config.SETTINGS:
+            if setting.name in kwargs:
+                setattr(self, setting.name, setting.validate(kwargs.pop(setting.name)))
+        self.listeners: list[PreforkMixIn] = []
+        self._master: Master | None = None
+        self._children: set[int] = set()  # handle_request() children
+        self._shutdown_request = False
+        self._is_shut_down = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    # -- for the caller, in the master -------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Fork the pool and supervise it until ``shutdown()`` or a stop signal. Runs in the master.
+
+        ``poll_interval`` (seconds) bounds each wait of the master loop, as in
+        ``BaseServer.serve_forever``. From the main thread, the master's signal handlers
+        (TERM, INT, QUIT, HUP, TTIN, TTOU, CHLD) are installed for the call and restored after;
+        from another thread none are, and ``shutdown()`` stops it. On return every worker has
+        exited and been reaped.
+
+        Raises ValueError for an invalid setting, and
+        :class:`~prefork.errors.WorkerBootError` when workers failed to boot repeatedly.
+        """
+        self._is_shut_down.clear()
+        try:
+            for setting in config.SETTINGS:
+                setting.validate(getattr(self, setting.name))
+            self._master = Master(self, poll_interval)
+            if self._shutdown_request:
+                self._master.request_shutdown()
+            self._master.run()
+        finally:
+            self._master = None
+            self._shutdown_request = False
+            self._is_shut_down.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever()`` gracefully (as TERM) and wait until it has returned.
+
+        Call it from another thread than the one running ``serve_forever()``, as with
+        ``BaseServer.shutdown``; in-flight requests finish within ``graceful_timeout``.
+        """
+        self._shutdown_request = True
+        master = self._master
+        if master is not None:
+            master.request_shutdown()
+        self._is_shut_down.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket; in the master, also wait for the children of
+        ``handle_request()`` when ``block_on_close`` (as ForkingMixIn), leaving no zombie.
+
+        A pool still running (``serve_forever()`` in another thread) is stopped first.
+        May be extended.
+        """
+        if self.worker is None and self._master is not None:
+            self.shutdown()
+        super().server_close()
+        if self.worker is None:
+            self.collect_children(blocking=self.block_on_close)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def service_actions(self) -> None:
+        """Reap exited workers and restart them; collect ``handle_request()`` children.
+
+        Called by the master loop at least every ``poll_interval`` seconds and whenever a
+        worker exits or a signal arrives, as ForkingMixIn's is by ``serve_forever()``. Runs in
+        the master. May be extended (call ``super().service_actions()``).
+        """
+        super().service_actions()
+        if self._master is not None:
+            self._master.maintain()
+        if self._children:
+            self.collect_children()
+
+    def handle_timeout(self) -> None:
+        """Collect ``handle_request()`` children, as ForkingMixIn's. May be extended."""
+        super().handle_timeout()
+        self.collect_children()
+
+    def post_fork(self, worker: Worker) -> None:
+        """Called in each worker right after it is forked, before it serves (as gunicorn's
+        ``post_fork``). Does nothing by default. May be overridden.
+
+        An exception here is a boot failure: the worker exits with status 3 and is forked
+        again after a growing delay; after 5 failures in a row ``serve_forever()`` stops the
+        pool and raises :class:`~prefork.errors.WorkerBootError` naming the exception.
+        """
+
+    def handle_error(self, request: _RequestType, client_address: _RetAddress) -> None:
+        """Log the exception being handled, with its traceback, on the ``prefork`` logger.
+
+        Runs in the worker that processed the request (BaseServer's prints to stderr
+        instead). The worker goes on serving. May be overridden.
+        """
+        log.exception("Error processing request from %s", client_address)
+
+    def process_request(self, request: _RequestType, client_address: _RetAddress) -> None:
+        """Process one request.
+
+        In a worker: as the worker class does (``sync``: ``finish_request()`` then
+        ``shutdown_request()`` in the worker). In the master (``handle_request()``): in a
+        child forked for this request, as ForkingMixIn, where an exception goes to
+        ``handle_error()`` and even ``SystemExit`` never reaches the master.
+        """
+        if self.worker is not None:
+            self.worker.process_request(self, request, client_address)
+            return
+        self.collect_children()
+        pid = os.fork()
+        if pid:
+            self._children.add(pid)
+            self.close_request(request)
+            return
+        status = 1  # the child: it must never return, hence os._exit()
+        try:
+            self.finish_request(request, client_address)
+            status = 0
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            try:
+                self.shutdown_request(request)
+            finally:
+                os._exit(status)
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Reap the children of ``handle_request()`` that exited (all of them if
+        ``blocking``), each by its pid. Runs in the master."""
+        for pid in list(self._children):
+            try:
+                done, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._children.discard(pid)
+
+
+class PreforkTCPServer(PreforkMixIn, socketserver.TCPServer):
+    """A TCP server whose requests are served by a pool of preforked workers.
+
+    ``allow_reuse_address`` is on (a restarted server can bind at once).
+    """
+
+    allow_reuse_address = True
+
+
+class PreforkUDPServer(PreforkMixIn, socketserver.UDPServer):
+    """A UDP server whose datagrams are served by a pool of preforked workers."""
+
+
+class PreforkUnixStreamServer(PreforkMixIn, socketserver.UnixStreamServer):
+    """A Unix stream socket server served by a pool of preforked workers."""
+
+
+class PreforkUnixDatagramServer(PreforkMixIn, socketserver.UnixDatagramServer):
+    """A Unix datagram socket server served by a pool of preforked workers."""
+
+
+class PreforkHTTPServer(PreforkMixIn, http.server.HTTPServer):
+    """``http.server.HTTPServer`` served by a pool of preforked workers; use it with
+    ``BaseHTTPRequestHandler`` or ``SimpleHTTPRequestHandler`` unmodified."""

@@ -1,0 +1,66 @@
+"""Listening addresses: parsing the CLI's ``--bind`` values and describing bound sockets."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import socketserver
+from dataclasses import dataclass
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)$")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``--bind`` value: address family, socketserver ``server_address``, datagrams."""
+
+    family: socket.AddressFamily
+    server_address: tuple[str, int] | str
+    datagram: bool = False
+
+
+def parse_address(text: str, datagram: bool = False) -> Address:
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, with an optional ``tcp://`` or
+    ``udp://`` scheme (``udp://`` selects datagrams, as ``datagram=True`` does).
+
+    An empty HOST (``:8000``) means every IPv4 address. Raises ValueError naming the value
+    and the accepted forms.
+    """
+    rest = text
+    scheme, sep, after = text.partition("://")
+    if sep:
+        if scheme not in ("tcp", "udp"):
+            raise ValueError(f"bad address {text!r}: unknown scheme {scheme!r} (use tcp:// or udp://)")
+        datagram = datagram or scheme == "udp"
+        rest = after
+    if rest.startswith("unix:"):
+        path = rest[len("unix:") :]
+        if not path:
+            raise ValueError(f"bad address {text!r}: unix: needs a path")
+        return Address(socket.AF_UNIX, path, datagram)
+    match = _HOST_PORT.match(rest)
+    if match is None:
+        raise ValueError(f"bad address {text!r}: expected HOST:PORT, [IPV6]:PORT or unix:PATH")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError(f"bad address {text!r}: port {port} is out of range 0-65535")
+    if match["v6"] is not None:
+        return Address(socket.AF_INET6, (match["v6"], port), datagram)
+    return Address(socket.AF_INET, (match["host"], port), datagram)
+
+
+def describe(server: socketserver.BaseServer) -> str:
+    """Return where ``server`` listens, e.g. ``http://127.0.0.1:8000``, ``udp://[::1]:53``,
+    ``unix:/run/app.sock``. Reads the bound socket, so port 0 shows the port chosen."""
+    sock: socket.socket = server.socket  # type: ignore[attr-defined]
+    datagram = sock.type == socket.SOCK_DGRAM
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = name.decode() if isinstance(name, bytes) else name
+        return f"unix:{path}" + (" (datagram)" if datagram else "")
+    host, port = name[0], name[1]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"
+    scheme = "udp" if datagram else "http" if isinstance(server, http.server.HTTPServer) else "tcp"
+    return f"{scheme}://{host}:{port}"
