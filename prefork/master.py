@@ -117,6 +117,7 @@ class Master:
         ``MAX_BOOT_FAILURES`` times in a row (the pool is stopped first).
         """
         self.install_signals()
+        title = setproctitle.getproctitle()
         try:
             for server in self.servers():
                 server.socket.setblocking(False)  # workers accept without blocking
@@ -134,6 +135,7 @@ class Master:
                 self.dispatch_signals()
             self.stop_pool()
         finally:
+            setproctitle.setproctitle(title)
             self.restore_signals()
             self.close()
         if self.halt_reason is not None:

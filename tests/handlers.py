@@ -1,0 +1,69 @@
+"""Request handlers the tests serve, through the API or the CLI (``tests/handlers.py:NAME``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socketserver
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+
+class PidEchoHandler(socketserver.StreamRequestHandler):
+    """Reads one line, answers ``PID LINE``: tells which worker served the request."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        self.wfile.write(f"{os.getpid()} ".encode() + line)
+
+
+class Handler(PidEchoHandler):
+    """The module's default handler (for TARGET given as a file alone)."""
+
+
+class SlowHandler(socketserver.StreamRequestHandler):
+    """Reads a line holding a number of seconds, sleeps that long, answers ``done PID``."""
+
+    def handle(self) -> None:
+        seconds = float(self.rfile.readline() or 0)
+        time.sleep(seconds)
+        self.wfile.write(f"done {os.getpid()}\n".encode())
+
+
+class CrashHandler(socketserver.StreamRequestHandler):
+    """``raise``: an exception; ``exit``: os._exit(7); ``sysexit``: SystemExit escapes the
+    worker's loop; ``segv``: the worker segfaults; anything else: ``PID ok``."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline().strip()
+        if line == b"raise":
+            raise RuntimeError("handler failed on purpose")
+        if line == b"exit":
+            os._exit(7)
+        if line == b"sysexit":
+            raise SystemExit(9)
+        if line == b"segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        self.wfile.write(f"{os.getpid()} ok\n".encode())
+
+
+class PidDatagramHandler(socketserver.DatagramRequestHandler):
+    """Answers each datagram with ``PID DATA``."""
+
+    def handle(self) -> None:
+        self.wfile.write(f"{os.getpid()} ".encode() + self.rfile.read())
+
+
+class HelloHTTPHandler(BaseHTTPRequestHandler):
+    """GET -> 200 ``hello PID``."""
+
+    def do_GET(self) -> None:
+        body = f"hello {os.getpid()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

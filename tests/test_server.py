@@ -1,0 +1,302 @@
+"""The socketserver contract of PreforkMixIn and the Prefork*Server classes, through the API.
+
+Each server runs in this process: ``serve_forever()`` in a thread (so also from a non-main
+thread, where no signal handlers are installed) and ``shutdown()`` from the test's thread.
+Workers are real forked processes serving real loopback or Unix sockets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import setproctitle
+
+from prefork import (
+    PreforkHTTPServer,
+    PreforkMixIn,
+    PreforkTCPServer,
+    PreforkUDPServer,
+    PreforkUnixDatagramServer,
+    PreforkUnixStreamServer,
+    WorkerBootError,
+)
+from tests.conftest import live_children, request_line, wait_for
+from tests.handlers import CrashHandler, HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
+
+
+def worker_pids() -> set[int]:
+    """Live worker processes of this (the master) process."""
+    kids = live_children(os.getpid())
+    return {k.pid for k in kids if "prefork: worker" in " ".join(k.cmdline())}
+
+
+@contextmanager
+def serving(server: PreforkMixIn, workers: int | None = None) -> Iterator[PreforkMixIn]:
+    """Run ``server.serve_forever()`` in a thread until the block ends, then shut it down."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        if workers is not None:
+            wait_for(lambda: len(worker_pids()) == workers)
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        assert not thread.is_alive()
+
+
+def distinct_pids(send: Any, count: int = 40) -> set[bytes]:
+    """Call ``send()`` (returns ``b"PID ..."``) until two pids answered, at most ``count`` times."""
+    pids: set[bytes] = set()
+    for _ in range(count):
+        pids.add(send().split()[0])
+        if len(pids) >= 2:
+            break
+    return pids
+
+
+def test_tcp_stream_handler_served_by_several_workers() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
+    with serving(server, workers=2):
+        answer = request_line(server.server_address, b"hello\n")
+        assert answer.split(b" ", 1)[1] == b"hello\n"
+        pids = distinct_pids(lambda: request_line(server.server_address, b"x\n"))
+        assert len(pids) == 2
+        assert {int(p) for p in pids} <= worker_pids()
+
+
+def test_udp_datagram_handler() -> None:
+    server = PreforkUDPServer(("127.0.0.1", 0), PidDatagramHandler, workers=2)
+    with serving(server, workers=2), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+
+        def send() -> bytes:
+            client.sendto(b"ping", server.server_address)
+            data, _ = client.recvfrom(1024)
+            return data
+
+        assert send().endswith(b" ping")
+        assert len(distinct_pids(send)) == 2
+
+
+def test_unix_stream_server(unix_path: str) -> None:
+    server = PreforkUnixStreamServer(unix_path, PidEchoHandler, workers=2)
+    with serving(server, workers=2):
+        assert request_line(unix_path, b"over unix\n").endswith(b" over unix\n")
+
+
+def test_unix_datagram_server(unix_path: str, tmp_path: Path) -> None:
+    server = PreforkUnixDatagramServer(unix_path, PidDatagramHandler, workers=2)
+    client_path = unix_path + ".client"
+    with serving(server, workers=2), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(client_path)  # a Unix datagram client needs an address to get the reply
+        client.settimeout(5)
+        try:
+            client.sendto(b"dgram", unix_path)
+            assert client.recv(1024).endswith(b" dgram")
+        finally:
+            os.unlink(client_path)
+
+
+def test_http_server_with_base_http_request_handler() -> None:
+    server = PreforkHTTPServer(("127.0.0.1", 0), HelloHTTPHandler, workers=2)
+    with serving(server, workers=2):
+
+        def get() -> bytes:
+            conn = http.client.HTTPConnection(*server.server_address, timeout=5)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                assert response.status == 200
+                return response.read().split(b" ", 1)[1]
+            finally:
+                conn.close()
+
+        assert len(distinct_pids(get)) == 2
+
+
+def test_verify_request_false_closes_without_processing() -> None:
+    class Refusing(PreforkTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            return False
+
+    server = Refusing(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with serving(server, workers=1):
+        assert request_line(server.server_address, b"hi\n") == b""  # closed, nothing written
+
+
+def test_handle_error_runs_in_the_worker_which_keeps_serving(tmp_path: Path) -> None:
+    errors = tmp_path / "errors"
+
+    class Recording(PreforkTCPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            with errors.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    server = Recording(("127.0.0.1", 0), CrashHandler, workers=1)
+    with serving(server, workers=1):
+        (worker,) = worker_pids()
+        assert request_line(server.server_address, b"raise\n") == b""
+        wait_for(errors.exists)
+        assert errors.read_text() == f"{worker}\n"
+        assert request_line(server.server_address, b"fine\n") == f"{worker} ok\n".encode()
+
+
+def test_handle_request_forks_one_child_like_forking_mixin() -> None:
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as server:
+        result: list[bytes] = []
+        client = threading.Thread(
+            target=lambda: result.append(request_line(server.server_address, b"once\n"))
+        )
+        client.start()
+        server.timeout = 5
+        server.handle_request()
+        client.join(5)
+        pid = int(result[0].split()[0])
+        assert pid != os.getpid()
+        assert result[0].endswith(b" once\n")
+    # server_close() waited for the child: it is neither running nor a zombie
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_handle_request_system_exit_stays_in_the_child() -> None:
+    class Exiting(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            raise SystemExit(5)
+
+    with PreforkTCPServer(("127.0.0.1", 0), Exiting) as server:
+        client = threading.Thread(target=request_line, args=(server.server_address, b"x\n"))
+        client.start()
+        server.timeout = 5
+        server.handle_request()  # SystemExit never reaches the master
+        client.join(5)
+
+
+def test_shutdown_from_another_thread_stops_every_worker() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=3)
+    with serving(server, workers=3):
+        pids = worker_pids()
+    assert not worker_pids()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no zombie
+
+
+def test_serve_forever_can_run_again_after_shutdown() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    wait_for(lambda: len(worker_pids()) == 1)
+    server.shutdown()
+    thread.join(10)
+    with serving(server, workers=1):
+        assert request_line(server.server_address, b"again\n").endswith(b" again\n")
+
+
+def test_server_close_stops_a_running_pool_and_closes_the_socket() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
+    address = server.server_address
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    wait_for(lambda: len(worker_pids()) == 2)
+    server.server_close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not worker_pids()
+    assert server.socket.fileno() == -1
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(address, timeout=2):
+        pass
+
+
+def test_context_manager_closes_the_server() -> None:
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as server:
+        assert server.socket.fileno() >= 0
+    assert server.socket.fileno() == -1
+
+
+def test_settings_are_class_attributes_overridden_per_instance() -> None:
+    class Four(PreforkTCPServer):
+        workers = 4
+        graceful_timeout = 5.0
+
+    with (
+        Four(("127.0.0.1", 0), PidEchoHandler) as default,
+        Four(("127.0.0.1", 0), PidEchoHandler, workers=2, proc_name="mine") as custom,
+    ):
+        assert (default.workers, default.graceful_timeout, default.proc_name) == (4, 5.0, None)
+        assert (custom.workers, custom.graceful_timeout, custom.proc_name) == (2, 5.0, "mine")
+        assert default.request_queue_size == 2048  # a production backlog, not socketserver's 5
+        assert default.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("workers", 0), ("workers", "many"), ("graceful_timeout", -1), ("worker_class", "nope")],
+)
+def test_bad_setting_raises_value_error_before_binding(setting: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=setting):
+        PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, **{setting: value})
+
+
+def test_bad_class_attribute_raises_from_serve_forever() -> None:
+    class Broken(PreforkTCPServer):
+        workers = -3
+
+    with Broken(("127.0.0.1", 0), PidEchoHandler) as server, pytest.raises(ValueError, match="workers"):
+        server.serve_forever()
+
+
+def test_process_titles_name_master_and_workers() -> None:
+    before = setproctitle.getproctitle()
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2, proc_name="titles")
+    with serving(server, workers=2):
+        titles = sorted(" ".join(psutil.Process(p).cmdline()).strip() for p in worker_pids())
+        assert titles == ["prefork: worker 0 [titles]", "prefork: worker 1 [titles]"]
+        assert setproctitle.getproctitle().strip() == "prefork: master [titles]"
+    assert setproctitle.getproctitle() == before  # the embedding program's title is back
+
+
+def test_post_fork_runs_in_each_worker(tmp_path: Path) -> None:
+    class Hooked(PreforkTCPServer):
+        def post_fork(self, worker: Any) -> None:
+            (tmp_path / f"{worker.number}-{os.getpid()}").touch()
+
+    server = Hooked(("127.0.0.1", 0), PidEchoHandler, workers=2)
+    with serving(server, workers=2):
+        pids = worker_pids()
+        wait_for(lambda: len(list(tmp_path.iterdir())) == 2)
+        assert {int(p.name.split("-")[1]) for p in tmp_path.iterdir()} == pids
+
+
+def test_boot_failure_loop_stops_the_pool_and_raises() -> None:
+    class FailsToBoot(PreforkTCPServer):
+        def post_fork(self, worker: Any) -> None:
+            raise RuntimeError("cannot open the database")
+
+    with FailsToBoot(("127.0.0.1", 0), PidEchoHandler, workers=3) as server:
+        with pytest.raises(WorkerBootError, match="5 times in a row: RuntimeError: cannot open the database"):
+            server.serve_forever(poll_interval=0.1)
+    assert not worker_pids()
+
+
+def test_other_children_of_the_process_are_not_reaped() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(42)
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with serving(server, workers=1):
+        request_line(server.server_address, b"x\n")
+    _, status = os.waitpid(pid, 0)  # still ours to reap, with its status
+    assert os.waitstatus_to_exitcode(status) == 42
