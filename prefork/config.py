@@ -150,7 +150,7 @@ PROC_NAME: Setting[str | None] = Setting(
     metavar="NAME",
     help=(
         "Name shown in process titles, 'prefork: master [NAME]' and 'prefork: worker K [NAME]'. "
-        "Default: the server class name (the target, from the CLI)."
+        "Default: the server class name; from the CLI, the TARGET (or 'demo')."
     ),
 )
 

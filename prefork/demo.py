@@ -13,7 +13,8 @@ log = logging.getLogger("prefork.demo")
 class DemoHandler(BaseHTTPRequestHandler):
     """GET or HEAD any path: ``Hello from prefork worker K (pid P)``, so you can see the pool.
 
-    Try ``curl http://127.0.0.1:8000/`` a few times: the answers come from different workers.
+    Try ``curl http://127.0.0.1:8000/`` a few times: any idle worker may answer, so the
+    answers name the workers of the pool.
     """
 
     server_version = "prefork-demo"

@@ -68,6 +68,8 @@ SIGNALS: Mapping[signal.Signals, str] = MappingProxyType(
         signal.SIGTTIN: "ttin",
         signal.SIGTTOU: "ttou",
         signal.SIGCHLD: "chld",
+        signal.SIGUSR1: "usr1",
+        signal.SIGUSR2: "usr2",
     }
 )
 
@@ -118,6 +120,7 @@ class Master:
         """
         self.install_signals()
         title = setproctitle.getproctitle()
+        timeouts = [server.socket.gettimeout() for server in self.servers()]
         try:
             for server in self.servers():
                 server.socket.setblocking(False)  # workers accept without blocking
@@ -135,6 +138,8 @@ class Master:
                 self.dispatch_signals()
             self.stop_pool()
         finally:
+            for server, timeout in zip(self.servers(), timeouts, strict=True):
+                server.socket.settimeout(timeout)  # e.g. for handle_request() after this
             setproctitle.setproctitle(title)
             self.restore_signals()
             self.close()
@@ -201,34 +206,48 @@ class Master:
             getattr(self, "handle_" + SIGNALS[signal.Signals(self.signals.popleft())])()
 
     def handle_term(self) -> None:
+        """TERM: graceful stop; workers finish their request within graceful_timeout."""
         log.info("Received SIGTERM, stopping gracefully (up to %g s).", self.server.graceful_timeout)
         self.stop(StopMode.GRACEFUL)
 
     def handle_int(self) -> None:
+        """INT: fast stop; workers exit at once."""
         log.info("Received SIGINT, stopping now.")
         self.stop(StopMode.FAST)
 
     def handle_quit(self) -> None:
+        """QUIT: fast stop, as INT."""
         log.info("Received SIGQUIT, stopping now.")
         self.stop(StopMode.FAST)
 
     def handle_hup(self) -> None:
+        """HUP: graceful reload; each new worker starts, then the old one it replaces retires."""
         log.info("Received SIGHUP, reloading: new workers start, then the old ones retire.")
         self.generation += 1
 
     def handle_ttin(self) -> None:
+        """TTIN: one worker more."""
         self.num_workers += 1
         log.info("Received SIGTTIN, increasing the pool to %d workers.", self.num_workers)
 
     def handle_ttou(self) -> None:
+        """TTOU: one worker fewer (the highest-numbered retires), never below 1."""
         if self.num_workers > 1:
             self.num_workers -= 1
-            log.info("Received SIGTTOU, decreasing the pool to %d workers.", self.num_workers)
+            log.info("Received SIGTTOU, decreasing the pool to %d worker(s).", self.num_workers)
         else:
             log.info("Received SIGTTOU, but the pool is at its minimum of 1 worker.")
 
     def handle_chld(self) -> None:
-        """CHLD only wakes the loop; ``service_actions()`` reaps."""
+        """CHLD: only wakes the loop; ``service_actions()`` reaps and restarts."""
+
+    def handle_usr1(self) -> None:
+        """USR1: reopening log files is not implemented yet; logged and ignored."""
+        log.warning("Received SIGUSR1: reopening log files is not implemented yet; ignored.")
+
+    def handle_usr2(self) -> None:
+        """USR2: the zero-downtime upgrade is not implemented yet; logged and ignored."""
+        log.warning("Received SIGUSR2: the zero-downtime upgrade is not implemented yet; ignored.")
 
     def stop(self, mode: StopMode) -> None:
         """Ask for the pool to stop; FAST overrides a GRACEFUL stop in progress."""

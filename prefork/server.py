@@ -190,6 +190,10 @@ class PreforkMixIn(_Base):
         ``shutdown_request()`` in the worker). In the master (``handle_request()``): in a
         child forked for this request, as ForkingMixIn, where an exception goes to
         ``handle_error()`` and even ``SystemExit`` never reaches the master.
+
+        Do not override: choose a worker class, or override ``finish_request()`` or the
+        handler. (Under ``handle_request()``, ``get_request()`` and ``verify_request()``
+        run in the master, as with ForkingMixIn; under ``serve_forever()``, in the workers.)
         """
         if self.worker is not None:
             self.worker.process_request(self, request, client_address)

@@ -10,11 +10,18 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 
+def _hold(data: bytes) -> None:
+    """``sleep S ...`` data holds the worker S seconds first (to make requests overlap)."""
+    if data.startswith(b"sleep "):
+        time.sleep(float(data.split()[1]))
+
+
 class PidEchoHandler(socketserver.StreamRequestHandler):
     """Reads one line, answers ``PID LINE``: tells which worker served the request."""
 
     def handle(self) -> None:
         line = self.rfile.readline()
+        _hold(line)
         self.wfile.write(f"{os.getpid()} ".encode() + line)
 
 
@@ -52,13 +59,17 @@ class PidDatagramHandler(socketserver.DatagramRequestHandler):
     """Answers each datagram with ``PID DATA``."""
 
     def handle(self) -> None:
-        self.wfile.write(f"{os.getpid()} ".encode() + self.rfile.read())
+        data = self.rfile.read()
+        _hold(data)
+        self.wfile.write(f"{os.getpid()} ".encode() + data)
 
 
 class HelloHTTPHandler(BaseHTTPRequestHandler):
     """GET -> 200 ``hello PID``."""
 
     def do_GET(self) -> None:
+        if "?sleep=" in self.path:
+            time.sleep(float(self.path.rpartition("=")[2]))
         body = f"hello {os.getpid()}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

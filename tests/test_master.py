@@ -150,6 +150,16 @@ def test_ttin_and_ttou_resize_the_pool_never_below_one(serve_cli: Serve) -> None
     assert request_line(server.address, b"one\n") == f"{last} one\n".encode()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_usr1_and_usr2_do_not_kill_the_master_yet(serve_cli: Serve, sig: signal.Signals) -> None:
+    server = serve_cli(ECHO, "--workers", "1")
+    (pid,) = server.wait_workers(1)
+    server.signal(sig)
+    wait_for(lambda: "not implemented yet; ignored" in server.log)
+    assert server.proc.poll() is None
+    assert request_line(server.address, b"up\n") == f"{pid} up\n".encode()
+
+
 def test_workers_exit_within_a_second_when_the_master_is_killed(serve_cli: Serve) -> None:
     server = serve_cli(ECHO, "--workers", "2")
     pids = server.wait_workers(2)

@@ -12,7 +12,7 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,17 @@ def serving(server: PreforkMixIn, workers: int | None = None) -> Iterator[Prefor
         assert not thread.is_alive()
 
 
-def distinct_pids(send: Any, count: int = 40) -> set[bytes]:
-    """Call ``send()`` (returns ``b"PID ..."``) until two pids answered, at most ``count`` times."""
-    pids: set[bytes] = set()
-    for _ in range(count):
-        pids.add(send().split()[0])
-        if len(pids) >= 2:
-            break
-    return pids
+def concurrent_pids(send: Callable[[], bytes], count: int = 4) -> set[bytes]:
+    """Call ``send()`` (returns ``b"PID ..."``) from ``count`` threads at once; the pids that
+    answered. Each request holds its worker 0.2 s, so an idle worker must take the next one."""
+    answers: list[bytes] = []
+    threads = [threading.Thread(target=lambda: answers.append(send())) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(answers) == count
+    return {answer.split()[0] for answer in answers}
 
 
 def test_tcp_stream_handler_served_by_several_workers() -> None:
@@ -71,23 +74,23 @@ def test_tcp_stream_handler_served_by_several_workers() -> None:
     with serving(server, workers=2):
         answer = request_line(server.server_address, b"hello\n")
         assert answer.split(b" ", 1)[1] == b"hello\n"
-        pids = distinct_pids(lambda: request_line(server.server_address, b"x\n"))
+        pids = concurrent_pids(lambda: request_line(server.server_address, b"sleep 0.2\n"))
         assert len(pids) == 2
         assert {int(p) for p in pids} <= worker_pids()
 
 
 def test_udp_datagram_handler() -> None:
     server = PreforkUDPServer(("127.0.0.1", 0), PidDatagramHandler, workers=2)
-    with serving(server, workers=2), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        client.settimeout(5)
+    with serving(server, workers=2):
 
-        def send() -> bytes:
-            client.sendto(b"ping", server.server_address)
-            data, _ = client.recvfrom(1024)
-            return data
+        def send(data: bytes = b"sleep 0.2") -> bytes:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(5)
+                client.sendto(data, server.server_address)
+                return client.recvfrom(1024)[0]
 
-        assert send().endswith(b" ping")
-        assert len(distinct_pids(send)) == 2
+        assert send(b"ping").endswith(b" ping")
+        assert len(concurrent_pids(send)) == 2
 
 
 def test_unix_stream_server(unix_path: str) -> None:
@@ -116,14 +119,14 @@ def test_http_server_with_base_http_request_handler() -> None:
         def get() -> bytes:
             conn = http.client.HTTPConnection(*server.server_address, timeout=5)
             try:
-                conn.request("GET", "/")
+                conn.request("GET", "/?sleep=0.2")
                 response = conn.getresponse()
                 assert response.status == 200
                 return response.read().split(b" ", 1)[1]
             finally:
                 conn.close()
 
-        assert len(distinct_pids(get)) == 2
+        assert len(concurrent_pids(get)) == 2
 
 
 def test_verify_request_false_closes_without_processing() -> None:
@@ -289,6 +292,16 @@ def test_boot_failure_loop_stops_the_pool_and_raises() -> None:
         with pytest.raises(WorkerBootError, match="5 times in a row: RuntimeError: cannot open the database"):
             server.serve_forever(poll_interval=0.1)
     assert not worker_pids()
+
+
+def test_handle_request_after_serve_forever_waits_for_a_request_again() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with serving(server, workers=1):
+        pass
+    try:
+        assert server.socket.gettimeout() is None  # blocking again, as socketserver left it
+    finally:
+        server.server_close()
 
 
 def test_other_children_of_the_process_are_not_reaped() -> None:
