@@ -77,13 +77,13 @@ def group_processes(pgid: int) -> list[psutil.Process]:
     return found
 
 
-class CLIServer:
-    """A ``python -m prefork`` process in its own process group, and what it logged."""
+class ServerProcess:
+    """A server process (``command``) in its own process group, and what it logged on stderr."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = args
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.command = command
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork", *args],
+            command,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -160,6 +160,13 @@ class CLIServer:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         wait_for(lambda: not group_processes(self.pid), timeout=5)
+
+
+class CLIServer(ServerProcess):
+    """``python -m prefork ARGS`` in its own process group."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        super().__init__([sys.executable, "-m", "prefork", *args], env)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import LISTENING, ROOT, CLIServer, group_processes, live_children, wait_for
+from tests.conftest import ROOT, CLIServer, ServerProcess, group_processes, live_children, wait_for
 
 EXAMPLES = ROOT / "examples"
 #: Seconds any client waits on a socket.
@@ -35,83 +34,11 @@ WORKERS = 2
 PID = re.compile(rb"worker pid (\d+)")
 
 
-class ScriptServer:
-    """``python examples/SCRIPT ARGS`` in its own process group, and what it logged on stderr.
-
-    Offers the part of conftest's ``CLIServer`` the tests use: ``pid``, ``log``,
-    ``wait_listening()``, ``address``, ``wait_workers()``, ``signal()``, ``wait()``,
-    ``destroy()``.
-    """
+class ScriptServer(ServerProcess):
+    """``python examples/SCRIPT ARGS`` in its own process group."""
 
     def __init__(self, script: str, args: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_listening(self, timeout: float = 10.0) -> str:
-        """Wait until the master logs where it listens; return that address text."""
-
-        def found() -> str | None:
-            match = LISTENING.search(self.log)
-            if match:
-                return match.group(1)
-            if self.proc.poll() is not None:
-                raise AssertionError(f"example exited with {self.proc.returncode}:\n{self.log}")
-            return None
-
-        return str(wait_for(found, timeout))
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, _, port = self.wait_listening().split("://")[-1].rpartition(":")
-        return host, int(port)
-
-    def wait_workers(self, count: int, timeout: float = 10.0) -> set[int]:
-        """Wait until exactly ``count`` live workers run and have set their title (booted)."""
-
-        def ready() -> set[int] | None:
-            kids = live_children(self.pid)
-            try:
-                titled = [k for k in kids if "prefork: worker" in " ".join(k.cmdline())]
-            except psutil.NoSuchProcess:
-                return None
-            return {k.pid for k in kids} if len(kids) == count == len(titled) else None
-
-        return set(wait_for(ready, timeout))
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def destroy(self) -> None:
-        """SIGKILL the whole process group, then check nothing of it is left."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        wait_for(lambda: not group_processes(self.pid), timeout=5)
+        super().__init__([sys.executable, str(EXAMPLES / script), *args])
 
 
 @pytest.fixture
