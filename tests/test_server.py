@@ -79,6 +79,19 @@ def test_tcp_stream_handler_served_by_several_workers() -> None:
         assert {int(p) for p in pids} <= worker_pids()
 
 
+def test_tcp_base_request_handler() -> None:
+    class Raw(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = self.request.recv(1024)
+            self.request.sendall(f"{os.getpid()} ".encode() + data.upper())
+
+    server = PreforkTCPServer(("127.0.0.1", 0), Raw, workers=2)
+    with serving(server, workers=2):
+        answer = request_line(server.server_address, b"raw bytes\n")
+        assert answer.split(b" ", 1)[1] == b"RAW BYTES\n"
+        assert int(answer.split()[0]) in worker_pids()
+
+
 def test_udp_datagram_handler() -> None:
     server = PreforkUDPServer(("127.0.0.1", 0), PidDatagramHandler, workers=2)
     with serving(server, workers=2):
