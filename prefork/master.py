@@ -359,7 +359,6 @@ class Master:
 
     def reap(self) -> None:
         """Collect our exited workers, by pid, and account for boot failures."""
-        self.read_notifications()  # a READY written before the exit must count first
         for worker in list(self.workers.values()):
             try:
                 pid, status = os.waitpid(worker.pid, os.WNOHANG)
@@ -367,6 +366,8 @@ class Master:
                 pid, status = worker.pid, 0
             if pid == 0:
                 continue
+            # What the worker wrote before it exited (READY, BOOT_ERROR) is in the pipe now.
+            self.read_notifications()
             self.forget(worker)
             code = os.waitstatus_to_exitcode(status)
             if worker.stop_deadline is not None:
@@ -428,8 +429,8 @@ class Master:
 
     def stop_pool(self) -> None:
         """Stop every worker per the stop mode, wait for them, SIGKILL the late ones."""
-        fast = False
-        self.stop_all(self.stop_mode is StopMode.FAST)
+        fast = self.stop_mode is StopMode.FAST
+        self.stop_all(fast)
         while self.workers:
             self.dispatch_signals()
             if self.stop_mode is StopMode.FAST and not fast:

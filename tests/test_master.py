@@ -198,3 +198,4 @@ def test_boot_failure_loop_exits_non_zero_naming_the_cause() -> None:
     assert done.returncode != 0
     assert "Workers failed to boot 5 times in a row: ImportError: no module named app" in done.stderr
     assert "retrying in 0.1 s" in done.stderr and "retrying in 0.8 s" in done.stderr
+    assert "failed to boot (worker exited" not in done.stderr  # every round names the cause
