@@ -34,7 +34,7 @@ from prefork import sockets
 from prefork.config import usable_cpus
 from prefork.errors import WorkerBootError
 from prefork.workers import WORKER_CLASSES, WORKER_EXIT_ERROR, Worker
-from prefork.workers.base import BOOT_ERROR, READY, decode_messages
+from prefork.workers.base import BOOT_ERROR, READY, decode_messages, drain
 
 if TYPE_CHECKING:
     from prefork.server import PreforkMixIn
@@ -161,7 +161,7 @@ class Master:
         """Wait up to ``timeout`` seconds for a signal, a worker message or a worker's exit."""
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._wake_r:
-                _drain(self._wake_r.fileno())
+                drain(self._wake_r.fileno())
             elif key.fileobj == self._notify_r:
                 self.read_notifications()
 
@@ -461,14 +461,6 @@ def _kill(pid: int, sig: signal.Signals) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
-        pass
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:
         pass
 
 

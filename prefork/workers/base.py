@@ -51,6 +51,15 @@ _MAX_TEXT = 400  # keeps every message far below PIPE_BUF (512 on the smallest P
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+def drain(fd: int) -> None:
+    """Read a non-blocking wake-up pipe or socket until it is empty (or closed)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+
+
 def encode_message(kind: bytes, pid: int, text: str = "") -> bytes:
     """Return one notification message (at most 407 bytes)."""
     data = text.encode("utf-8", "replace")[:_MAX_TEXT]
@@ -192,11 +201,7 @@ class Worker:
 
     def drain_wakeups(self) -> None:
         """Empty the signal wake-up pipe. Runs in the worker."""
-        try:
-            while os.read(self.wakeup_fd, 512):
-                pass
-        except OSError:
-            pass
+        drain(self.wakeup_fd)
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.
