@@ -8,12 +8,18 @@ table in the docs (``python -m prefork.config`` prints it as Markdown).
 
 from __future__ import annotations
 
+import grp
+import ipaddress
 import os
+import pwd
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+#: An IPv4 or IPv6 network, as in the allow and deny settings.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def usable_cpus() -> int:
@@ -44,6 +50,85 @@ def non_negative_float(value: Any) -> float:
     number = _number(value, float)
     if not number >= 0:  # also rejects NaN
         raise ValueError(f"must be a number >= 0, got {value!r}")
+    return number
+
+
+def non_negative_int(value: Any) -> int:
+    """Convert ``value`` to an int >= 0; raise ValueError otherwise."""
+    number = _number(value, int)
+    if number < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}")
+    return number
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def byte_size(value: Any) -> int:
+    """Convert a size in bytes to an int >= 0: an int, or a string with an optional binary
+    suffix (``512M``, ``1G``, ``64KiB``: K = 1024 bytes); raise ValueError otherwise."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match is None:
+            raise ValueError(f"must be a size in bytes such as 1073741824 or 1G, got {value!r}")
+        return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))
+    return non_negative_int(value)
+
+
+def optional_octal(value: Any) -> int | None:
+    """Pass None through; convert an int or an octal string (``0o660``, ``660``) to an int in
+    0..0o777; raise ValueError otherwise."""
+    if value is None:
+        return None
+    try:
+        number = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value), 8)
+    except ValueError:
+        raise ValueError(f"must be an octal mode such as 0o660, got {value!r}") from None
+    if not 0 <= number <= 0o777:
+        raise ValueError(f"must be an octal mode in 0..0o777, got {value!r}")
+    return number
+
+
+def networks(value: Any) -> tuple[Network, ...]:
+    """Convert CIDR networks (a comma-separated string, or an iterable of strings or
+    networks; a bare address is a /32 or /128) to a tuple; raise ValueError otherwise."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(
+            ipaddress.ip_network(str(item).strip(), strict=False) for item in items if str(item).strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"must be CIDR networks such as 10.0.0.0/8,::1, got {value!r} ({exc})") from None
+
+
+def optional_user(value: Any) -> int | None:
+    """Pass None through; convert a user name or numeric uid to a uid; raise ValueError for
+    an unknown user."""
+    if value is None:
+        return None
+    return _id(value, pwd.getpwnam, "user")
+
+
+def optional_group(value: Any) -> int | None:
+    """Pass None through; convert a group name or numeric gid to a gid; raise ValueError for
+    an unknown group."""
+    if value is None:
+        return None
+    return _id(value, grp.getgrnam, "group")
+
+
+def _id(value: Any, lookup: Callable[[str], Any], kind: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif str(value).isdigit():
+        number = int(str(value))
+    else:
+        try:
+            return int(lookup(str(value))[2])
+        except KeyError:
+            raise ValueError(f"must name an existing {kind}, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must be a {kind} name or a numeric id >= 0, got {value!r}")
     return number
 
 
@@ -129,6 +214,70 @@ GRACEFUL_TIMEOUT: Setting[float] = Setting(
         "request before it is killed with SIGKILL, as gunicorn's graceful_timeout."
     ),
 )
+REQUEST_TIMEOUT: Setting[float] = Setting(
+    name="request_timeout",
+    section="Pool",
+    default=30.0,
+    convert=non_negative_float,
+    flags=("-t", "--timeout"),
+    metavar="SECONDS",
+    help=(
+        "A worker busy on one request (or booting) for longer than this is sent SIGABRT, which "
+        "dumps its Python stack to stderr, then SIGKILL 1 s later, and is replaced; 0 turns it "
+        "off. Idle workers are never killed. As gunicorn's timeout (named request_timeout here "
+        "because socketserver's BaseServer.timeout is handle_request()'s wait)."
+    ),
+)
+MAX_REQUESTS: Setting[int] = Setting(
+    name="max_requests",
+    section="Pool",
+    default=0,
+    convert=non_negative_int,
+    flags=("--max-requests",),
+    metavar="N",
+    help=(
+        "A worker that has served this many requests finishes the one in progress, exits and "
+        "is replaced (recycling, as gunicorn's max_requests); 0 turns it off."
+    ),
+)
+MAX_REQUESTS_JITTER: Setting[int] = Setting(
+    name="max_requests_jitter",
+    section="Pool",
+    default=0,
+    convert=non_negative_int,
+    flags=("--max-requests-jitter",),
+    metavar="N",
+    help=(
+        "Each worker's limit is max_requests plus a random 0..N, so workers do not all "
+        "recycle at once (as gunicorn's max_requests_jitter)."
+    ),
+)
+MAX_WORKER_MEMORY: Setting[int] = Setting(
+    name="max_worker_memory",
+    section="Pool",
+    default=0,
+    convert=byte_size,
+    flags=("--max-worker-memory",),
+    metavar="BYTES",
+    help=(
+        "A worker whose resident memory (RSS, read by the master with psutil about once a "
+        "second) exceeds this many bytes (suffixes K, M, G allowed) finishes its request, exits "
+        "and is replaced (as uWSGI's reload-on-rss); 0 turns it off."
+    ),
+)
+SCOREBOARD_FILE: Setting[str | None] = Setting(
+    name="scoreboard_file",
+    section="Pool",
+    default=None,
+    convert=optional_str,
+    flags=("--scoreboard-file",),
+    metavar="PATH",
+    help=(
+        "Back the scoreboard (per-worker state and counters) with this file, so other "
+        "processes can read it with prefork.scoreboard.Scoreboard.open(PATH), as Apache's "
+        "ScoreBoardFile. Default: anonymous shared memory. Removed when the master exits."
+    ),
+)
 REQUEST_QUEUE_SIZE: Setting[int] = Setting(
     name="request_queue_size",
     section="Server",
@@ -140,6 +289,49 @@ REQUEST_QUEUE_SIZE: Setting[int] = Setting(
         "listen() backlog of the listening socket (socketserver's request_queue_size, default "
         "there 5; gunicorn's backlog). The kernel caps it at net.core.somaxconn."
     ),
+)
+SOCKET_TIMEOUT: Setting[float] = Setting(
+    name="socket_timeout",
+    section="Server",
+    default=10.0,
+    convert=non_negative_float,
+    flags=("--socket-timeout",),
+    metavar="SECONDS",
+    help=(
+        "Timeout of each accepted connection's socket operations (socket.settimeout), so a "
+        "slow or silent client cannot hold a sync worker forever; 0 means none (blocking). "
+        "A handler's own StreamRequestHandler.timeout wins. Keep it below request_timeout."
+    ),
+)
+ALLOW: Setting[tuple[Network, ...]] = Setting(
+    name="allow",
+    section="Server",
+    default=(),
+    convert=networks,
+    flags=("--allow",),
+    metavar="CIDR,...",
+    help=(
+        "Only clients in these networks are served (verify_request); others are closed at "
+        "once and counted. Empty: everyone. Unix-socket clients are always allowed."
+    ),
+)
+DENY: Setting[tuple[Network, ...]] = Setting(
+    name="deny",
+    section="Server",
+    default=(),
+    convert=networks,
+    flags=("--deny",),
+    metavar="CIDR,...",
+    help="Clients in these networks are closed at once and counted (verify_request); deny wins over allow.",
+)
+UNIX_SOCKET_MODE: Setting[int | None] = Setting(
+    name="unix_socket_mode",
+    section="Server",
+    default=None,
+    convert=optional_octal,
+    flags=("--unix-socket-mode",),
+    metavar="MODE",
+    help="File mode (octal, e.g. 660) set on a Unix socket after binding. Default: as the umask leaves it.",
 )
 PROC_NAME: Setting[str | None] = Setting(
     name="proc_name",
@@ -154,12 +346,71 @@ PROC_NAME: Setting[str | None] = Setting(
     ),
 )
 
+PIDFILE: Setting[str | None] = Setting(
+    name="pidfile",
+    section="Process",
+    default=None,
+    convert=optional_str,
+    flags=("-p", "--pidfile"),
+    metavar="PATH",
+    help=(
+        "Write the master's pid to this file while it serves; removed at exit if it still "
+        "holds our pid (an upgraded master writes its own)."
+    ),
+)
+USER: Setting[int | None] = Setting(
+    name="user",
+    section="Process",
+    default=None,
+    convert=optional_user,
+    flags=("-u", "--user"),
+    metavar="USER",
+    help=(
+        "Workers switch to this user (name or uid) after the fork, before serving; the master "
+        "binds first and keeps its own user, as gunicorn's user."
+    ),
+)
+GROUP: Setting[int | None] = Setting(
+    name="group",
+    section="Process",
+    default=None,
+    convert=optional_group,
+    flags=("-g", "--group"),
+    metavar="GROUP",
+    help="Workers switch to this group (name or gid) after the fork, as gunicorn's group.",
+)
+UMASK: Setting[int | None] = Setting(
+    name="umask",
+    section="Process",
+    default=None,
+    convert=optional_octal,
+    flags=("--umask",),
+    metavar="MASK",
+    help=(
+        "File mode creation mask (octal, e.g. 027) the master sets when it starts serving; "
+        "workers inherit it. Default: unchanged."
+    ),
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     WORKERS,
     WORKER_CLASS,
     GRACEFUL_TIMEOUT,
+    REQUEST_TIMEOUT,
+    MAX_REQUESTS,
+    MAX_REQUESTS_JITTER,
+    MAX_WORKER_MEMORY,
+    SCOREBOARD_FILE,
     REQUEST_QUEUE_SIZE,
+    SOCKET_TIMEOUT,
+    ALLOW,
+    DENY,
+    UNIX_SOCKET_MODE,
     PROC_NAME,
+    PIDFILE,
+    USER,
+    GROUP,
+    UMASK,
 )
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import collections
 import enum
+import fcntl
 import logging
 import math
 import os
+import random
 import selectors
 import signal
 import socket
@@ -28,11 +30,15 @@ from collections.abc import Callable, Mapping
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, TextIO
 
+import psutil
 import setproctitle
 
-from prefork import sockets
+from prefork import sockets, systemd
 from prefork.config import usable_cpus
-from prefork.errors import WorkerBootError
+from prefork.errors import PreforkError, WorkerBootError
+from prefork.logs import reopen_log_files
+from prefork.pidfile import Pidfile
+from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.workers import WORKER_CLASSES, WORKER_EXIT_ERROR, Worker
 from prefork.workers.base import BOOT_ERROR, READY, decode_messages, drain
 
@@ -49,6 +55,14 @@ BOOT_BACKOFF = 0.1
 BOOT_BACKOFF_MAX = 5.0
 #: Seconds workers get to exit on a fast stop (INT, QUIT) before SIGKILL.
 FAST_STOP_TIMEOUT = 1.0
+#: Seconds between SIGABRT (request timeout; faulthandler dumps the stack) and SIGKILL.
+ABORT_GRACE = 1.0
+#: Seconds between two checks of the workers' memory (max_worker_memory).
+MEMORY_CHECK_INTERVAL = 1.0
+#: Fewest scoreboard slots; there are at least 4 per worker (a reload doubles the pool).
+SCOREBOARD_MIN_SLOTS = 1024
+#: Environment variable naming the old master, in a new master started by USR2.
+UPGRADE_FROM_ENV = "PREFORK_UPGRADE_FROM"
 
 
 class StopMode(enum.Enum):
@@ -80,7 +94,8 @@ class Master:
     ``server`` is the prefork server (bound and activated); ``poll_interval`` (seconds) bounds
     each wait of the loop, as in ``BaseServer.serve_forever``. Signal handlers are installed
     only when :meth:`run` is called in the main thread; elsewhere the pool is stopped with
-    :meth:`request_shutdown` (``server.shutdown()``).
+    :meth:`request_shutdown` (``server.shutdown()``). Raises
+    :class:`~prefork.errors.PreforkError` when the ``scoreboard_file`` cannot be created.
     """
 
     def __init__(self, server: PreforkMixIn, poll_interval: float = 0.5) -> None:
@@ -96,6 +111,20 @@ class Master:
         self.halt_reason: str | None = None
         self.boot_failures = 0
         self.last_boot_failure = -math.inf
+        self.announced_generation = -1  # the generation whose readiness was announced
+        self.upgrade_pid = 0  # the new master started by USR2, while it is our child
+        self.upgrade_from = 0  # the old master to stop once our pool is ready (after USR2)
+        self.next_memory_check = 0.0
+        self.pidfile = Pidfile(server.pidfile) if server.pidfile else None
+        #: Per-worker state and counters in shared memory; workers inherit it.
+        try:
+            self.scoreboard = Scoreboard(
+                max(SCOREBOARD_MIN_SLOTS, 4 * self.num_workers), server.scoreboard_file
+            )
+        except OSError as exc:
+            raise PreforkError(
+                f"cannot create scoreboard file {server.scoreboard_file}: {exc.strerror or exc}"
+            ) from None
         self._notify_buffer = b""
         self._old_handlers: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
         self._old_wakeup_fd: int | None = None
@@ -116,14 +145,28 @@ class Master:
         """Fork the pool and supervise it until a stop, then stop the pool. Runs in the master.
 
         Raises :class:`~prefork.errors.WorkerBootError` when workers failed to boot
-        ``MAX_BOOT_FAILURES`` times in a row (the pool is stopped first).
+        ``MAX_BOOT_FAILURES`` times in a row (the pool is stopped first), and
+        :class:`~prefork.errors.PreforkError` when the pid file cannot be written.
         """
         self.install_signals()
         title = setproctitle.getproctitle()
         timeouts = [server.socket.gettimeout() for server in self.servers()]
+        upgrade_from = os.environ.pop(UPGRADE_FROM_ENV, "")
+        if upgrade_from.isdigit() and int(upgrade_from) == os.getppid():
+            self.upgrade_from = int(upgrade_from)
         try:
+            if self.server.umask is not None:
+                os.umask(self.server.umask)
+            if self.pidfile is not None:
+                try:
+                    self.pidfile.create()
+                except OSError as exc:
+                    raise PreforkError(
+                        f"cannot write pid file {self.pidfile.path}: {exc.strerror or exc}"
+                    ) from None
             for server in self.servers():
                 server.socket.setblocking(False)  # workers accept without blocking
+                server.scoreboard = self.scoreboard
             setproctitle.setproctitle(f"prefork: master [{self.name}]")
             log.info(
                 "Listening at %s with %d %s workers (master pid %d)",
@@ -138,10 +181,15 @@ class Master:
                 self.dispatch_signals()
             self.stop_pool()
         finally:
-            for server, timeout in zip(self.servers(), timeouts, strict=True):
-                server.socket.settimeout(timeout)  # e.g. for handle_request() after this
+            if not self.upgrade_pid:  # else the new master shares the sockets' O_NONBLOCK flag
+                for server, timeout in zip(self.servers(), timeouts, strict=True):
+                    server.socket.settimeout(timeout)  # e.g. for handle_request() after this
             setproctitle.setproctitle(title)
             self.restore_signals()
+            if self.pidfile is not None:
+                self.pidfile.remove()
+            for server in self.servers():
+                server.scoreboard = None
             self.close()
         if self.halt_reason is not None:
             raise WorkerBootError(self.halt_reason)
@@ -155,6 +203,9 @@ class Master:
         if self.stop_mode is None:
             self.spawn_missing()
             self.retire_excess()
+            self.announce_ready()
+        self.kill_timed_out()
+        self.recycle_large()
         self.kill_late()
 
     def wait(self, timeout: float) -> None:
@@ -168,6 +219,7 @@ class Master:
     def timeout(self) -> float:
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
         deadlines = [w.stop_deadline for w in self.workers.values() if w.stop_deadline is not None]
+        deadlines += self.request_deadlines()
         if self.boot_failures and self.stop_mode is None:
             deadlines.append(self.next_boot_attempt())
         soonest = min(deadlines, default=math.inf) - time.monotonic()
@@ -224,9 +276,14 @@ class Master:
         """HUP: graceful reload; each new worker starts, then the old one it replaces retires."""
         log.info("Received SIGHUP, reloading: new workers start, then the old ones retire.")
         self.generation += 1
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=Reloading")
 
     def handle_ttin(self) -> None:
-        """TTIN: one worker more."""
+        """TTIN: one worker more (at most a quarter of the scoreboard's slots)."""
+        if self.num_workers >= self.scoreboard.capacity // 4:
+            log.warning("Received SIGTTIN, but the pool is at its maximum of %d workers.", self.num_workers)
+            return
         self.num_workers += 1
         log.info("Received SIGTTIN, increasing the pool to %d workers.", self.num_workers)
 
@@ -242,15 +299,29 @@ class Master:
         """CHLD: only wakes the loop; ``service_actions()`` reaps and restarts."""
 
     def handle_usr1(self) -> None:
-        """USR1: reopening log files is not implemented yet; logged and ignored."""
-        log.warning("Received SIGUSR1: reopening log files is not implemented yet; ignored.")
+        """USR1: reopen log files, here and (forwarded) in every worker."""
+        log.info("Received SIGUSR1, reopening log files.")
+        reopen_log_files()
+        for worker in self.workers.values():
+            _kill(worker.pid, signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        """USR2: the zero-downtime upgrade is not implemented yet; logged and ignored."""
-        log.warning("Received SIGUSR2: the zero-downtime upgrade is not implemented yet; ignored.")
+        """USR2: zero-downtime upgrade; a new master, started with our listening sockets,
+        boots its pool, then stops this master (TERM)."""
+        if self.upgrade_pid:
+            log.warning(
+                "Received SIGUSR2, but an upgrade (new master pid %d) is in progress.", self.upgrade_pid
+            )
+        elif os.getpid() == 1:
+            log.warning("Received SIGUSR2, but a master running as PID 1 cannot be replaced; ignored.")
+        else:
+            self.upgrade_pid = self.spawn_master()
+            log.info("Received SIGUSR2, upgrading: started a new master (pid %d).", self.upgrade_pid)
 
     def stop(self, mode: StopMode) -> None:
         """Ask for the pool to stop; FAST overrides a GRACEFUL stop in progress."""
+        if self.stop_mode is None and not self.upgrade_pid:  # else the new master is the service
+            systemd.notify("STOPPING=1", "STATUS=Stopping")
         if self.stop_mode is None or mode is StopMode.FAST:
             self.stop_mode = mode
 
@@ -272,10 +343,10 @@ class Master:
         """Fork a worker for each number 0..num_workers-1 that has none of this generation."""
         if self.boot_failures and time.monotonic() < self.next_boot_attempt():
             return
-        present = {
+        present = {  # a worker aborted while booting is replaced after its boot failure counts
             w.number
             for w in self.workers.values()
-            if w.generation == self.generation and w.stop_deadline is None
+            if w.generation == self.generation and (w.stop_deadline is None or (w.aborted and not w.booted))
         }
         for number in range(self.num_workers):
             if number not in present:
@@ -286,8 +357,21 @@ class Master:
 
         The child runs the worker and leaves with ``os._exit``: it never returns here.
         """
+        slot = self.scoreboard.assign(number, self.generation)
+        if slot is None:  # cannot happen while TTIN keeps the pool within capacity / 4
+            raise RuntimeError("no free scoreboard slot")
+        max_requests = self.server.max_requests
+        if max_requests:
+            max_requests += random.randint(0, self.server.max_requests_jitter)
         worker = self.worker_class(
-            self.server, number, self.generation, self.name, self._notify_w, self._master_r
+            self.server,
+            number,
+            self.generation,
+            self.name,
+            self._notify_w,
+            self._master_r,
+            slot=slot,
+            max_requests=max_requests,
         )
         for stream in (sys.stdout, sys.stderr):  # else the child inherits unwritten output
             _flush(stream)
@@ -307,6 +391,7 @@ class Master:
                     _flush(stream)
                 os._exit(status)
         worker.pid = pid
+        self.scoreboard.set_pid(slot, pid)
         if hasattr(os, "pidfd_open"):
             try:
                 worker.pidfd = os.pidfd_open(pid)
@@ -358,7 +443,17 @@ class Master:
                 worker.stop_deadline = math.inf
 
     def reap(self) -> None:
-        """Collect our exited workers, by pid, and account for boot failures."""
+        """Collect our exited workers (and a new master of USR2 that exited), by pid, and
+        account for boot failures."""
+        if self.upgrade_pid:
+            try:
+                pid, status = os.waitpid(self.upgrade_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.upgrade_pid, 0
+            if pid:
+                how = _describe(os.waitstatus_to_exitcode(status))
+                log.error("The new master (pid %d) %s before taking over; still serving.", pid, how)
+                self.upgrade_pid = 0
         for worker in list(self.workers.values()):
             try:
                 pid, status = os.waitpid(worker.pid, os.WNOHANG)
@@ -368,18 +463,27 @@ class Master:
                 continue
             # What the worker wrote before it exited (READY, BOOT_ERROR) is in the pipe now.
             self.read_notifications()
+            stats = self.scoreboard.read(worker.slot)
             self.forget(worker)
             code = os.waitstatus_to_exitcode(status)
-            if worker.stop_deadline is not None:
-                log.debug("Worker %d (pid %d) stopped (%s)", worker.number, pid, _describe(code))
-            elif not worker.booted:
+            if not worker.booted and (worker.stop_deadline is None or worker.aborted):
                 self.boot_failed(worker, _describe(code))
+            elif worker.aborted:
+                how = _describe(code)
+                log.warning(
+                    "Worker %d (pid %d) %s after the request timeout; replacing it", worker.number, pid, how
+                )
+            elif worker.stop_deadline is not None:
+                log.debug("Worker %d (pid %d) stopped (%s)", worker.number, pid, _describe(code))
+            elif code == 0 and stats.state is WorkerState.STOPPING:
+                log.info("Worker %d (pid %d) recycled after %d requests", worker.number, pid, stats.requests)
             else:
                 log.warning("Worker %d (pid %d) %s; replacing it", worker.number, pid, _describe(code))
 
     def forget(self, worker: Worker) -> None:
-        """Drop a reaped worker's record and its pidfd."""
+        """Drop a reaped worker's record, its pidfd and its scoreboard slot."""
         del self.workers[worker.pid]
+        self.scoreboard.release(worker.slot)
         if worker.pidfd >= 0:
             self._selector.unregister(worker.pidfd)
             os.close(worker.pidfd)
@@ -412,13 +516,150 @@ class Master:
         if worker.spawned_at > self.last_boot_failure:
             self.boot_failures += 1
         self.last_boot_failure = time.monotonic()
-        if self.boot_failures >= MAX_BOOT_FAILURES:
+        serving = [w for w in self.workers.values() if w.booted and w.stop_deadline is None]
+        if self.boot_failures >= MAX_BOOT_FAILURES and serving:  # a reload (HUP) failed
+            self.generation = max(w.generation for w in serving)
+            self.boot_failures = 0
+            log.error(
+                "Reload failed: new workers failed to boot %d times in a row (%s); the %d workers "
+                "already serving go on.",
+                MAX_BOOT_FAILURES,
+                cause,
+                len(serving),
+            )
+            systemd.notify("READY=1", f"STATUS=Reload failed: {cause}")
+        elif self.boot_failures >= MAX_BOOT_FAILURES:
             self.halt_reason = f"Workers failed to boot {self.boot_failures} times in a row: {cause}"
             log.error("%s; stopping.", self.halt_reason)
             self.stop(StopMode.FAST)
         else:
             delay = self.next_boot_attempt() - time.monotonic()
             log.warning("Worker %d failed to boot (%s); retrying in %.1f s", worker.number, cause, delay)
+
+    def announce_ready(self) -> None:
+        """Once every worker of the current generation is ready: tell the service manager
+        (READY=1), and after a USR2 upgrade, stop the old master (TERM)."""
+        if self.announced_generation == self.generation:
+            return
+        ready = {
+            w.number
+            for w in self.workers.values()
+            if w.generation == self.generation and w.booted and w.stop_deadline is None
+        }
+        if len(ready) < self.num_workers:
+            return
+        self.announced_generation = self.generation
+        status = f"STATUS=Serving with {self.num_workers} workers"
+        if self.generation:
+            log.info("Reload complete: %d new workers are serving.", self.num_workers)
+        if self.upgrade_from:
+            log.info("Upgrade: the pool is ready; stopping the old master (pid %d).", self.upgrade_from)
+            systemd.notify(f"MAINPID={os.getpid()}", "READY=1", status)
+            _kill(self.upgrade_from, signal.SIGTERM)
+            self.upgrade_from = 0
+        else:
+            systemd.notify("READY=1", status)
+
+    def kill_timed_out(self) -> None:
+        """SIGABRT each worker busy on one request (or booting) for ``request_timeout``
+        seconds or more; faulthandler dumps its stack, and it gets SIGKILL ``ABORT_GRACE``
+        seconds later if still alive. Idle workers are never killed."""
+        limit = self.server.request_timeout
+        if not limit:
+            return
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.aborted:
+                continue
+            if not worker.booted:
+                if now - worker.spawned_at < limit:
+                    continue
+                what = f"did not boot within {limit:g} s"
+                worker.boot_error = f"worker {what} (request_timeout)"
+            else:
+                busy = self.scoreboard.read(worker.slot).busy_for(now)
+                if busy < limit:
+                    continue
+                what = f"has been busy on one request for {busy:.1f} s (request_timeout {limit:g} s)"
+            log.error(
+                "Worker %d (pid %d) %s; aborting it (SIGABRT dumps its stack)",
+                worker.number,
+                worker.pid,
+                what,
+            )
+            worker.aborted = True
+            self.stop_worker(worker, signal.SIGABRT, ABORT_GRACE)
+
+    def request_deadlines(self) -> list[float]:
+        """Monotonic times at which a worker will be over ``request_timeout``, and of the
+        next memory check (for the loop's wait)."""
+        deadlines = [self.next_memory_check] if self.server.max_worker_memory else []
+        limit = self.server.request_timeout
+        if not limit:
+            return deadlines
+        for worker in self.workers.values():
+            if worker.aborted:
+                continue
+            if not worker.booted:
+                deadlines.append(worker.spawned_at + limit)
+                continue
+            stats = self.scoreboard.read(worker.slot)
+            if stats.state is WorkerState.BUSY and stats.request_started:
+                deadlines.append(stats.request_started + limit)
+        return deadlines
+
+    def recycle_large(self) -> None:
+        """Every ``MEMORY_CHECK_INTERVAL`` seconds, gracefully replace workers whose resident
+        memory (RSS, psutil) is over ``max_worker_memory`` bytes: each finishes its request."""
+        limit = self.server.max_worker_memory
+        now = time.monotonic()
+        if not limit or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        for worker in list(self.workers.values()):
+            if worker.stop_deadline is not None:
+                continue
+            try:
+                rss = psutil.Process(worker.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                log.warning(
+                    "Worker %d (pid %d) uses %.1f MiB, over max_worker_memory (%.1f MiB); recycling it",
+                    worker.number,
+                    worker.pid,
+                    rss / 2**20,
+                    limit / 2**20,
+                )
+                self.stop_worker(worker, signal.SIGTERM, self.server.graceful_timeout)
+
+    def spawn_master(self) -> int:
+        """Fork and exec a new master (USR2): the same interpreter and command line
+        (``sys.orig_argv``), with the listening sockets as fds 3.. and ``LISTEN_FDS`` /
+        ``LISTEN_PID`` set (systemd's socket-activation protocol, so its servers adopt them)
+        and ``PREFORK_UPGRADE_FROM`` naming this master. Returns its pid. Runs in the master;
+        the child never returns (exec, or ``os._exit(1)`` when exec fails)."""
+        fds = [server.socket.fileno() for server in self.servers()]
+        for stream in (sys.stdout, sys.stderr):
+            _flush(stream)
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            first = systemd.LISTEN_FDS_START
+            copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first + len(fds)) for fd in fds]
+            for index, fd in enumerate(copies):
+                os.dup2(fd, first + index)  # inheritable, unlike the copies
+            environment = {
+                **os.environ,
+                **systemd.listen_fds_environment(len(fds), os.getpid()),
+                UPGRADE_FROM_ENV: str(os.getppid()),
+            }
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+        except BaseException:
+            log.exception("Cannot start the new master")
+        finally:
+            os._exit(WORKER_EXIT_ERROR)
 
     def next_boot_attempt(self) -> float:
         """The monotonic time before which no worker is forked after boot failures."""
@@ -449,7 +690,8 @@ class Master:
                 self.stop_worker(worker, signal.SIGTERM, self.server.graceful_timeout)
 
     def close(self) -> None:
-        """Release the master's descriptors (the pool must be stopped)."""
+        """Release the master's descriptors and the scoreboard (the pool must be stopped)."""
+        self.scoreboard.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

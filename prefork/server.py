@@ -23,19 +23,23 @@ child forked for it.
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import logging
 import os
+import socket
 import socketserver
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from prefork import config
+from prefork import config, sockets
 from prefork.master import Master
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
     from socketserver import _RequestType
 
+    from prefork.scoreboard import Scoreboard
     from prefork.workers.base import Worker
 
     # Every socketserver server class derives from TCPServer, which has socket and fileno().
@@ -76,12 +80,27 @@ class PreforkMixIn(_Base):
     workers: int | None = config.WORKERS.default
     worker_class: str = config.WORKER_CLASS.default
     graceful_timeout: float = config.GRACEFUL_TIMEOUT.default
+    request_timeout: float = config.REQUEST_TIMEOUT.default
+    max_requests: int = config.MAX_REQUESTS.default
+    max_requests_jitter: int = config.MAX_REQUESTS_JITTER.default
+    max_worker_memory: int = config.MAX_WORKER_MEMORY.default
+    scoreboard_file: str | None = config.SCOREBOARD_FILE.default
     request_queue_size: int = config.REQUEST_QUEUE_SIZE.default
+    socket_timeout: float = config.SOCKET_TIMEOUT.default
+    allow: tuple[config.Network, ...] = config.ALLOW.default
+    deny: tuple[config.Network, ...] = config.DENY.default
+    unix_socket_mode: int | None = config.UNIX_SOCKET_MODE.default
     proc_name: str | None = config.PROC_NAME.default
+    pidfile: str | None = config.PIDFILE.default
+    user: int | None = config.USER.default
+    group: int | None = config.GROUP.default
+    umask: int | None = config.UMASK.default
     #: As ForkingMixIn's: server_close() waits for the children of handle_request().
     block_on_close: bool = True
     #: The Worker serving, set in each worker process; None in the master.
     worker: Worker | None = None
+    #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
+    scoreboard: Scoreboard | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         for setting in config.SETTINGS:
@@ -101,12 +120,14 @@ class PreforkMixIn(_Base):
 
         ``poll_interval`` (seconds) bounds each wait of the master loop, as in
         ``BaseServer.serve_forever``. From the main thread, the master's signal handlers
-        (TERM, INT, QUIT, HUP, TTIN, TTOU, CHLD) are installed for the call and restored after;
+        (TERM, INT, QUIT, HUP, TTIN, TTOU, CHLD, USR1, USR2) are installed for the call and restored after;
         from another thread none are, and ``shutdown()`` stops it. On return every worker has
         exited and been reaped.
 
-        Raises ValueError for an invalid setting, and
-        :class:`~prefork.errors.WorkerBootError` when workers failed to boot repeatedly.
+        Raises ValueError for an invalid setting,
+        :class:`~prefork.errors.WorkerBootError` when workers failed to boot repeatedly, and
+        :class:`~prefork.errors.PreforkError` when the ``pidfile`` or ``scoreboard_file``
+        cannot be written.
         """
         self._is_shut_down.clear()
         try:
@@ -148,6 +169,52 @@ class PreforkMixIn(_Base):
 
     # -- hooks -------------------------------------------------------------------------------
 
+    def server_bind(self) -> None:
+        """Bind the socket, as the base class does; called by the constructor, in the master.
+
+        When this process was handed listening sockets (systemd socket activation, or the old
+        master of a USR2 upgrade; see :mod:`prefork.systemd`), the first one of the same
+        address family and type is adopted instead of binding a new one, whatever
+        ``server_address`` says. A Unix socket bound here gets the ``unix_socket_mode``
+        setting's file mode. May be extended.
+        """
+        inherited = sockets.adopt_inherited_socket(self.socket.family, self.socket.type)
+        if inherited is not None:
+            self.socket.close()
+            self.socket = inherited
+            log.info("Using the inherited socket %s (fd %d)", inherited.getsockname(), inherited.fileno())
+        super().server_bind()
+        mode = config.UNIX_SOCKET_MODE.validate(self.unix_socket_mode)
+        if inherited is None and mode is not None and self.socket.family == socket.AF_UNIX:
+            os.chmod(self.server_address, mode)  # type: ignore[arg-type]
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a request, as the base class does; an accepted connection gets the
+        ``socket_timeout`` setting as its timeout (``settimeout``; 0 means blocking).
+        Runs in the worker. May be extended."""
+        request, client_address = super().get_request()
+        if isinstance(request, socket.socket) and request.type == socket.SOCK_STREAM:
+            request.settimeout(self.socket_timeout or None)
+        return request, client_address
+
+    def verify_request(self, request: _RequestType, client_address: _RetAddress) -> bool:
+        """Return False for a client outside the ``allow`` networks (when any are set) or in
+        the ``deny`` networks; the request is then closed unprocessed and counted in the
+        worker's scoreboard slot as denied. Clients of Unix sockets are always allowed.
+        Runs in the worker. May be extended (call ``super().verify_request()``)."""
+        if (self.allow or self.deny) and isinstance(client_address, tuple) and client_address:
+            try:
+                address = ipaddress.ip_address(str(client_address[0]).partition("%")[0])
+            except ValueError:
+                return False
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            if any(address in network for network in self.deny):
+                return False
+            if self.allow and not any(address in network for network in self.allow):
+                return False
+        return bool(super().verify_request(request, client_address))
+
     def service_actions(self) -> None:
         """Reap exited workers and restart them; collect ``handle_request()`` children.
 
@@ -178,10 +245,19 @@ class PreforkMixIn(_Base):
     def handle_error(self, request: _RequestType, client_address: _RetAddress) -> None:
         """Log the exception being handled, with its traceback, on the ``prefork`` logger.
 
-        Runs in the worker that processed the request (BaseServer's prints to stderr
-        instead). The worker goes on serving. May be overridden.
+        What a client causes is one line without a traceback, so a misbehaving client cannot
+        flood the log: a ``ConnectionError`` (reset, broken pipe) at DEBUG, a ``TimeoutError``
+        (the ``socket_timeout`` expired) at INFO. Runs in the worker that processed the
+        request (BaseServer's prints every traceback to stderr instead). The worker goes on
+        serving. May be overridden.
         """
-        log.exception("Error processing request from %s", client_address)
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("Connection from %s lost: %s", client_address, error)
+        elif isinstance(error, TimeoutError):
+            log.info("Request from %s timed out (socket_timeout %g s)", client_address, self.socket_timeout)
+        else:
+            log.exception("Error processing request from %s", client_address)
 
     def process_request(self, request: _RequestType, client_address: _RetAddress) -> None:
         """Process one request.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import socket
 import socketserver
 from dataclasses import dataclass
+
+from prefork import systemd
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)$")
 
@@ -64,3 +67,55 @@ def describe(server: socketserver.BaseServer) -> str:
         host = f"[{host}]"
     scheme = "udp" if datagram else "http" if isinstance(server, http.server.HTTPServer) else "tcp"
     return f"{scheme}://{host}:{port}"
+
+
+#: Environment variable holding "PID:FD,FD,..": listening sockets handed to process PID (by
+#: systemd socket activation or a USR2 upgrade) that no server has adopted yet.
+INHERITED_FDS_ENV = "PREFORK_INHERITED_FDS"
+
+
+class InheritedSocket(socket.socket):
+    """A listening socket handed to this process, already bound: ``bind()`` does nothing,
+    so the server class's own ``server_bind()`` runs unchanged around it."""
+
+    def bind(self, address: object) -> None:
+        """Do nothing: the socket is bound already."""
+
+
+def _inherited_fds() -> list[int]:
+    fds = systemd.listen_fds()
+    if fds:
+        os.environ[INHERITED_FDS_ENV] = f"{os.getpid()}:" + ",".join(map(str, fds))
+    pid, _, listed = os.environ.get(INHERITED_FDS_ENV, "").partition(":")
+    if pid != str(os.getpid()):
+        return []
+    return [int(fd) for fd in listed.split(",") if fd]
+
+
+def inherited_sockets() -> list[socket.socket]:
+    """Return the listening sockets handed to this process and not adopted yet, in order.
+
+    Each is a duplicate (``os.dup``) for inspection (family, type, ``getsockname()``): the
+    caller owns and closes it; the inherited descriptor itself stays for
+    :func:`adopt_inherited_socket`. Runs in the master.
+    """
+    return [socket.socket(fileno=os.dup(fd)) for fd in _inherited_fds()]
+
+
+def adopt_inherited_socket(family: int, kind: int) -> InheritedSocket | None:
+    """Take the first inherited listening socket of this ``family`` and ``kind`` (e.g.
+    ``AF_INET``, ``SOCK_STREAM``), or return None. Each socket is adopted once.
+
+    Inherited sockets come from systemd socket activation (``LISTEN_FDS``, see
+    :func:`prefork.systemd.listen_fds`) or from the old master of a USR2 upgrade.
+    Runs in the master.
+    """
+    fds = _inherited_fds()
+    for fd in fds:
+        sock = InheritedSocket(fileno=fd)
+        if sock.family == family and sock.type == kind:
+            rest = [str(other) for other in fds if other != fd]
+            os.environ[INHERITED_FDS_ENV] = f"{os.getpid()}:" + ",".join(rest)
+            return sock
+        sock.detach()
+    return None

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ def group_processes(pgid: int) -> list[psutil.Process]:
 class ServerProcess:
     """A server process (``command``) in its own process group, and what it logged on stderr."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+    ) -> None:
         self.command = command
         self.proc = subprocess.Popen(
             command,
@@ -90,6 +92,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             start_new_session=True,
             env=env,
+            pass_fds=pass_fds,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []
@@ -136,7 +139,8 @@ class ServerProcess:
         def ready() -> set[int] | None:
             kids = self.workers()
             try:
-                titled = [k for k in kids if "prefork: worker" in " ".join(k.cmdline())]
+                titles = [" ".join(k.cmdline()).strip() for k in kids]
+                titled = [t for t in titles if "prefork: worker" in t and not t.endswith("booting")]
             except psutil.NoSuchProcess:
                 return None
             return {k.pid for k in kids} if len(kids) == count == len(titled) else None

@@ -78,3 +78,29 @@ class HelloHTTPHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class LeakHandler(socketserver.StreamRequestHandler):
+    """Each request keeps N more MiB (the line: N) in the worker; answers ``PID RSS_MIB``."""
+
+    leaked: list[bytes] = []  # noqa: RUF012 - the leak, on purpose (per worker process)
+
+    def handle(self) -> None:
+        mib = int(self.rfile.readline() or 0)
+        self.leaked.append(os.urandom(mib << 20))
+        self.wfile.write(f"{os.getpid()} {len(self.leaked)}\n".encode())
+
+
+def hang_forever() -> None:
+    """Where a hung handler waits (a named frame, for the stack dump)."""
+    while True:
+        time.sleep(1)
+
+
+class HangHandler(socketserver.StreamRequestHandler):
+    """``hang``: never answers; anything else: ``PID ok``."""
+
+    def handle(self) -> None:
+        if self.rfile.readline().strip() == b"hang":
+            hang_forever()
+        self.wfile.write(f"{os.getpid()} ok\n".encode())

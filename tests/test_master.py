@@ -8,12 +8,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import CLIServer, request_line, wait_for
+from tests.conftest import CLIServer, group_processes, request_line, wait_for
 
 Serve = Callable[..., CLIServer]
 ECHO = "tests/handlers.py:PidEchoHandler"
@@ -27,6 +30,38 @@ def replaced(server: CLIServer, old: set[int], count: int) -> set[int]:
         return pids if len(pids) == count and not pids & old else None
 
     return set(wait_for(done))
+
+
+@dataclass
+class LoadResult:
+    served: int = 0
+    failures: list[BaseException] = field(default_factory=list)
+
+
+@contextmanager
+def load(address: tuple[str, int]) -> Iterator[LoadResult]:
+    """Send one request after another to ``address`` from a thread, 0.2 s before the block
+    and 0.2 s after it; count the answers and the failures."""
+    result = LoadResult()
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            try:
+                assert request_line(address, b"r\n").endswith(b" r\n")
+                result.served += 1
+            except (OSError, AssertionError) as exc:
+                result.failures.append(exc)
+
+    client = threading.Thread(target=send)
+    client.start()
+    try:
+        time.sleep(0.2)
+        yield result
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        client.join(10)
 
 
 def test_kill_9_of_a_worker_is_replaced(serve_cli: Serve) -> None:
@@ -106,31 +141,11 @@ def test_int_and_quit_stop_at_once(serve_cli: Serve, sig: signal.Signals) -> Non
 def test_hup_replaces_every_worker_and_refuses_no_request(serve_cli: Serve) -> None:
     server = serve_cli(ECHO, "--workers", "2")
     old = server.wait_workers(2)
-    failures: list[BaseException] = []
-    served = 0
-    stop = threading.Event()
-
-    def load() -> None:
-        nonlocal served
-        while not stop.is_set():
-            try:
-                assert request_line(server.address, b"r\n").endswith(b" r\n")
-                served += 1
-            except (OSError, AssertionError) as exc:
-                failures.append(exc)
-
-    client = threading.Thread(target=load)
-    client.start()
-    try:
-        time.sleep(0.2)
+    with load(server.address) as result:
         server.signal(signal.SIGHUP)
         new = replaced(server, old, 2)
-        time.sleep(0.2)
-    finally:
-        stop.set()
-        client.join(10)
-    assert failures == []
-    assert served > 20
+    assert result.failures == []
+    assert result.served > 20
     assert not new & old
     assert "Received SIGHUP, reloading" in server.log
 
@@ -150,12 +165,33 @@ def test_ttin_and_ttou_resize_the_pool_never_below_one(serve_cli: Serve) -> None
     assert request_line(server.address, b"one\n") == f"{last} one\n".encode()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
-def test_usr1_and_usr2_do_not_kill_the_master_yet(serve_cli: Serve, sig: signal.Signals) -> None:
-    server = serve_cli(ECHO, "--workers", "1")
+def test_usr2_hands_the_sockets_to_a_new_master_and_refuses_no_request(serve_cli: Serve) -> None:
+    server = serve_cli(ECHO, "--workers", "2")
+    old_workers = server.wait_workers(2)
+    address = server.address
+    with load(address) as result:
+        server.signal(signal.SIGUSR2)
+        assert server.wait(15) == 0  # the old master retires once the new pool is ready
+    masters = [p for p in group_processes(server.pid) if "prefork: master" in " ".join(p.cmdline())]
+    assert len(masters) == 1 and masters[0].pid != server.pid
+    new_workers = {p.pid for p in masters[0].children()}
+    assert len(new_workers) == 2 and not new_workers & old_workers
+    pid = int(request_line(address, b"x\n").split()[0])
+    assert pid in new_workers
+    assert result.failures == []
+    assert result.served > 20
+    assert "Received SIGUSR2, upgrading" in server.log
+    assert f"stopping the old master (pid {server.pid})" in server.log
+
+
+def test_a_failed_upgrade_leaves_the_old_master_serving(serve_cli: Serve, tmp_path: Path) -> None:
+    handler = tmp_path / "handler.py"
+    handler.write_text("from tests.handlers import PidEchoHandler as Handler\n")
+    server = serve_cli(str(handler), "--workers", "1", "--preload")
     (pid,) = server.wait_workers(1)
-    server.signal(sig)
-    wait_for(lambda: "not implemented yet; ignored" in server.log)
+    handler.write_text("raise ImportError('broken on purpose')\n")
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: "before taking over; still serving" in server.log)
     assert server.proc.poll() is None
     assert request_line(server.address, b"up\n") == f"{pid} up\n".encode()
 
@@ -199,3 +235,72 @@ def test_boot_failure_loop_exits_non_zero_naming_the_cause() -> None:
     assert "Workers failed to boot 5 times in a row: ImportError: no module named app" in done.stderr
     assert "retrying in 0.1 s" in done.stderr and "retrying in 0.8 s" in done.stderr
     assert "failed to boot (worker exited" not in done.stderr  # every round names the cause
+
+
+def test_request_timeout_aborts_a_hung_worker_with_its_stack_in_the_log(serve_cli: Serve) -> None:
+    server = serve_cli("tests/handlers.py:HangHandler", "--workers", "2", "--timeout", "0.5")
+    pids = server.wait_workers(2)
+    with socket.create_connection(server.address) as client:
+        client.sendall(b"hang\n")
+        start = time.monotonic()
+        assert client.recv(100) == b""
+        elapsed = time.monotonic() - start
+    assert 0.4 < elapsed < 1.5
+    wait_for(lambda: len(server.worker_pids()) == 2 and len(server.worker_pids() - pids) == 1)
+    wait_for(lambda: "was killed by SIGABRT after the request timeout; replacing it" in server.log)
+    assert "has been busy on one request for" in server.log
+    assert "Fatal Python error: Aborted" in server.log
+    assert "in hang_forever" in server.log  # the frame where it hung
+    assert request_line(server.address, b"ok\n").endswith(b" ok\n")
+
+
+def test_idle_workers_are_not_killed_by_the_request_timeout(serve_cli: Serve) -> None:
+    server = serve_cli(ECHO, "--workers", "1", "--timeout", "0.2")
+    (pid,) = server.wait_workers(1)
+    time.sleep(1.0)
+    assert server.worker_pids() == {pid}
+
+
+def test_a_worker_over_max_worker_memory_finishes_its_request_and_is_replaced(serve_cli: Serve) -> None:
+    server = serve_cli("tests/handlers.py:LeakHandler", "--workers", "1", "--max-worker-memory", "120M")
+    (pid,) = server.wait_workers(1)
+    assert request_line(server.address, b"150\n") == f"{pid} 1\n".encode()  # answered in full
+    (new,) = replaced(server, {pid}, 1)
+    assert request_line(server.address, b"1\n") == f"{new} 1\n".encode()
+    assert "over max_worker_memory (120.0 MiB); recycling it" in server.log
+
+
+def test_max_requests_recycling_is_logged_as_such(serve_cli: Serve) -> None:
+    server = serve_cli(ECHO, "--workers", "1", "--max-requests", "2")
+    (pid,) = server.wait_workers(1)
+    for _ in range(2):
+        request_line(server.address, b"r\n")
+    replaced(server, {pid}, 1)
+    wait_for(lambda: "recycled after 2 requests" in server.log)
+    assert "replacing it" not in server.log
+
+
+def test_a_worker_that_hangs_while_booting_is_a_boot_failure(serve_cli: Serve, tmp_path: Path) -> None:
+    target = tmp_path / "hang_boot.py"
+    target.write_text(
+        "import time, setproctitle\n"
+        "from tests.handlers import PidEchoHandler as Handler\n"
+        "while 'prefork: worker' in setproctitle.getproctitle():\n"  # the import in a worker never ends
+        "    time.sleep(1)\n"
+    )
+    server = serve_cli(str(target), "--workers", "1", "--timeout", "0.3", wait=False)
+    assert server.wait(30) == 3
+    assert "did not boot within 0.3 s" in server.log
+
+
+def test_a_failed_reload_keeps_the_serving_workers(serve_cli: Serve, tmp_path: Path) -> None:
+    target = tmp_path / "reloadable.py"
+    target.write_text("from tests.handlers import PidEchoHandler as Handler\n")
+    server = serve_cli(str(target), "--workers", "1")
+    (pid,) = server.wait_workers(1)
+    target.write_text("raise RuntimeError('broken on purpose')\n")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "Reload failed" in server.log, timeout=20)
+    assert "broken on purpose" in server.log
+    assert server.proc.poll() is None
+    assert request_line(server.address, b"still\n") == f"{pid} still\n".encode()

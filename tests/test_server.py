@@ -8,10 +8,13 @@ Workers are real forked processes serving real loopback or Unix sockets.
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
 import socket
 import socketserver
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +32,7 @@ from prefork import (
     PreforkUnixDatagramServer,
     PreforkUnixStreamServer,
     WorkerBootError,
+    sockets,
 )
 from tests.conftest import live_children, request_line, wait_for
 from tests.handlers import CrashHandler, HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
@@ -37,7 +41,10 @@ from tests.handlers import CrashHandler, HelloHTTPHandler, PidDatagramHandler, P
 def worker_pids() -> set[int]:
     """Live worker processes of this (the master) process."""
     kids = live_children(os.getpid())
-    return {k.pid for k in kids if "prefork: worker" in " ".join(k.cmdline())}
+    titles = {k.pid: " ".join(k.cmdline()).strip() for k in kids}
+    return {
+        pid for pid, title in titles.items() if "prefork: worker" in title and not title.endswith("booting")
+    }
 
 
 @contextmanager
@@ -326,3 +333,70 @@ def test_other_children_of_the_process_are_not_reaped() -> None:
         request_line(server.server_address, b"x\n")
     _, status = os.waitpid(pid, 0)  # still ours to reap, with its status
     assert os.waitstatus_to_exitcode(status) == 42
+
+
+def test_deny_and_allow_close_refused_clients_unprocessed_and_count_them() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, deny=["127.0.0.2/32"])
+    other = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, allow="10.0.0.0/8,::1")
+    with serving(server, workers=1):
+        assert request_line(server.server_address, b"in\n").endswith(b" in\n")
+        with socket.create_connection(server.server_address, source_address=("127.0.0.2", 0)) as client:
+            client.sendall(b"out\n")
+            assert client.recv(100) == b""  # closed unprocessed
+        assert server.scoreboard is not None
+        wait_for(lambda: [s.denied for s in server.scoreboard.slots()] == [1])  # type: ignore[union-attr]
+    with serving(other, workers=1):
+        assert request_line(other.server_address, b"out\n") == b""
+
+
+def test_socket_timeout_frees_a_worker_from_a_silent_client() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, socket_timeout=0.3)
+    with serving(server, workers=1), socket.create_connection(server.server_address) as silent:
+        time.sleep(0.1)  # the only worker is now reading from the silent client
+        start = time.monotonic()
+        assert request_line(server.server_address, b"next\n").endswith(b" next\n")
+        assert time.monotonic() - start < 2
+        assert silent.recv(100) == b""
+
+
+def test_unix_socket_mode_is_applied_after_binding(unix_path: str) -> None:
+    server = PreforkUnixStreamServer(unix_path, PidEchoHandler, workers=1, unix_socket_mode="600")
+    try:
+        assert stat.S_IMODE(os.stat(unix_path).st_mode) == 0o600
+    finally:
+        server.server_close()
+
+
+def test_an_inherited_listening_socket_is_adopted_instead_of_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv(sockets.INHERITED_FDS_ENV, f"{os.getpid()}:{listener.fileno()}")
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    listener.detach()  # the server owns the descriptor now
+    assert os.environ[sockets.INHERITED_FDS_ENV] == f"{os.getpid()}:"
+    with serving(server, workers=1):
+        assert server.server_address == server.socket.getsockname()
+        assert request_line(server.server_address, b"adopted\n").endswith(b" adopted\n")
+
+
+def test_max_requests_with_jitter_recycles_workers() -> None:
+    server = PreforkTCPServer(
+        ("127.0.0.1", 0), PidEchoHandler, workers=1, max_requests=3, max_requests_jitter=2
+    )
+    with serving(server, workers=1):
+        pids = [request_line(server.server_address, b"r\n").split()[0] for _ in range(12)]
+    runs = [len(list(group)) for _, group in itertools.groupby(pids)]
+    assert len(runs) >= 3
+    assert all(3 <= run <= 5 for run in runs[:-1]), runs
+
+
+def test_pidfile_and_umask_while_serving(tmp_path: Path) -> None:
+    pidfile = tmp_path / "master.pid"
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, pidfile=str(pidfile), umask=0o027)
+    before = os.umask(0o022)
+    try:
+        with serving(server, workers=1):
+            assert pidfile.read_text() == f"{os.getpid()}\n"
+            assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(before)
+    assert not pidfile.exists()

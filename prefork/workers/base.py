@@ -13,16 +13,22 @@ single ``write()`` of less than ``PIPE_BUF`` bytes, so messages never interleave
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import os
+import pwd
 import signal
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar
 
 import setproctitle
+
+from prefork.logs import reopen_log_files
+from prefork.scoreboard import WorkerState
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
@@ -87,7 +93,9 @@ class Worker:
     (0 .. workers-1, shown in its title and reused by its replacement); ``generation``, the
     reload count it was started in; ``name``, the process name; ``notify_fd``, the write end of
     the pipe to the master; ``master_fd``, the read end of a pipe only the master writes to,
-    which reads EOF when the master has died.
+    which reads EOF when the master has died; ``slot``, its slot in the server's scoreboard;
+    ``max_requests``, the number of requests after which it exits to be replaced (0: never;
+    the master adds max_requests_jitter).
 
     Methods for derived worker classes: :meth:`serve` (must be overridden) and
     :meth:`process_request` (must be overridden); :meth:`init_process` and
@@ -95,12 +103,11 @@ class Worker:
     """
 
     #: Signals the worker ignores (handled as a no-op, so an exec'd child gets the default).
-    #: HUP, TTIN/TTOU, USR1/USR2 are the master's; a process-group-wide one must not kill workers.
+    #: HUP, TTIN/TTOU, USR2 are the master's; a process-group-wide one must not kill workers.
     IGNORED_SIGNALS: ClassVar[tuple[signal.Signals, ...]] = (
         signal.SIGHUP,
         signal.SIGTTIN,
         signal.SIGTTOU,
-        signal.SIGUSR1,
         signal.SIGUSR2,
     )
 
@@ -112,6 +119,8 @@ class Worker:
         name: str,
         notify_fd: int,
         master_fd: int,
+        slot: int = 0,
+        max_requests: int = 0,
     ) -> None:
         self.server = server
         self.number = number
@@ -119,8 +128,13 @@ class Worker:
         self.name = name
         self.notify_fd = notify_fd
         self.master_fd = master_fd
+        self.slot = slot
+        self.max_requests = max_requests
         #: In the worker: False once it has been told to stop (TERM) or the master died.
         self.alive = True
+        #: In the worker: requests processed so far.
+        self.requests = 0
+        self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
         self.wakeup_fd = -1  # read end of this worker's signal wake-up pipe
         # Bookkeeping kept by the master (meaningless in the worker):
         self.pid = 0
@@ -129,6 +143,7 @@ class Worker:
         self.booted = False  # the worker reported READY
         self.boot_error = ""  # the cause it reported when it failed to boot
         self.stop_deadline: float | None = None  # when a stopping worker gets SIGKILL
+        self.aborted = False  # sent SIGABRT for the request timeout
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.number} pid={self.pid} gen={self.generation}>"
@@ -148,23 +163,51 @@ class Worker:
             log.exception("Worker %d (pid %d) failed to boot", self.number, os.getpid())
             self.notify(BOOT_ERROR, f"{type(exc).__name__}: {exc}")
             return WORKER_BOOT_ERROR
-        self.notify(READY)
+        self.notify(READY)  # then the title: a worker titled ready has told the master so
+        setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
+        if self.server.scoreboard is not None:
+            self.server.scoreboard.booted(self.slot, self.pid)
         self.serve()
+        if self.server.scoreboard is not None:
+            self.server.scoreboard.set_state(self.slot, WorkerState.STOPPING)
         return WORKER_EXIT_OK
 
     def init_process(self) -> None:
         """Prepare this process to serve. Runs in the worker, right after the fork.
 
-        Sets the signal handlers, the process title (``prefork: worker K [NAME]``), the
-        server's ``worker`` attribute, then calls the server's ``post_fork`` hook. May be
-        extended (call this first).
+        Sets the signal handlers, makes ``faulthandler`` dump the Python stack to stderr on
+        SIGABRT (the request timeout) and fatal signals, sets the process title
+        (``prefork: worker K [NAME] booting``; without "booting" once ready) and the server's
+        ``worker`` attribute, switches to the ``group`` and ``user`` settings (as gunicorn's),
+        then calls the server's ``post_fork`` hook. May be extended (call this first).
+
+        Raises PermissionError when the user or group cannot be switched to.
         """
         self.pid = os.getpid()
         self.init_signals()
-        setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
+        try:
+            faulthandler.enable(file=sys.stderr, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # stderr closed or not a real file
+            faulthandler.enable(file=2, all_threads=True)
+        setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}] booting")
         for server in self.listeners():
             server.worker = self
+        self.switch_user()
         self.server.post_fork(self)
+
+    def switch_user(self) -> None:
+        """Switch to the server's ``group`` and ``user`` settings (gid first, with the user's
+        supplementary groups). Runs in the worker. Raises PermissionError if not allowed."""
+        user, group = self.server.user, self.server.group
+        if group is not None:
+            os.setgid(group)
+        if user is not None:
+            if group is None:
+                group = pwd_gid(user)
+                os.setgid(group)
+            name = pwd_name(user)
+            os.setgroups(os.getgrouplist(name, group) if name is not None else [group])
+            os.setuid(user)
 
     def init_signals(self) -> None:
         """Install the worker's signal handlers. Runs in the worker. May be extended.
@@ -178,6 +221,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self.handle_term)
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -192,6 +236,10 @@ class Worker:
         """INT, QUIT: exit now (fast stop); an in-flight request is cut off."""
         os._exit(WORKER_EXIT_OK)
 
+    def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
+        """USR1 (forwarded by the master): reopen log files, in the loop."""
+        self.reopen_logs = True
+
     def notify(self, kind: bytes, text: str = "") -> None:
         """Send one message to the master; dropped if the pipe is full. Runs in the worker."""
         try:
@@ -200,8 +248,12 @@ class Worker:
             pass
 
     def drain_wakeups(self) -> None:
-        """Empty the signal wake-up pipe. Runs in the worker."""
+        """Empty the signal wake-up pipe and act on what the handlers recorded (USR1).
+        Runs in the worker."""
         drain(self.wakeup_fd)
+        if self.reopen_logs:
+            self.reopen_logs = False
+            reopen_log_files()
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.
@@ -225,8 +277,10 @@ class Worker:
         ``get_request`` -> ``verify_request`` (False: ``shutdown_request``, never processed)
         -> ``process_request``; an exception goes to ``handle_error`` and the request is shut
         down. accept() finding nothing (another worker took the connection) returns quietly;
-        EMFILE, ENFILE, ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. Runs in
-        the worker.
+        EMFILE, ENFILE, ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The
+        worker's scoreboard slot is BUSY from accept to the end, then counts the request (or,
+        when verify_request refused it, the denied connection); after ``max_requests`` the
+        worker stops (``alive`` becomes False). Runs in the worker.
         """
         try:
             request, client_address = server.get_request()
@@ -235,22 +289,57 @@ class Worker:
                 log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
                 time.sleep(0.1)
             return
-        if server.verify_request(request, client_address):
-            try:
-                server.process_request(request, client_address)
-            except Exception:
-                server.handle_error(request, client_address)
+        scoreboard = self.server.scoreboard
+        if scoreboard is not None:
+            scoreboard.request_started(self.slot)
+        try:
+            if server.verify_request(request, client_address):
+                self.requests += 1
+                try:
+                    server.process_request(request, client_address)
+                except Exception:
+                    server.handle_error(request, client_address)
+                    server.shutdown_request(request)
+                except BaseException:
+                    server.shutdown_request(request)
+                    raise
+            else:
+                if scoreboard is not None:
+                    scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
-            except BaseException:
-                server.shutdown_request(request)
-                raise
-        else:
-            server.shutdown_request(request)
+        finally:
+            if self.max_requests and self.requests >= self.max_requests and self.alive:
+                log.info(
+                    "Worker %d (pid %d) served %d requests (max_requests); exiting to be replaced",
+                    self.number,
+                    self.pid,
+                    self.requests,
+                )
+                self.alive = False
+            if scoreboard is not None:
+                state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+                scoreboard.request_finished(self.slot, self.requests, state)
 
     def listeners(self) -> Iterator[PreforkMixIn]:
         """Yield the servers this worker accepts on: the server, then its ``listeners``."""
         yield self.server
         yield from self.server.listeners
+
+
+def pwd_gid(uid: int) -> int:
+    """The primary group of user ``uid`` (``uid`` itself when the user is not in passwd)."""
+    try:
+        return int(pwd.getpwuid(uid).pw_gid)
+    except KeyError:
+        return uid
+
+
+def pwd_name(uid: int) -> str | None:
+    """The name of user ``uid``, or None when the user is not in passwd."""
+    try:
+        return str(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return None
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

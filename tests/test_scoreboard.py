@@ -1,0 +1,104 @@
+"""The scoreboard: slots in shared memory, written by workers and read by the master."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from prefork import PreforkTCPServer
+from prefork.scoreboard import SLOT_SIZE, Scoreboard, WorkerState
+from tests.conftest import request_line, wait_for
+from tests.handlers import PidEchoHandler
+from tests.test_server import serving
+
+
+def test_slots_are_assigned_written_and_released() -> None:
+    with Scoreboard(4) as board:
+        assert board.slots() == []
+        first, second = board.assign(0, 0), board.assign(1, 0)
+        assert (first, second) == (0, 1)
+        board.set_pid(0, 1234)
+        board.booted(0, 1234)
+        board.request_started(0)
+        busy = board.read(0)
+        assert busy.state is WorkerState.BUSY and busy.pid == 1234 and busy.booted_at > 0
+        assert 0 <= busy.busy_for() < 1
+        board.request_finished(0, 7)
+        board.count_denied(0)
+        done = board.read(0)
+        assert (done.state, done.requests, done.denied, done.busy_for()) == (WorkerState.IDLE, 7, 1, 0.0)
+        assert [s.slot for s in board.slots()] == [0, 1]
+        board.release(0)
+        assert [s.slot for s in board.slots()] == [1]
+        assert board.assign(2, 1) == 0  # a freed slot is reused
+
+
+def test_all_slots_taken_gives_none() -> None:
+    with Scoreboard(2) as board:
+        assert board.assign(0, 0) == 0 and board.assign(1, 0) == 1
+        assert board.assign(2, 0) is None
+
+
+def test_a_scoreboard_file_is_readable_by_another_process_and_removed(tmp_path: Path) -> None:
+    path = str(tmp_path / "board")
+    board = Scoreboard(8, path)
+    assert os.path.getsize(path) == 64 + 8 * SLOT_SIZE
+    slot = board.assign(3, 2)
+    assert slot is not None
+    board.set_pid(slot, 42)
+    pid = os.fork()
+    if pid == 0:  # another process: open the file and check what it reads
+        try:
+            with Scoreboard.open(path) as view:
+                (stats,) = view.slots()
+                os._exit(0 if (stats.pid, stats.number, stats.generation) == (42, 3, 2) else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    board.close()
+    assert not os.path.exists(path)
+
+
+def test_a_new_scoreboard_file_replaces_the_old_one_without_touching_its_memory(tmp_path: Path) -> None:
+    path = str(tmp_path / "board")
+    old = Scoreboard(2, path)
+    old.assign(0, 0)
+    new = Scoreboard(2, path)  # as the new master of a USR2 upgrade
+    assert [s.number for s in old.slots()] == [0]
+    old.close()  # not its file any more: left in place
+    assert os.path.exists(path)
+    new.close()
+    assert not os.path.exists(path)
+
+
+def test_open_refuses_a_file_that_is_not_a_scoreboard(tmp_path: Path) -> None:
+    path = tmp_path / "other"
+    path.write_bytes(b"x" * 128)
+    with pytest.raises(ValueError, match="not a prefork scoreboard"):
+        Scoreboard.open(str(path))
+
+
+def test_workers_report_state_requests_and_denied_connections() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, deny="10.0.0.0/8")
+    with serving(server, workers=1):
+        board = server.scoreboard
+        assert board is not None
+        (idle,) = wait_for(lambda: [s for s in board.slots() if s.state is WorkerState.IDLE])
+        assert idle.booted_at <= time.time() and idle.requests == 0
+        for _ in range(3):
+            request_line(server.server_address, b"one\n")
+        with socket.create_connection(server.server_address) as client:
+            client.sendall(b"sleep 0.5\n")
+            (busy,) = wait_for(lambda: [s for s in board.slots() if s.state is WorkerState.BUSY])
+            assert busy.pid == idle.pid and busy.busy_for() >= 0
+            assert client.recv(100).endswith(b"sleep 0.5\n")
+        (after,) = wait_for(
+            lambda: [s for s in board.slots() if s.requests == 4 and s.state is WorkerState.IDLE]
+        )
+        assert after.denied == 0
+    assert server.scoreboard is None
