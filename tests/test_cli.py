@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from prefork import config
-from prefork.cli import build_parser
-from tests.conftest import ROOT, CLIServer, request_line
+from prefork.cli import _unlink_unused, build_parser, check_target, load_target
+from tests.conftest import ROOT, CLIServer, request_line, wait_for
 
 Serve = Callable[..., CLIServer]
 
@@ -46,11 +51,13 @@ def test_no_target_serves_the_demo_from_several_workers(serve_cli: Serve) -> Non
     server.wait_workers(2)
     url = "http://{}:{}/".format(*server.address)
     seen = set()
-    for _ in range(40):
-        with urllib.request.urlopen(url, timeout=5) as response:
+    with socket.create_connection(server.address, timeout=5) as held:
+        held.sendall(b"GET / HTTP/1.0\r\n")  # one worker now waits for the rest of the request
+        time.sleep(0.2)
+        with urllib.request.urlopen(url, timeout=5) as response:  # so the other one answers
             seen.add(response.read().decode())
-        if len(seen) >= 2:
-            break
+        held.sendall(b"\r\n")
+        seen.add(held.makefile("rb").read().decode().partition("\r\n\r\n")[2])
     assert all(text.startswith("Hello from prefork worker ") for text in seen)
     assert len(seen) == 2
     assert "Listening at http://127.0.0.1:" in server.log
@@ -219,3 +226,149 @@ def test_permission_denied_bind() -> None:
     assert_usage_error(
         run_cli("--bind", "127.0.0.1:1", **kwargs), "cannot bind 127.0.0.1:1", "Permission denied"
     )
+
+
+# -- --preload, and TARGET imported afresh by each worker without it --------------------------
+
+HANDLER_SOURCE = """\
+import socketserver
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write({reply!r})
+"""
+
+
+def _write_handler(path: Path, reply: bytes) -> None:
+    # A different reply length changes the file size, so no stale bytecode can be used.
+    path.write_text(HANDLER_SOURCE.format(reply=reply))
+
+
+def _reload(server: CLIServer, old: set[int]) -> None:
+    """HUP the master and wait until the worker has been replaced."""
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.worker_pids().isdisjoint(old) and server.wait_workers(1), timeout=15)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("preload", "after_hup"), [(False, b"version two\n"), (True, b"v1\n")])
+def test_hup_serves_edited_code_unless_preloaded(
+    serve_cli: Serve, tmp_path: Path, preload: bool, after_hup: bytes
+) -> None:
+    app = tmp_path / f"edited_app_{int(preload)}.py"
+    _write_handler(app, b"v1\n")
+    server = serve_cli(f"{app}:Handler", "--workers", "1", *(["--preload"] if preload else []))
+    old = server.wait_workers(1)
+    assert request_line(server.address, b"x\n") == b"v1\n"
+    _write_handler(app, b"version two\n")
+    _reload(server, old)
+    assert request_line(server.address, b"x\n") == after_hup
+
+
+@pytest.mark.timeout(40)
+def test_a_worker_that_cannot_import_the_edited_target_fails_to_boot(
+    serve_cli: Serve, tmp_path: Path
+) -> None:
+    app = tmp_path / "breaks_later.py"
+    _write_handler(app, b"v1\n")
+    server = serve_cli(f"{app}:Handler", "--workers", "1")
+    server.wait_workers(1)
+    app.write_text("raise RuntimeError('broken after the start')\n")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "RuntimeError: broken after the start" in server.log, timeout=15)
+    assert "failed to boot" in server.log
+
+
+def test_check_target_forgets_the_modules_it_imported(tmp_path: Path) -> None:
+    helper = tmp_path / "forgotten_helper.py"
+    helper.write_text("VALUE = 1\n")
+    app = tmp_path / "forgotten_app.py"
+    app.write_text("import forgotten_helper\n" + HANDLER_SOURCE.format(reply=b"x\n"))
+    before = set(sys.modules)
+    try:
+        handler = check_target(f"{app}:Handler")
+        assert handler.__name__ == "Handler"
+        assert "forgotten_app" not in sys.modules
+        assert "forgotten_helper" not in sys.modules
+        assert load_target(f"{app}:Handler") is not handler  # imported afresh
+        assert "forgotten_app" in sys.modules
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(tmp_path))
+
+
+def test_a_target_that_fails_to_import_without_preload_is_a_usage_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_too.py"
+    broken.write_text("raise ImportError('no such dependency')\n")
+    for flags in ([], ["--preload"]):
+        assert_usage_error(run_cli(f"{broken}:H", *flags), "ImportError: no such dependency")
+
+
+# -- Unix socket files at exit ----------------------------------------------------------------
+
+
+def test_unix_socket_file_is_removed_at_exit(serve_cli: Serve, unix_path: str) -> None:
+    server = serve_cli("tests.handlers:PidEchoHandler", "--bind", f"unix:{unix_path}", "--workers", "1")
+    server.wait_workers(1)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not os.path.exists(unix_path)
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_a_unix_socket_file_still_bound_elsewhere_is_kept(unix_path: str, kind: int) -> None:
+    with socket.socket(socket.AF_UNIX, kind) as other:  # the new master after USR2, or systemd
+        other.bind(unix_path)
+        if kind == socket.SOCK_STREAM:
+            other.listen()
+        _unlink_unused(unix_path, kind == socket.SOCK_DGRAM)
+        assert os.path.exists(unix_path)
+    _unlink_unused(unix_path, kind == socket.SOCK_DGRAM)
+    assert not os.path.exists(unix_path)
+
+
+def test_unlink_unused_leaves_other_files_alone(tmp_path: Path) -> None:
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("data")
+    _unlink_unused(str(plain), False)
+    _unlink_unused(str(tmp_path / "missing"), False)
+    _unlink_unused("\0abstract-name", False)
+    assert plain.exists()
+
+
+def test_log_file_that_cannot_be_opened_is_a_usage_error(tmp_path: Path) -> None:
+    assert_usage_error(
+        run_cli("--log-file", str(tmp_path / "no-such-dir" / "prefork.log")), "cannot open log file"
+    )
+
+
+@pytest.mark.timeout(40)
+def test_usr2_upgrade_keeps_the_unix_socket_file_until_the_last_master_stops(
+    serve_cli: Serve, unix_path: str
+) -> None:
+    server = serve_cli(
+        "tests.handlers:PidEchoHandler",
+        "--bind",
+        "127.0.0.1:0",
+        "--bind",
+        f"unix:{unix_path}",
+        "--workers",
+        "1",
+    )
+    address = server.address
+    server.wait_workers(1)
+    server.signal(signal.SIGUSR2)
+    assert server.wait(20) == 0  # the old master, stopped by the new one once its pool is ready
+    match = wait_for(lambda: re.search(r"started a new master \(pid (\d+)\)", server.log))
+    new_master = psutil.Process(int(match.group(1)))
+    assert "--bind is ignored" not in server.log  # the inherited sockets are the --bind list's
+    assert os.path.exists(unix_path)  # the new master listens on it
+    assert request_line(unix_path, b"unix\n").endswith(b" unix\n")
+    assert request_line(address, b"tcp\n").endswith(b" tcp\n")
+    new_master.send_signal(signal.SIGTERM)
+    new_master.wait(20)
+    assert not os.path.exists(unix_path)
