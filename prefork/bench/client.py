@@ -1,0 +1,36 @@
+"""``python -m prefork.bench.client``: one client process of ``prefork bench``.
+
+Started by :class:`~prefork.bench.loadgen.ClientProcess` in the bench's parent process. It
+reads a :class:`~prefork.bench.loadgen.LoadSpec` (one JSON line) on stdin, writes ``ready``,
+waits for a line on stdin, drives the load (:func:`~prefork.bench.loadgen.run_load`) writing
+``progress N`` lines, then one ``result JSON`` line, and exits 0 (1 if the parent went away).
+Not imported by :mod:`prefork.bench`, so ``-m`` runs it fresh.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefork.bench.loadgen import PROGRESS, READY, RESULT, LoadSpec, run_load
+
+
+def main() -> int:
+    """Read a spec on stdin, say ready, wait for a line, run it, write the result; return 0."""
+    spec = LoadSpec.from_json(sys.stdin.readline())
+
+    def progress(completed: int) -> None:
+        print(PROGRESS, completed, flush=True)
+
+    print(READY, flush=True)
+    if not sys.stdin.readline():  # the parent went away before starting us
+        return 1
+    result = run_load(spec, progress)
+    print(RESULT, result.to_json(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(1)
