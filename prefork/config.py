@@ -142,6 +142,13 @@ def optional_str(value: Any) -> str | None:
     return text
 
 
+def choice(value: Any, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
 def worker_class_name(value: Any) -> str:
     """Check that ``value`` names a worker class of :mod:`prefork.workers`."""
     from prefork.workers import WORKER_CLASSES
@@ -202,6 +209,30 @@ WORKER_CLASS: Setting[str] = Setting(
     metavar="CLASS",
     help="Worker class: 'sync' serves one request at a time in the worker process itself.",
 )
+THREADS: Setting[int] = Setting(
+    name="threads",
+    section="Pool",
+    default=4,
+    convert=positive_int,
+    flags=("--threads",),
+    metavar="N",
+    help=(
+        "Threads per worker of the 'thread' worker class: each worker serves up to N requests "
+        "at once and stops accepting while all N are busy (as gunicorn's gthread threads)."
+    ),
+)
+ACCEPT: Setting[str] = Setting(
+    name="accept",
+    section="Pool",
+    default="shared",
+    convert=lambda value: choice(value, ("shared", "reuseport")),
+    flags=("--accept",),
+    metavar="STRATEGY",
+    help=(
+        "How workers get connections: 'shared', one listening socket inherited by every "
+        "worker; 'reuseport', one SO_REUSEPORT socket per worker, spread by the kernel."
+    ),
+)
 GRACEFUL_TIMEOUT: Setting[float] = Setting(
     name="graceful_timeout",
     section="Pool",
@@ -223,7 +254,7 @@ REQUEST_TIMEOUT: Setting[float] = Setting(
     metavar="SECONDS",
     help=(
         "A worker busy on one request (or booting) for longer than this is sent SIGABRT, which "
-        "dumps its Python stack to stderr, then SIGKILL 1 s later, and is replaced; 0 turns it "
+        "dumps its Python stack to stderr, then SIGKILL 0.5 s later, and is replaced; 0 turns it "
         "off. Idle workers are never killed. As gunicorn's timeout (named request_timeout here "
         "because socketserver's BaseServer.timeout is handle_request()'s wait)."
     ),
@@ -395,6 +426,8 @@ UMASK: Setting[int | None] = Setting(
 SETTINGS: tuple[Setting[Any], ...] = (
     WORKERS,
     WORKER_CLASS,
+    THREADS,
+    ACCEPT,
     GRACEFUL_TIMEOUT,
     REQUEST_TIMEOUT,
     MAX_REQUESTS,

@@ -56,7 +56,7 @@ BOOT_BACKOFF_MAX = 5.0
 #: Seconds workers get to exit on a fast stop (INT, QUIT) before SIGKILL.
 FAST_STOP_TIMEOUT = 1.0
 #: Seconds between SIGABRT (request timeout; faulthandler dumps the stack) and SIGKILL.
-ABORT_GRACE = 1.0
+ABORT_GRACE = 0.5
 #: Seconds between two checks of the workers' memory (max_worker_memory).
 MEMORY_CHECK_INTERVAL = 1.0
 #: Fewest scoreboard slots; there are at least 4 per worker (a reload doubles the pool).
@@ -125,6 +125,9 @@ class Master:
             raise PreforkError(
                 f"cannot create scoreboard file {server.scoreboard_file}: {exc.strerror or exc}"
             ) from None
+        #: accept="reuseport" in effect: worker K > 0 accepts on its own SO_REUSEPORT sockets.
+        self.reuseport = False
+        self._reuseport_sockets: dict[int, list[socket.socket]] = {}  # by worker number
         self._notify_buffer = b""
         self._old_handlers: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
         self._old_wakeup_fd: int | None = None
@@ -167,6 +170,7 @@ class Master:
             for server in self.servers():
                 server.socket.setblocking(False)  # workers accept without blocking
                 server.scoreboard = self.scoreboard
+            self.reuseport = self.use_reuseport()
             setproctitle.setproctitle(f"prefork: master [{self.name}]")
             log.info(
                 "Listening at %s with %d %s workers (master pid %d)",
@@ -291,6 +295,7 @@ class Master:
         """TTOU: one worker fewer (the highest-numbered retires), never below 1."""
         if self.num_workers > 1:
             self.num_workers -= 1
+            self.close_reuseport_sockets(self.num_workers)  # the retiring worker's copy stays open
             log.info("Received SIGTTOU, decreasing the pool to %d worker(s).", self.num_workers)
         else:
             log.info("Received SIGTTOU, but the pool is at its minimum of 1 worker.")
@@ -375,12 +380,13 @@ class Master:
         )
         for stream in (sys.stdout, sys.stderr):  # else the child inherits unwritten output
             _flush(stream)
+        own = self.accept_sockets(number)
         worker.spawned_at = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the worker
             status = WORKER_EXIT_ERROR
             try:
-                self.close_in_worker()
+                self.close_in_worker(own)
                 status = worker.run()
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
@@ -402,8 +408,19 @@ class Master:
         log.debug("Booting worker %d (pid %d, generation %d)", number, pid, self.generation)
         return worker
 
-    def close_in_worker(self) -> None:
-        """In a freshly forked worker, drop what belongs to the master."""
+    def close_in_worker(self, own: list[socket.socket] | None = None) -> None:
+        """In a freshly forked worker, drop what belongs to the master. With ``own`` (the
+        worker's reuseport sockets, one per server), each server's ``socket`` becomes its
+        own one, and the copies of the other sockets are closed."""
+        if own is not None:
+            for server, sock in zip(self.servers(), own, strict=True):
+                if server.socket is not sock:
+                    server.socket.close()
+                    server.socket = sock
+        for socks in self._reuseport_sockets.values():
+            for sock in socks:
+                if own is None or sock not in own:
+                    sock.close()
         signal.set_wakeup_fd(-1)
         self._selector.close()
         for worker in self.workers.values():
@@ -413,6 +430,52 @@ class Master:
         self._wake_w.close()
         os.close(self._notify_r)
         os.close(self._master_w)
+
+    def use_reuseport(self) -> bool:
+        """Whether the ``reuseport`` accept strategy applies: asked for, and possible for
+        every server (else log why, and accept on the shared sockets). Warns once when
+        queued connections of a closing socket would be reset (tcp_migrate_req=0)."""
+        if self.server.accept != "reuseport":
+            return False
+        for server in self.servers():
+            why = sockets.reuseport_unsupported(server.socket)
+            if why is not None:
+                log.info("accept=reuseport: %s is %s; using shared sockets", sockets.describe(server), why)
+                return False
+        if sockets.tcp_migrate_req() is False:
+            log.warning(
+                "accept=reuseport with net.ipv4.tcp_migrate_req=0: connections queued on a worker's "
+                "socket are reset when the pool shrinks or stops (sysctl -w net.ipv4.tcp_migrate_req=1)"
+            )
+        return True
+
+    def accept_sockets(self, number: int) -> list[socket.socket] | None:
+        """With reuseport, worker ``number``'s listening sockets (one per server): worker 0
+        uses the servers' own; the others' are created on first use and kept for the
+        worker's replacements (which inherit their queue) until the pool shrinks or stops.
+        None means the shared sockets (also when creating them fails, which is logged)."""
+        if not self.reuseport:
+            return None
+        if number == 0:
+            return [server.socket for server in self.servers()]
+        if number not in self._reuseport_sockets:
+            socks: list[socket.socket] = []
+            try:
+                for server in self.servers():
+                    socks.append(sockets.reuseport_socket(server.socket, server.request_queue_size))
+            except OSError as exc:
+                log.error("Worker %d: cannot create a reuseport socket (%s); sharing worker 0's", number, exc)
+                for sock in socks:
+                    sock.close()
+                return None
+            self._reuseport_sockets[number] = socks
+        return self._reuseport_sockets[number]
+
+    def close_reuseport_sockets(self, first: int = 0) -> None:
+        """Close the reuseport sockets of worker numbers ``first`` and above."""
+        for number in [n for n in self._reuseport_sockets if n >= first]:
+            for sock in self._reuseport_sockets.pop(number):
+                sock.close()
 
     def retire_excess(self) -> None:
         """Gracefully stop workers of an old generation once their replacement is ready
@@ -692,6 +755,7 @@ class Master:
     def close(self) -> None:
         """Release the master's descriptors and the scoreboard (the pool must be stopped)."""
         self.scoreboard.close()
+        self.close_reuseport_sockets()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -79,6 +79,8 @@ class PreforkMixIn(_Base):
 
     workers: int | None = config.WORKERS.default
     worker_class: str = config.WORKER_CLASS.default
+    threads: int = config.THREADS.default
+    accept: str = config.ACCEPT.default
     graceful_timeout: float = config.GRACEFUL_TIMEOUT.default
     request_timeout: float = config.REQUEST_TIMEOUT.default
     max_requests: int = config.MAX_REQUESTS.default

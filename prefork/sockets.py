@@ -119,3 +119,59 @@ def adopt_inherited_socket(family: int, kind: int) -> InheritedSocket | None:
             return sock
         sock.detach()
     return None
+
+
+#: Where Linux says whether a closing SO_REUSEPORT listener's queued connections migrate to
+#: another listener of its group (1) or are reset (0, the default).
+TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def reuseport_unsupported(sock: socket.socket) -> str | None:
+    """Why ``sock`` cannot have per-worker SO_REUSEPORT copies (the ``reuseport`` accept
+    strategy), or None when it can: only TCP/UDP sockets bound here (not inherited from
+    systemd or an old master), on a system with SO_REUSEPORT. Runs in the master."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return "SO_REUSEPORT is not available"
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return "not a TCP or UDP socket"
+    if isinstance(sock, InheritedSocket):
+        return "an inherited socket"
+    return None
+
+
+def tcp_migrate_req(path: str = TCP_MIGRATE_REQ) -> bool | None:
+    """Whether ``net.ipv4.tcp_migrate_req`` is on (read from ``path``); None when unknown
+    (not Linux >= 5.14, or unreadable)."""
+    try:
+        with open(path) as file:
+            return file.read().strip() != "0"
+    except (OSError, ValueError):
+        return None
+
+
+def reuseport_socket(original: socket.socket, backlog: int) -> socket.socket:
+    """Return a new non-blocking socket bound to ``original``'s address in one SO_REUSEPORT
+    group with it (listening with ``backlog`` for a stream socket), for one worker.
+
+    ``original`` (bound and, for a stream socket, listening) gets SO_REUSEPORT too, so that
+    the kernel admits the new socket to its port: it is then a member of the group, and the
+    kernel hashes connections over all members, so it must be accepted on as well (worker 0
+    does). Runs in the master. Raises OSError when the address cannot be shared.
+    """
+    original.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock = socket.socket(original.family, original.type, original.proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reuse_address = original.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse_address)
+        if original.family == socket.AF_INET6:
+            v6only = original.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sock.bind(original.getsockname())
+        if sock.type == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -17,7 +17,10 @@ import faulthandler
 import logging
 import os
 import pwd
+import select
+import selectors
 import signal
+import socket
 import struct
 import sys
 import time
@@ -55,6 +58,14 @@ _MAX_TEXT = 400  # keeps every message far below PIPE_BUF (512 on the smallest P
 #: accept() errors that mean the process or system is out of a resource: waiting a little
 #: beats spinning on them (as trio's serve_listeners does).
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+#: How a worker waits for its listening sockets (see :class:`ListenerWaiter`), by preference.
+ACCEPT_WAITS = ("exclusive", "select", "blocking")
+
+#: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
+#: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
+_SOCKET_ACCEPT_CODE = socket.socket.accept.__code__
 
 
 def drain(fd: int) -> None:
@@ -102,6 +113,13 @@ class Worker:
     :meth:`init_signals` (may be extended).
     """
 
+    #: How the worker waits for connections: "select" (a level-triggered selector: every idle
+    #: worker wakes for each connection; the default, measured best), "exclusive" (epoll, the
+    #: listening sockets with EPOLLEXCLUSIVE: one connection wakes one idle worker) or "blocking"
+    #: (blocking accept() on the only listening socket; measured, not recommended: it does
+    #: not notice the master's death). See :class:`ListenerWaiter` and docs/architecture.md.
+    accept_wait: ClassVar[str] = "select"
+
     #: Signals the worker ignores (handled as a no-op, so an exec'd child gets the default).
     #: HUP, TTIN/TTOU, USR2 are the master's; a process-group-wide one must not kill workers.
     IGNORED_SIGNALS: ClassVar[tuple[signal.Signals, ...]] = (
@@ -136,6 +154,11 @@ class Worker:
         self.requests = 0
         self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
         self.wakeup_fd = -1  # read end of this worker's signal wake-up pipe
+        #: In the worker: accept() calls that found no connection (another worker took it):
+        #: the spurious wake-ups. Counted off the request path (only when accept fails).
+        self.empty_accepts = 0
+        self._waiter: ListenerWaiter | None = None
+        self._blocking_accept = False  # the "blocking" wait: TERM must interrupt accept()
         # Bookkeeping kept by the master (meaningless in the worker):
         self.pid = 0
         self.pidfd = -1
@@ -229,8 +252,15 @@ class Worker:
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def handle_term(self, signum: int, frame: FrameType | None) -> None:
-        """TERM: finish the request in progress, then exit (graceful stop)."""
+        """TERM: finish the request in progress, then exit (graceful stop).
+
+        With the ``blocking`` accept wait, a TERM arriving in ``accept()`` raises
+        InterruptedError there (``handle_request`` returns quietly), since PEP 475 would
+        otherwise retry the accept after this handler returns.
+        """
         self.alive = False
+        if self._blocking_accept and frame is not None and frame.f_code is _SOCKET_ACCEPT_CODE:
+            raise InterruptedError("the worker is stopping")
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:
         """INT, QUIT: exit now (fast stop); an in-flight request is cut off."""
@@ -254,6 +284,20 @@ class Worker:
         if self.reopen_logs:
             self.reopen_logs = False
             reopen_log_files()
+
+    def wait_for_listeners(self, timeout: float | None = None) -> list[PreforkMixIn]:
+        """Wait until a listening socket of this worker is readable; return the servers whose
+        socket is (pass each to :meth:`handle_request`), or [] after ``timeout`` seconds
+        (None: no limit), a signal, or the master's death. Runs in the worker.
+
+        Signals are acted on here (:meth:`drain_wakeups`); the master's death logs a warning
+        and sets ``alive`` to False. Callers loop ``while self.alive``. The waiting mechanism
+        is the class attribute ``accept_wait`` (see :class:`ListenerWaiter`), set up on the
+        first call and kept for the worker's life.
+        """
+        if self._waiter is None:
+            self._waiter = ListenerWaiter(self, list(self.listeners()), self.accept_wait)
+        return self._waiter.wait(timeout)
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.
@@ -285,6 +329,7 @@ class Worker:
         try:
             request, client_address = server.get_request()
         except OSError as exc:
+            self.empty_accepts += 1
             if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                 log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
                 time.sleep(0.1)
@@ -324,6 +369,92 @@ class Worker:
         """Yield the servers this worker accepts on: the server, then its ``listeners``."""
         yield self.server
         yield from self.server.listeners
+
+
+class ListenerWaiter:
+    """Waits for the listening sockets of one worker, with its signal wake-up pipe and the
+    master pipe. Created and used in the worker (by :meth:`Worker.wait_for_listeners`).
+
+    ``how`` is one of :data:`ACCEPT_WAITS`:
+
+    - ``exclusive``: one epoll instance per worker, the listening sockets registered with
+      ``EPOLLIN | EPOLLEXCLUSIVE`` (Linux >= 4.5), so the kernel wakes one worker waiting in
+      epoll_wait per connection instead of all of them; the other fds normally. accept()
+      stays non-blocking: a woken worker may still find nothing. Where EPOLLEXCLUSIVE is
+      missing (or refused), falls back to ``select``.
+    - ``select``: ``selectors.DefaultSelector`` (level-triggered): every idle worker wakes.
+    - ``blocking``: no waiting; the only listening socket is made blocking (for the whole pool:
+      O_NONBLOCK is shared) and :meth:`wait` returns it at once, so the worker sleeps in
+      accept(), where the kernel wakes one waiter per connection (FIFO). TERM interrupts it
+      (:meth:`Worker.handle_term`); the master's death goes unnoticed until the next request.
+      Only for one stream listener; else falls back to ``exclusive``.
+    """
+
+    def __init__(self, worker: Worker, servers: list[PreforkMixIn], how: str) -> None:
+        if how not in ACCEPT_WAITS:
+            raise ValueError(f"accept_wait must be one of {', '.join(ACCEPT_WAITS)}, got {how!r}")
+        self.worker = worker
+        self.servers = {server.fileno(): server for server in servers}
+        if how == "blocking" and (len(servers) != 1 or servers[0].socket.type != socket.SOCK_STREAM):
+            how = "exclusive"
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        self.epoll: select.epoll | None = None
+        self.selector: selectors.BaseSelector | None = None
+        if how == "exclusive" and exclusive and hasattr(select, "epoll"):
+            self.epoll = select.epoll()
+            try:
+                for fd in self.servers:
+                    self.epoll.register(fd, select.EPOLLIN | exclusive)
+            except OSError:  # EINVAL: a kernel older than 4.5
+                self.epoll.close()
+                self.epoll = None
+            else:
+                self.epoll.register(worker.wakeup_fd, select.EPOLLIN)
+                self.epoll.register(worker.master_fd, select.EPOLLIN)
+        if how == "blocking":
+            servers[0].socket.setblocking(True)
+            worker._blocking_accept = True
+        elif self.epoll is None:
+            how = "select"
+            self.selector = selectors.DefaultSelector()
+            for fd in self.servers:
+                self.selector.register(fd, selectors.EVENT_READ)
+            self.selector.register(worker.wakeup_fd, selectors.EVENT_READ)
+            self.selector.register(worker.master_fd, selectors.EVENT_READ)
+        #: The mechanism in use, after fallbacks.
+        self.how = how
+
+    def wait(self, timeout: float | None) -> list[PreforkMixIn]:
+        """Wait up to ``timeout`` seconds (None: no limit); return the readable listeners.
+
+        Acts on signals and on the master's death (see :meth:`Worker.wait_for_listeners`).
+        """
+        if self.epoll is not None:
+            fds = [fd for fd, _ in self.epoll.poll(-1 if timeout is None else timeout)]
+        elif self.selector is not None:
+            fds = [key.fd for key, _ in self.selector.select(timeout)]
+        else:  # blocking: accept() itself waits
+            drain(self.worker.wakeup_fd)
+            return list(self.servers.values()) if self.worker.alive else []
+        ready = []
+        for fd in fds:
+            server = self.servers.get(fd)
+            if server is not None:
+                ready.append(server)
+            elif fd == self.worker.master_fd:
+                if self.worker.alive:
+                    log.warning("Worker %d: the master died; exiting", self.worker.number)
+                self.worker.alive = False
+            else:
+                self.worker.drain_wakeups()
+        return ready
+
+    def close(self) -> None:
+        """Close the epoll instance or selector."""
+        if self.epoll is not None:
+            self.epoll.close()
+        if self.selector is not None:
+            self.selector.close()
 
 
 def pwd_gid(uid: int) -> int:
