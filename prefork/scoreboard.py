@@ -218,6 +218,12 @@ class Scoreboard:
         Runs in the worker, on the request path."""
         _DONE.pack_into(self._memory, _offset(slot) + 12, state, 0.0, requests)
 
+    def request_progress(self, slot: int, requests: int, started: float) -> None:
+        """Mark ``slot`` BUSY since ``started`` (a ``time.monotonic()`` value: the oldest
+        request still in flight) with ``requests`` served so far. Runs in the worker (the
+        ``thread`` worker, whose requests overlap)."""
+        _DONE.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, started, requests)
+
     def count_denied(self, slot: int) -> None:
         """Add one connection refused by ``verify_request`` to ``slot``. Runs in the worker."""
         offset = _offset(slot) + 32

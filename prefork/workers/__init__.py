@@ -1,4 +1,5 @@
-"""Worker classes: ``sync`` (one request at a time in the worker process)."""
+"""Worker classes: ``sync`` (one request at a time in the worker process) and ``thread`` (up to
+``threads`` requests at once, each in a thread of the worker process, as gunicorn's gthread)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from types import MappingProxyType
 
 from prefork.workers.base import WORKER_BOOT_ERROR, WORKER_EXIT_ERROR, WORKER_EXIT_OK, Worker
 from prefork.workers.sync import SyncWorker
+from prefork.workers.thread import ThreadWorker
 
 #: Worker classes by the name the ``worker_class`` setting takes.
-WORKER_CLASSES: Mapping[str, type[Worker]] = MappingProxyType({"sync": SyncWorker})
+WORKER_CLASSES: Mapping[str, type[Worker]] = MappingProxyType({"sync": SyncWorker, "thread": ThreadWorker})
 
 __all__ = [
     "WORKER_BOOT_ERROR",
@@ -17,5 +19,6 @@ __all__ = [
     "WORKER_EXIT_ERROR",
     "WORKER_EXIT_OK",
     "SyncWorker",
+    "ThreadWorker",
     "Worker",
 ]

@@ -1,0 +1,312 @@
+"""The ``thread`` worker: each worker process serves up to ``threads`` requests at once.
+
+As gunicorn's ``gthread`` worker or Apache's worker MPM: ThreadingMixIn's semantics inside a
+preforked worker, with the threads bounded. A keep-alive or slow client holds one thread, not
+the whole process; a worker whose threads are all busy stops accepting, so the connections go
+to the workers that have a thread free.
+
+Who runs what, in the worker process (the master never starts a thread; they are started in
+:meth:`ThreadWorker.serve`, after the fork):
+
+- the **main thread** waits in one ``select`` on the listening sockets (only while a thread is
+  free), the signal wake-up pipe, the master's pipe and the worker's own wake-up pipe; it
+  accepts (``get_request`` -> ``verify_request``) and hands each request to a thread. It runs
+  the signal handlers and owns the scoreboard slot's BUSY/IDLE transitions with the threads.
+- each of the ``threads`` **handler threads** (long-lived, started once) takes requests from a
+  queue and runs ``finish_request`` (the handler: ``setup``, ``handle``, ``finish``) then
+  ``shutdown_request``, with ``handle_error`` on an exception, as
+  ``ThreadingMixIn.process_request_thread`` does.
+
+A fixed set of threads fed by a ``queue.SimpleQueue`` is used rather than a
+``concurrent.futures.ThreadPoolExecutor``: the same bound, without a Future and its lock per
+request (measured cheaper, see ``docs/workers.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import threading
+import time
+from typing import TYPE_CHECKING, TypeAlias
+
+from prefork.scoreboard import WorkerState
+from prefork.workers.base import ACCEPT_RESOURCE_ERRNOS, WORKER_EXIT_ERROR, Worker, drain
+
+if TYPE_CHECKING:
+    from _socket import _RetAddress
+    from socketserver import BaseServer, _RequestType
+
+    from prefork.server import PreforkMixIn
+
+log = logging.getLogger("prefork")
+
+#: What the main thread hands to a handler thread; None tells the thread to exit.
+_Work: TypeAlias = "tuple[BaseServer, _RequestType, _RetAddress] | None"
+
+
+class ThreadWorker(Worker):
+    """Serves up to ``server.threads`` requests at once, each in a thread of this worker
+    process (as gunicorn's ``gthread`` worker).
+
+    The main thread accepts only while one of the ``threads`` handler threads is free: when all
+    are busy it stops watching the listening sockets until one finishes, so an idle worker of
+    the pool takes the next connection instead. A handler keeps its thread for as long as it
+    runs: an HTTP/1.1 keep-alive connection of ``http.server`` holds one thread for the
+    connection's life, bounded when idle by the ``socket_timeout`` setting.
+
+    The scoreboard slot is BUSY while any request is in flight, since the start of the oldest
+    one (so ``request_timeout`` aborts a worker with a hung thread); it counts finished
+    requests and is IDLE when none is in flight.
+
+    TERM (graceful): stop accepting, let the requests in flight finish (the master SIGKILLs
+    after ``graceful_timeout``), then return. After ``max_requests`` the same. The master's
+    death: the same, bounded by ``graceful_timeout``. A ``SystemExit`` or
+    ``KeyboardInterrupt`` raised in a handler thread is logged and makes the worker stop
+    accepting, finish the other requests and exit with an error status, to be replaced.
+
+    Methods: :meth:`serve`, :meth:`handle_request` and :meth:`process_request` run in the main
+    thread; :meth:`serve_thread` in each handler thread. They may be extended.
+    """
+
+    def init_process(self) -> None:
+        """Prepare this process to serve (the base class's boot), then create the queue, the
+        lock and the wake-up pipe the threads share. Runs in the worker's main thread, after
+        the fork. May be extended (call this first)."""
+        super().init_process()
+        self.threads = int(self.server.threads)
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        #: Requests accepted and not finished: id(request) -> time.monotonic() of the accept,
+        #: oldest first (insertion order).
+        self._in_flight: dict[int, float] = {}
+        self._served = 0  # requests finished, for the scoreboard
+        self._waiting = False  # the main thread waits for a thread to free (under _lock)
+        self._fatal: BaseException | None = None  # SystemExit, KeyboardInterrupt of a thread
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- the main thread ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Start the handler threads, accept while one is free until told to stop, then wait
+        for the requests in flight. Runs in the worker's main thread.
+
+        Raises SystemExit (status 1, or the int status of a handler's SystemExit) when a
+        handler thread raised SystemExit or KeyboardInterrupt.
+        """
+        pool = [
+            threading.Thread(
+                target=self.serve_thread, name=f"prefork-worker-{self.number}-thread-{i}", daemon=True
+            )
+            for i in range(self.threads)
+        ]
+        for thread in pool:
+            thread.start()
+        listeners = list(self.listeners())
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.wakeup_fd, selectors.EVENT_READ, None)
+            selector.register(self.master_fd, selectors.EVENT_READ, None)
+            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            master_alive = self.accept_loop(selector, listeners)
+            finished = self.wait_in_flight(selector, master_alive)
+        if finished:
+            for _ in pool:
+                self._queue.put(None)
+            for thread in pool:
+                thread.join()
+        if self._fatal is not None:
+            code = self._fatal.code if isinstance(self._fatal, SystemExit) else None
+            raise SystemExit(code if isinstance(code, int) and code else WORKER_EXIT_ERROR)
+
+    def accept_loop(self, selector: selectors.BaseSelector, listeners: list[PreforkMixIn]) -> bool:
+        """Accept while ``alive``, watching the listening sockets only while a thread is free.
+        Returns False when it stopped because the master died. Runs in the main thread."""
+        accepting = False
+        while self.alive:
+            if accepting == self.all_busy():  # start or stop watching the listening sockets
+                for server in listeners:
+                    if accepting:
+                        selector.unregister(server.fileno())
+                    else:
+                        selector.register(server.fileno(), selectors.EVENT_READ, server)
+                accepting = not accepting
+            for key, _ in selector.select():
+                server = key.data
+                if server is not None:
+                    if self.alive and len(self._in_flight) < self.threads:
+                        self.handle_request(server)
+                elif key.fd == self._wake_r:
+                    drain(self._wake_r)
+                elif key.fd == self.master_fd:
+                    log.warning("Worker %d: the master died; exiting", self.number)
+                    self.alive = False
+                    selector.unregister(self.master_fd)  # EOF: readable for good
+                    return False
+                else:
+                    self.drain_wakeups()
+        if accepting:
+            for server in listeners:
+                selector.unregister(server.fileno())
+        return True
+
+    def all_busy(self) -> bool:
+        """True (and a thread finishing will write to the wake-up pipe) when every thread has
+        a request. Runs in the main thread."""
+        if len(self._in_flight) < self.threads:  # the count only falls behind our back
+            return False
+        with self._lock:
+            self._waiting = len(self._in_flight) >= self.threads
+            return self._waiting
+
+    def wait_in_flight(self, selector: selectors.BaseSelector, master_alive: bool) -> bool:
+        """Not accepting any more, wait until no request is in flight; once the master has
+        died, for ``graceful_timeout`` seconds at most. Returns True when none is left. Runs
+        in the main thread (signals are still handled: INT and QUIT exit at once)."""
+        deadline = None if master_alive else time.monotonic() + self.server.graceful_timeout
+        while True:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+                self._waiting = True
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                log.warning(
+                    "Worker %d: %d requests still in flight after graceful_timeout; exiting",
+                    self.number,
+                    len(self._in_flight),
+                )
+                return False
+            for key, _ in selector.select(timeout):
+                if key.fd == self._wake_r:
+                    drain(self._wake_r)
+                elif key.fd == self.master_fd:
+                    log.warning("Worker %d: the master died; exiting", self.number)
+                    selector.unregister(self.master_fd)
+                    deadline = time.monotonic() + self.server.graceful_timeout
+                else:
+                    self.drain_wakeups()
+
+    def handle_request(self, server: BaseServer) -> None:
+        """Accept one request of ``server`` and hand it to a handler thread.
+
+        The base class's path (``get_request`` -> ``verify_request`` -> ``process_request``,
+        accept errors, ``max_requests``), except that the request stays in flight, and the
+        scoreboard slot BUSY, until its thread has finished it. Runs in the main thread.
+        """
+        try:
+            request, client_address = server.get_request()
+        except OSError as exc:
+            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
+                log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
+                time.sleep(0.1)
+            return
+        self.request_started(request)
+        handed_off = False
+        try:
+            if server.verify_request(request, client_address):
+                self.requests += 1
+                try:
+                    server.process_request(request, client_address)
+                    handed_off = True
+                except Exception:
+                    server.handle_error(request, client_address)
+                    server.shutdown_request(request)
+                except BaseException:
+                    server.shutdown_request(request)
+                    raise
+            else:
+                if self.server.scoreboard is not None:
+                    self.server.scoreboard.count_denied(self.slot)
+                server.shutdown_request(request)
+        finally:
+            if not handed_off:
+                self.request_finished(request, served=False)
+            if self.max_requests and self.requests >= self.max_requests and self.alive:
+                log.info(
+                    "Worker %d (pid %d) took %d requests (max_requests); exiting to be replaced",
+                    self.number,
+                    self.pid,
+                    self.requests,
+                )
+                self.alive = False
+
+    def process_request(
+        self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
+    ) -> None:
+        """Hand the request to a handler thread and return (``server.process_request`` in
+        this worker). Runs in the main thread, which only calls it with a thread free."""
+        self._queue.put((server, request, client_address))
+
+    # -- the handler threads -----------------------------------------------------------------
+
+    def serve_thread(self) -> None:
+        """Process requests from the queue until told to exit. Runs in each handler thread.
+
+        As ``ThreadingMixIn.process_request_thread``: ``finish_request``, ``handle_error`` on
+        an exception, then ``shutdown_request``. An exception of ``handle_error`` or
+        ``shutdown_request`` is logged and the thread goes on; ``SystemExit`` or
+        ``KeyboardInterrupt`` is logged and stops the worker, which exits with an error.
+        """
+        get = self._queue.get
+        while (work := get()) is not None:
+            server, request, client_address = work
+            try:
+                try:
+                    server.finish_request(request, client_address)
+                except Exception:
+                    server.handle_error(request, client_address)
+                finally:
+                    server.shutdown_request(request)
+            except Exception:
+                log.exception("Worker %d: error handling a request from %s", self.number, client_address)
+            except BaseException as exc:
+                log.error(
+                    "Worker %d (pid %d): %s raised in a handler thread; exiting to be replaced",
+                    self.number,
+                    self.pid,
+                    type(exc).__name__,
+                )
+                self._fatal = exc
+                self.alive = False
+                self.request_finished(request, wake=True)
+                return
+            self.request_finished(request)
+
+    # -- the scoreboard, from either ----------------------------------------------------------
+
+    def request_started(self, request: _RequestType) -> None:
+        """Count ``request`` in flight; the slot becomes BUSY if it was the only one. Runs in
+        the main thread."""
+        with self._lock:
+            if not self._in_flight and self.server.scoreboard is not None:
+                self.server.scoreboard.request_started(self.slot)
+            self._in_flight[id(request)] = time.monotonic()
+
+    def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> None:
+        """``request`` is no longer in flight (``served``: count it). The slot then says
+        IDLE (STOPPING once not ``alive``) if none is left, else BUSY since the oldest left;
+        the main thread is woken if it waits for a thread (or ``wake``). Runs in a handler
+        thread, or in the main thread for a request never handed off."""
+        key = id(request)
+        scoreboard = self.server.scoreboard
+        with self._lock:
+            in_flight = self._in_flight
+            in_flight.pop(key, None)
+            if served:
+                self._served += 1
+            if scoreboard is not None:
+                if not in_flight:
+                    state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+                    scoreboard.request_finished(self.slot, self._served, state)
+                else:  # BUSY since the oldest request still in flight
+                    scoreboard.request_progress(self.slot, self._served, next(iter(in_flight.values())))
+            if self._waiting or wake:
+                self._waiting = False
+                try:
+                    os.write(self._wake_w, b"\0")
+                except BlockingIOError:  # full: the main thread has wake-ups to read anyway
+                    pass
