@@ -50,6 +50,9 @@ import prefork
 from prefork.scoreboard import Scoreboard
 from prefork.workers import SyncWorker
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_hello import group_members
+
 BODY = b"Hello, world!\n"
 VARIANTS = ("shared/exclusive", "shared/select", "shared/blocking", "reuseport/exclusive")
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -95,18 +98,6 @@ def serve(variant: str, workers: int, scoreboard: str, counters: str) -> None:
 
 
 # -- client side ------------------------------------------------------------------------------------
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return out
 
 
 class Server:
