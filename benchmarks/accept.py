@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +50,10 @@ from prefork.scoreboard import Scoreboard
 from prefork.workers import SyncWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_hello import group_members
+from http_hello import Hello, group_members
 
-BODY = b"Hello, world!\n"
 VARIANTS = ("shared/exclusive", "shared/select", "shared/blocking", "reuseport/exclusive")
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-class Hello(BaseHTTPRequestHandler):
-    """The handler every variant serves."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 # -- server side: `accept.py --serve VARIANT` -----------------------------------------------------
