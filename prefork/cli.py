@@ -8,7 +8,12 @@ binding, log file) print one line on stderr and exit with 2.
 
 Listening sockets handed to the process (systemd socket activation, or the old master of a
 USR2 upgrade) replace the ``--bind`` list. Without ``--preload`` the master imports TARGET only
-to check it, then forgets it, and every worker imports it afresh, so a HUP serves edited code.
+to check it, then forgets it (all but the standard library's modules), and every worker imports
+it afresh, so a HUP serves edited code.
+
+The command imports only what it uses: ``http.server`` (through :mod:`prefork.httpserver`),
+``psutil`` and ``ipaddress`` are imported by the servers and settings that need them, as
+start-up time is one of the figures prefork is measured by (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import errno
 import importlib
 import importlib.machinery
 import importlib.util
-import inspect
 import logging
 import os
 import socket
@@ -27,17 +31,13 @@ import socketserver
 import stat
 import sys
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefork import __version__, config, logs
-from prefork.demo import DemoHandler
 from prefork.errors import PreforkError, WorkerBootError
 from prefork.master import UPGRADE_FROM_ENV
 from prefork.server import (
-    PreforkHTTPServer,
     PreforkMixIn,
     PreforkTCPServer,
     PreforkUDPServer,
@@ -163,22 +163,22 @@ def load_target(target: str) -> type[socketserver.BaseRequestHandler]:
             obj = getattr(obj, part)
     else:
         obj = _find_handler(module, target)
-    if not (inspect.isclass(obj) and issubclass(obj, socketserver.BaseRequestHandler)):
+    if not (isinstance(obj, type) and issubclass(obj, socketserver.BaseRequestHandler)):
         raise UsageError(f"{target!r} is not a socketserver.BaseRequestHandler subclass")
     return obj
 
 
 def _import(name: str) -> Any:
     if name.endswith(".py") or os.sep in name:
-        path = Path(name)
-        if not path.is_file():
+        if not os.path.isfile(name):
             raise UsageError(f"cannot import {name!r}: no such file")
-        sys.path.insert(0, str(path.resolve().parent))
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+        sys.path.insert(0, os.path.dirname(os.path.realpath(name)))
+        stem = os.path.splitext(os.path.basename(name))[0]
+        spec = importlib.util.spec_from_file_location(stem, name)
         if spec is None or spec.loader is None:
             raise UsageError(f"cannot import {name!r}: not a Python file")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
+        sys.modules[stem] = module
         spec.loader.exec_module(module)
         return module
     if os.getcwd() not in sys.path:  # as `python -m` does, so local modules are found
@@ -192,7 +192,7 @@ def _find_handler(module: Any, target: str) -> Any:
     found = [
         obj
         for obj in vars(module).values()
-        if inspect.isclass(obj)
+        if isinstance(obj, type)
         and issubclass(obj, socketserver.BaseRequestHandler)
         and obj.__module__ == module.__name__
     ]
@@ -210,7 +210,9 @@ def server_class_for(address: Address, handler: type[socketserver.BaseRequestHan
         base = PreforkUnixDatagramServer if address.datagram else PreforkUnixStreamServer
     elif address.datagram:
         base = PreforkUDPServer
-    elif issubclass(handler, BaseHTTPRequestHandler):
+    elif (http := sys.modules.get("http.server")) and issubclass(handler, http.BaseHTTPRequestHandler):
+        from prefork.httpserver import PreforkHTTPServer  # http.server is imported already
+
         base = PreforkHTTPServer
     else:
         base = PreforkTCPServer
@@ -311,10 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     settings = {s.name: getattr(args, s.name) for s in config.SETTINGS if hasattr(args, s.name)}
     try:
-        handler: type[socketserver.BaseRequestHandler] = DemoHandler
+        handler: type[socketserver.BaseRequestHandler]
         pool_class: type[PreforkMixIn] | None = None
         if args.target:
             handler = load_target(args.target) if args.preload else check_target(args.target)
+        else:
+            from prefork.demo import DemoHandler  # imports http.server: only when it is served
+
+            handler = DemoHandler
         settings.setdefault("proc_name", args.target or "demo")
         datagram = args.udp or issubclass(handler, socketserver.DatagramRequestHandler)
         listening = [(address, text, True) for address, text in inherited_addresses()]
@@ -362,9 +368,13 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
     """Import the handler class named by ``target`` as :func:`load_target`, then forget the
     modules that import added (``sys.modules``), so that workers import them afresh.
 
-    Extension and built-in modules stay: most cannot be initialised twice in one process.
-    Module-level code of the target has run in the master, once. Runs in the master, without
-    ``--preload``. Raises UsageError saying why the target cannot be loaded.
+    The standard library's modules stay (they cannot change without a new interpreter, which
+    takes a USR2 upgrade), so a worker imports only the user's and third-party modules: the
+    target's own code and its packages are fresh after a HUP, and a worker's boot does not
+    pay for ``http.server`` or ``email`` again. Extension and built-in modules stay too: most
+    cannot be initialised twice in one process. Module-level code of the target has run in
+    the master, once. Runs in the master, without ``--preload``. Raises UsageError saying why
+    the target cannot be loaded.
     """
     before = set(sys.modules)
     try:
@@ -372,7 +382,7 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
     finally:
         for name in set(sys.modules) - before:
             module = sys.modules.get(name)
-            if module is None or not _is_extension(module):
+            if module is None or not (_is_extension(module) or _is_stdlib(name, module)):
                 sys.modules.pop(name, None)
 
 
@@ -380,6 +390,21 @@ def _is_extension(module: ModuleType) -> bool:
     spec = getattr(module, "__spec__", None)
     origin = getattr(spec, "origin", None) or ""
     return origin == "built-in" or origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+#: The directory of the standard library's pure-Python modules (where ``os`` comes from).
+STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+
+
+def _is_stdlib(name: str, module: ModuleType) -> bool:
+    """True for a module of the standard library: a name it documents, loaded from its
+    directory (not a user's module of the same name, nor a package in site-packages)."""
+    path = getattr(module, "__file__", None) or ""
+    return (
+        name.partition(".")[0] in sys.stdlib_module_names
+        and path.startswith(STDLIB_DIR)
+        and "-packages" + os.sep not in path[len(STDLIB_DIR) :]
+    )
 
 
 class ReimportingMixIn(PreforkMixIn):

@@ -9,17 +9,19 @@ table in the docs (``python -m prefork.config`` prints it as Markdown).
 from __future__ import annotations
 
 import grp
-import ipaddress
 import os
 import pwd
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    #: An IPv4 or IPv6 network, as in the allow and deny settings.
+    Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
-#: An IPv4 or IPv6 network, as in the allow and deny settings.
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def usable_cpus() -> int:
@@ -92,6 +94,8 @@ def optional_octal(value: Any) -> int | None:
 def networks(value: Any) -> tuple[Network, ...]:
     """Convert CIDR networks (a comma-separated string, or an iterable of strings or
     networks; a bare address is a /32 or /128) to a tuple; raise ValueError otherwise."""
+    import ipaddress  # here: only servers with allow or deny pay for importing it
+
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
         return tuple(
@@ -167,8 +171,7 @@ def _number(value: Any, kind: Callable[[Any], T]) -> T:
         raise ValueError(f"must be a number, got {value!r}") from None
 
 
-@dataclass(frozen=True)
-class Setting(Generic[T]):
+class Setting(NamedTuple, Generic[T]):
     """One setting: its name (the server attribute and constructor keyword), default and docs.
 
     ``convert`` validates a value given to the constructor or on the command line and returns

@@ -19,7 +19,6 @@ import fcntl
 import logging
 import math
 import os
-import random
 import selectors
 import signal
 import socket
@@ -30,7 +29,6 @@ from collections.abc import Callable, Mapping
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, TextIO
 
-import psutil
 import setproctitle
 
 from prefork import sockets, systemd
@@ -367,6 +365,8 @@ class Master:
             raise RuntimeError("no free scoreboard slot")
         max_requests = self.server.max_requests
         if max_requests:
+            import random  # here: importing it costs a reseed in every forked worker
+
             max_requests += random.randint(0, self.server.max_requests_jitter)
         worker = self.worker_class(
             self.server,
@@ -679,6 +679,8 @@ class Master:
         if not limit or now < self.next_memory_check:
             return
         self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        import psutil  # here: only a pool with max_worker_memory pays for importing it
+
         for worker in list(self.workers.values()):
             if worker.stop_deadline is not None:
                 continue

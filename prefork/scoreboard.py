@@ -27,7 +27,7 @@ import mmap
 import os
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Bytes per worker slot, and of the header before the first slot.
 SLOT_SIZE = 64
@@ -56,8 +56,7 @@ class WorkerState(enum.IntEnum):
     STOPPING = 4  # told to stop, or leaving by itself (recycling)
 
 
-@dataclass(frozen=True)
-class WorkerStats:
+class WorkerStats(NamedTuple):
     """A copy of one worker's slot, read by :meth:`Scoreboard.read` or :meth:`Scoreboard.slots`.
 
     ``request_started`` is a ``time.monotonic()`` value (0.0 when not busy), ``booted_at`` a

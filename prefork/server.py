@@ -22,8 +22,6 @@ child forked for it.
 
 from __future__ import annotations
 
-import http.server
-import ipaddress
 import logging
 import os
 import socket
@@ -205,6 +203,8 @@ class PreforkMixIn(_Base):
         worker's scoreboard slot as denied. Clients of Unix sockets are always allowed.
         Runs in the worker. May be extended (call ``super().verify_request()``)."""
         if (self.allow or self.deny) and isinstance(client_address, tuple) and client_address:
+            import ipaddress  # imported already: the allow and deny settings hold its networks
+
             try:
                 address = ipaddress.ip_address(str(client_address[0]).partition("%")[0])
             except ValueError:
@@ -325,8 +325,3 @@ class PreforkUnixStreamServer(PreforkMixIn, socketserver.UnixStreamServer):
 
 class PreforkUnixDatagramServer(PreforkMixIn, socketserver.UnixDatagramServer):
     """A Unix datagram socket server served by a pool of preforked workers."""
-
-
-class PreforkHTTPServer(PreforkMixIn, http.server.HTTPServer):
-    """``http.server.HTTPServer`` served by a pool of preforked workers; use it with
-    ``BaseHTTPRequestHandler`` or ``SimpleHTTPRequestHandler`` unmodified."""

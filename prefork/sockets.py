@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import socket
 import socketserver
-from dataclasses import dataclass
+import sys
+from typing import NamedTuple
 
 from prefork import systemd
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)$")
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """A parsed ``--bind`` value: address family, socketserver ``server_address``, datagrams."""
 
     family: socket.AddressFamily
@@ -65,7 +64,8 @@ def describe(server: socketserver.BaseServer) -> str:
     host, port = name[0], name[1]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
-    scheme = "udp" if datagram else "http" if isinstance(server, http.server.HTTPServer) else "tcp"
+    http = sys.modules.get("http.server")  # imported if server is an HTTPServer; else not needed
+    scheme = "udp" if datagram else "http" if http and isinstance(server, http.HTTPServer) else "tcp"
     return f"{scheme}://{host}:{port}"
 
 

@@ -301,6 +301,50 @@ def test_check_target_forgets_the_modules_it_imported(tmp_path: Path) -> None:
             sys.path.remove(str(tmp_path))
 
 
+def test_check_target_keeps_the_standard_library_modules_it_imported(tmp_path: Path) -> None:
+    """Workers re-import the user's modules, not the standard library's (a cheaper boot)."""
+    (tmp_path / "wave.py").write_text("SHADOW = True\n")  # a user's module with a stdlib name
+    app = tmp_path / "stdlib_app.py"
+    app.write_text("import colorsys, wave\n" + HANDLER_SOURCE.format(reply=b"x\n"))
+    saved = {name: sys.modules.pop(name) for name in ("colorsys", "wave") if name in sys.modules}
+    before = set(sys.modules)
+    try:
+        check_target(f"{app}:Handler")
+        assert "colorsys" in sys.modules  # the standard library's: kept
+        assert "wave" not in sys.modules  # the user's, though named as a stdlib module: forgotten
+        assert "stdlib_app" not in sys.modules
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(tmp_path))
+
+
+def test_the_command_imports_only_what_it_uses() -> None:
+    """Start-up cost: http.server, psutil, dataclasses, ipaddress and random are imported only
+    by the servers and settings that use them (each costs milliseconds at every start)."""
+    code = (
+        "import sys; before = set(sys.modules); import prefork.cli; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    added = set(done.stdout.split())
+    assert "prefork.master" in added
+    for name in ("http.server", "email", "psutil", "dataclasses", "inspect", "ipaddress", "random"):
+        assert name not in added, f"import prefork.cli imported {name}"
+
+
+def test_public_names_are_imported_on_first_use() -> None:
+    import prefork
+
+    assert prefork.PreforkHTTPServer.__name__ == "PreforkHTTPServer"
+    assert set(prefork.__all__) <= set(dir(prefork))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        prefork.no_such_name  # noqa: B018
+
+
 def test_a_target_that_fails_to_import_without_preload_is_a_usage_error(tmp_path: Path) -> None:
     broken = tmp_path / "broken_too.py"
     broken.write_text("raise ImportError('no such dependency')\n")
