@@ -83,13 +83,19 @@ def group_members(pgid: int) -> list[int]:
 
 
 class Server:
-    """One contender's command, started in its own session; stderr+stdout to a temp file."""
+    """One contender's command, started in its own session; stderr+stdout to a temp file.
+
+    The contender gets Python's default bytecode caching even where the environment turns it
+    off (``PYTHONDONTWRITEBYTECODE``, set on these sandboxes): an installed server runs from
+    ``.pyc`` files, and compiling every module at each start would measure the compiler.
+    """
 
     def __init__(self, name: str, command: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.command = list(command)
         self.log = tempfile.TemporaryFile()
         full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_DIR, BENCH_DIR]))
+        full_env.pop("PYTHONDONTWRITEBYTECODE", None)
         full_env.update(env or {})
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
