@@ -30,11 +30,7 @@ is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,16 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from apps import harness
+from http_hello import Hello
 
 import prefork
 from prefork.scoreboard import Scoreboard
 from prefork.workers import SyncWorker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_hello import Hello, group_members
-
 VARIANTS = ("shared/exclusive", "shared/select", "shared/blocking", "reuseport/exclusive")
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 # -- server side: `accept.py --serve VARIANT` -----------------------------------------------------
@@ -77,40 +71,34 @@ def serve(variant: str, workers: int, scoreboard: str, counters: str) -> None:
     server = prefork.PreforkHTTPServer(
         ("127.0.0.1", 0), Hello, workers=workers, accept=strategy, scoreboard_file=scoreboard
     )
-    print(server.server_address[1], flush=True)
+    harness.print_port(server)
     server.serve_forever()
 
 
 # -- client side ------------------------------------------------------------------------------------
 
 
-class Server:
-    """One variant's server subprocess, in its own session (process group == its pid)."""
+class Variant:
+    """One variant's server (``accept.py --serve VARIANT``, a :class:`Server`), once it answers."""
 
     def __init__(self, variant: str, workers: int, tmp: str) -> None:
         self.scoreboard = os.path.join(tmp, "scoreboard")
         self.counters = os.path.join(tmp, "counters")
         os.makedirs(self.counters, exist_ok=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", variant, "--workers", str(workers)]
-        cmd += ["--scoreboard", self.scoreboard, "--counters", self.counters]
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
-        line = self.proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            self.stop()
-            raise RuntimeError(f"{variant}: no port from the server")
-        self.port = int(line)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        time.sleep(0.5)  # the workers boot
+        options = ["--workers", str(workers), "--scoreboard", self.scoreboard, "--counters", self.counters]
+        self.server = harness.script_server(__file__, variant, *options)
+        try:
+            port = harness.wait_printed_port(self.server, harness.http_ok)
+        except BaseException:
+            self.server.stop()
+            raise
+        self.url = f"http://127.0.0.1:{port}/"
+        time.sleep(0.5)  # the other workers boot
 
     def workers(self) -> list[int]:
         """Pids of the live workers (the master's children)."""
         try:
-            return [p.pid for p in psutil.Process(self.proc.pid).children()]
+            return [p.pid for p in psutil.Process(self.server.pid).children()]
         except psutil.NoSuchProcess:
             return []
 
@@ -120,22 +108,9 @@ class Server:
             return sorted((s.requests for s in board.slots() if s.pid), reverse=True)
 
     def stop(self) -> tuple[int, int]:
-        """SIGTERM the group, then SIGKILL what is left; return the workers' (spurious
-        wake-ups, requests) totals from their counter files."""
-        pgid = self.proc.pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 10
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
+        """Stop the server (:meth:`Server.stop`); return the workers' (spurious wake-ups,
+        requests) totals from their counter files."""
+        self.server.stop()
         empty = served = 0
         for path in Path(self.counters).iterdir():
             a, b = path.read_text().split()
@@ -144,28 +119,9 @@ class Server:
         return empty, served
 
 
-def wrk(url: str, connections: int, duration: float, close: bool = True) -> dict[str, float]:
-    """Run wrk (2 threads, ``--latency``); return req/s, p50 and p99 (ms) and socket errors."""
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
-    if close:
-        cmd[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    lat = {m[0]: float(m[1]) * UNITS[m[2]] for m in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s|m)\b", out)}
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "p50": lat.get("50", float("nan")),
-        "p99": lat.get("99", float("nan")),
-        "errors": sum(int(g) for g in sock.groups()) if sock else 0,
-    }
-
-
-def kill_under_load(server: Server, duration: float) -> int:
+def kill_under_load(server: Variant, duration: float) -> int:
     """SIGKILL a worker every 0.5 s during a wrk run; return wrk's socket errors."""
-    cmd = ["wrk", "-t2", "-c50", f"-d{duration:g}s", "-H", "Connection: close", server.url]
+    cmd = harness.wrk_cmd(server.url, duration, 50, keepalive=False, latency=False)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     end = time.monotonic() + duration - 0.5
     kills = 0
@@ -176,22 +132,20 @@ def kill_under_load(server: Server, duration: float) -> int:
             os.kill(pids[kills % len(pids)], signal.SIGKILL)
             kills += 1
     out, _ = proc.communicate(timeout=duration + 30)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return sum(int(g) for g in sock.groups()) if sock else 0
+    return int(harness.parse_wrk(out)["socket_errors"])
 
 
 def measure(variant: str, workers: int, duration: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(variant, workers, tmp)
+        server = Variant(variant, workers, tmp)
         try:
-            wrk(server.url, 50, 1)  # warm-up
-            close50 = wrk(server.url, 50, duration)
-            keep50 = wrk(server.url, 50, duration, close=False)
-            close500 = wrk(server.url, 500, duration)
+            close50 = harness.run_wrk(server.url, duration, 50, keepalive=False)  # after a 1 s warm-up
+            keep50 = harness.run_wrk(server.url, duration, 50, keepalive=True, warmup=0)
+            close500 = harness.run_wrk(server.url, duration, 500, keepalive=False, warmup=0)
             spread = server.spread()
         finally:
             empty, served = server.stop()
-        server = Server(variant, workers, tmp)
+        server = Variant(variant, workers, tmp)
         try:
             killed_errors = kill_under_load(server, duration)
         finally:
@@ -202,11 +156,11 @@ def measure(variant: str, workers: int, duration: float) -> dict[str, Any]:
         "workers": workers,
         "rps_close": close50["rps"],
         "rps_keepalive": keep50["rps"],
-        "p50_50": close50["p50"],
-        "p99_50": close50["p99"],
-        "p50_500": close500["p50"],
-        "p99_500": close500["p99"],
-        "errors_500": close500["errors"],
+        "p50_50": close50["p50_ms"],
+        "p99_50": close50["p99_ms"],
+        "p50_500": close500["p50_ms"],
+        "p99_500": close500["p99_ms"],
+        "errors_500": close500["socket_errors"],
         "spread": spread,
         "spread_min_max": (min(spread) / mean, max(spread) / mean) if mean else (0.0, 0.0),
         "spurious_per_request": empty / served if served else float("nan"),
@@ -215,11 +169,11 @@ def measure(variant: str, workers: int, duration: float) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=3, help="seconds of each wrk run (default 3)")
+    ap = harness.bench_parser(__doc__)
+    harness.add_duration_option(ap, 3)
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 8], help="pool sizes (default 2 8)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--json", help="also write the results to this JSON file")
+    harness.add_report_options(ap, check=None)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--scoreboard", help=argparse.SUPPRESS)
     ap.add_argument("--counters", help=argparse.SUPPRESS)
@@ -227,8 +181,7 @@ def main() -> int:
     if args.serve:
         serve(args.serve, args.workers[0], args.scoreboard, args.counters)
         return 0
-    if shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
+    if harness.wrk_missing():
         return 2
     print(f"{os.cpu_count()} CPUs, wrk on the same machine, {args.duration:g} s per wrk run")
     head = (
@@ -254,8 +207,7 @@ def main() -> int:
                 f"{lo:6.2f}-{hi:6.2f} {r['spurious_per_request']:8.3f} {r['errors_with_kills']:9d}",
                 flush=True,
             )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    harness.write_json(args.json, results)
     return status
 
 

@@ -27,24 +27,14 @@ a process outlived its group's SIGKILL (or, with ``--check``, when an issue 2 ta
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
-import os
-import platform
-import re
-import select
-import shutil
-import signal
+import functools
 import socketserver
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-import psutil
+from apps import harness
 
 import prefork
 
@@ -94,204 +84,72 @@ def serve(kind: str, workers: int, backlog: int) -> None:
     elif kind == "prefork":
         server = prefork.PreforkHTTPServer(addr, Hello, workers=workers, request_queue_size=backlog)
     else:  # bare
-        server = type("BareHTTP", (HTTPServer,), {"request_queue_size": backlog})(addr, Hello)
-    print(server.server_address[1], flush=True)
-    if kind != "bare":
-        server.serve_forever()
+        bare = type("BareHTTP", (HTTPServer,), {"request_queue_size": backlog})(addr, Hello)
+        harness.serve_bare(bare, workers)
         return
-    for _ in range(workers):
-        if os.fork() == 0:
-            try:
-                server.serve_forever()
-            finally:
-                os._exit(0)
-    for _ in range(workers):
-        os.wait()
+    harness.print_port(server)
+    server.serve_forever()
 
 
 # -- client side ------------------------------------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose process group is pgid."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return out
+# wrk as the anchors were loaded: a connection per request, 50 of them, no --latency
+CONNECTIONS = 50
+FIGURES = ("rps", "latency_avg_ms", "requests", "socket_errors", "non_2xx")
 
 
-class Contender:
-    """One server subprocess, in its own session (process group == its pid)."""
-
-    def __init__(self, kind: str, workers: int, backlog: int) -> None:
-        self.kind = kind
-        self.log = tempfile.TemporaryFile()
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind]
-        cmd += ["--workers", str(workers), "--backlog", str(backlog)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        self.port = 0
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Read the port from the server and wait until GET / answers 200."""
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else b""
-        self.proc.stdout.close()
-        if not line.strip().isdigit():
-            raise RuntimeError(f"{self.kind}: no port from the server; its stderr:\n{self.stderr()}")
-        self.port = int(line)
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/")
-                status = conn.getresponse().status
-                conn.close()
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.kind}: port {self.port} never answered 200; stderr:\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-2000:]
-
-    def stop(self, grace: float = 10.0) -> dict[str, Any]:
-        """SIGTERM the group, wait, SIGKILL what remains, then check with psutil that none is left."""
-        pgid = self.proc.pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            self.proc.poll()
-            if not group_members(pgid):
-                break
-            time.sleep(0.05)
-        killed = bool(group_members(pgid))
-        if killed:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-        deadline = time.monotonic() + 5
-        while (left := group_members(pgid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.log.close()
-        return {"needed_sigkill": killed, "left": [p.pid for p in left]}
-
-
-def wrk_cmd(duration: float, url: str) -> list[str]:
-    return ["wrk", "-t2", "-c50", f"-d{duration:g}s", "-H", "Connection: close", url]
-
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    """Requests/sec, avg latency (ms), requests, socket errors and non-2xx/3xx from wrk's output."""
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    lat = re.search(r"Latency\s+([\d.]+)(us|ms|s|m|h)\b", out)
-    total = re.search(r"(\d+) requests in", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "latency_avg_ms": float(lat.group(1)) * UNITS[lat.group(2)] if lat else float("nan"),
-        "requests": int(total.group(1)) if total else 0,
-        "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-    }
-
-
-def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Contender(kind, args.workers, args.backlog)
+def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
+    """Start one contender, load it with wrk after a 1 s warm-up, stop it."""
+    server = harness.script_server(
+        __file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog)
+    )
+    figures: harness.Figures = {}
     try:
-        server.start()
-        url = f"http://127.0.0.1:{server.port}/"
-        subprocess.run(wrk_cmd(1, url), capture_output=True, check=False)  # warm-up
-        res = subprocess.run(wrk_cmd(args.duration, url), capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(f"wrk exited {res.returncode}: {res.stderr.strip()}")
-        figures: dict[str, Any] = dict(parse_wrk(res.stdout))
+        port = harness.wait_printed_port(server, harness.http_ok)
+        url = f"http://127.0.0.1:{port}/"
+        wrk = harness.run_wrk(url, args.duration, CONNECTIONS, keepalive=False, latency=False)
+        figures = {key: wrk[key] for key in FIGURES}
     finally:
-        stopped = server.stop()
-    return {**figures, **stopped}
+        left = server.stop()
+    return {**figures, "needed_sigkill": server.needed_sigkill, "left": left}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=8, help="seconds of each wrk run (default 8)")
-    ap.add_argument("--runs", type=int, default=3, help="repetitions per contender, median kept (default 3)")
+    ap = harness.bench_parser(__doc__)
+    harness.add_duration_option(ap, 8)
+    harness.add_runs_option(ap, 3, "repetitions per contender")
     ap.add_argument("--workers", type=int, default=2, help="prefork workers and bare children (default 2)")
-    ap.add_argument("--backlog", type=int, default=1024, help="listen backlog of every contender (1024)")
+    harness.add_backlog_option(ap)
     ap.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True, help="bare fork loop")
-    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
-    ap.add_argument("--check", action="store_true", help="exit 1 when an issue 2 target fails")
+    harness.add_report_options(ap, check="an issue 2 target fails")
     ap.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.workers, args.backlog)
         return 0
-    if shutil.which("wrk") is None:
-        print("wrk not found on PATH: install it (apt-get install -y wrk) and rerun.", file=sys.stderr)
+    if harness.wrk_missing():
         return 2
 
     kinds = [k for k in CONTENDERS if args.bare or k != "bare"]
-    machine = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "prefork": prefork.__version__,
-        "platform": platform.platform(),
-    }
-    wrk_line = " ".join(wrk_cmd(args.duration, "http://127.0.0.1:PORT/")).replace(
-        "Connection: close", "'Connection: close'"
-    )
-    print(f"machine: {machine['cpu_count']} cores, Python {machine['python']}, prefork {machine['prefork']}")
-    print(f"wrk: {wrk_line}  (after a 1 s warm-up run)")
+    m = harness.machine()
+    wrk = harness.wrk_line(args.duration, CONNECTIONS, keepalive=False, latency=False)
+    print(harness.machine_line(m))
+    print(f"wrk: {wrk}  (after a 1 s warm-up run)")
     print(f"backlog {args.backlog}, workers {args.workers}, runs {args.runs}, contenders interleaved\n")
 
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    failed = False
-    for r in range(args.runs):
-        for kind in kinds:
-            try:
-                fig = measure(kind, args)
-            except RuntimeError as exc:
-                print(f"run {r + 1} {kind}: FAILED: {exc}", file=sys.stderr)
-                failed = True
-                continue
-            runs[kind].append(fig)
-            if fig["left"]:
-                print(f"run {r + 1} {kind}: processes left after SIGKILL: {fig['left']}", file=sys.stderr)
-                failed = True
-            print(f"run {r + 1} {kind:<9} {fig['rps']:>10.1f} req/s", flush=True)
-
+    runs, tally = harness.interleaved_runs(
+        kinds, args.runs, functools.partial(measure, args=args), lambda f: f"{f['rps']:>10.1f} req/s", 9
+    )
     summary: dict[str, dict[str, Any]] = {}
-    for kind in kinds:
-        figs = runs[kind]
-        if not figs:
-            continue
-        summary[kind] = {
-            "rps_median": statistics.median(float(f["rps"]) for f in figs),
-            "latency_avg_ms_median": statistics.median(float(f["latency_avg_ms"]) for f in figs),
-            "runs": len(figs),
-            "errors": sum(int(f["socket_errors"]) + int(f["non_2xx"]) for f in figs),
-        }
+    for kind, figs in runs.items():
+        if figs:
+            summary[kind] = {
+                "rps_median": statistics.median(float(f["rps"]) for f in figs),
+                "latency_avg_ms_median": statistics.median(float(f["latency_avg_ms"]) for f in figs),
+                "runs": len(figs),
+                "errors": sum(int(f["socket_errors"]) + int(f["non_2xx"]) for f in figs),
+            }
 
     print(f"\n{'contender':<44} {'req/s':>10} {'runs':>5} {'lat avg':>10} {'errors':>7}")
     for kind, s in summary.items():
@@ -300,52 +158,34 @@ def main() -> int:
             f"{s['latency_avg_ms_median']:>8.2f}ms {s['errors']:>7}"
         )
 
-    def ratio(other: str) -> float | None:
-        if "prefork" not in summary or other not in summary or not summary[other]["rps_median"]:
-            return None
-        return float(summary["prefork"]["rps_median"]) / float(summary[other]["rps_median"])
+    def rps(kind: str) -> float | None:
+        return float(summary[kind]["rps_median"]) if kind in summary else None
 
-    ratios = {f"prefork/{k}": ratio(k) for k in ("forking", "threading", "bare")}
-    print()
-    for name, value in ratios.items():
-        print(f"{name:<20} {'n/a' if value is None else f'{value:.2f}x'}")
+    ratios = {f"prefork/{k}": harness.ratio(rps("prefork"), rps(k)) for k in ("forking", "threading", "bare")}
+    harness.print_ratios(ratios, 20)
 
     def verdicts(targets: tuple[tuple[str, str, float], ...]) -> list[dict[str, Any]]:
-        out = []
-        for name, other, minimum in targets:
-            value = ratios[f"prefork/{other}"]
-            out.append({"target": name, "ratio": value, "ok": value is not None and value >= minimum})
-        return out
+        return [harness.ratio_target(name, ratios[f"prefork/{k}"], least) for name, k, least in targets]
 
     issue2, issue4 = verdicts(ISSUE2_TARGETS), verdicts(ISSUE4_TARGETS)
-    print()
-    for v in issue2:
-        value = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
-        print(f"{'PASS' if v['ok'] else 'FAIL'} issue 2: {v['target']} ({value})")
+    harness.print_verdicts(issue2, prefix="issue 2: ")
     for v in issue4:
-        value = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
-        print(f"info issue 4: {v['target']} ({value}): {'met' if v['ok'] else 'not met'}")
+        met = "met" if v["ok"] else "not met"
+        print(f"info issue 4: {v['target']} ({harness.fmt_ratio(v['ratio'])}): {met}")
 
-    if args.json:
-        report = {
-            "machine": machine,
-            "wrk": wrk_line,
-            "settings": {"duration": args.duration, "runs": args.runs, "workers": args.workers},
-            "backlog": args.backlog,
-            "runs": runs,
-            "summary": summary,
-            "ratios": ratios,
-            "issue2": issue2,
-            "issue4": issue4,
-        }
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"\nfigures written to {args.json}")
-    if failed:
-        return 1
-    if args.check and not all(v["ok"] for v in issue2):
-        return 1
-    return 0
+    report = {
+        "machine": m,
+        "wrk": wrk,
+        "settings": {"duration": args.duration, "runs": args.runs, "workers": args.workers},
+        "backlog": args.backlog,
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratios,
+        "issue2": issue2,
+        "issue4": issue4,
+    }
+    harness.write_json(args.json, report)
+    return harness.exit_status(tally.failed, args.check, issue2)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ group's SIGKILL (or, with ``--check``, a target was missed).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import functools
 import os
 import signal
 import statistics
@@ -45,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from apps.harness import APPS_DIR, Server, Skip, free_port, gunicorn_command, http_ok, machine, machine_line
+from apps import harness
 
 from prefork.scoreboard import Scoreboard, WorkerState
 
@@ -67,31 +66,31 @@ class Pool:
     def __init__(self, kind: str, workers: int, tmp: str) -> None:
         self.kind = kind
         self.workers = workers
-        self.port = free_port()
+        self.port = harness.free_port()
         self.scoreboard: str | None = None
         bind = ["-b", f"127.0.0.1:{self.port}", "-w", str(workers)]
         if kind == "gunicorn":
-            gunicorn = gunicorn_command()
+            gunicorn = harness.gunicorn_command()
             if gunicorn is None:
-                raise Skip("gunicorn is not installed (pip install '.[bench]')")
+                raise harness.Skip("gunicorn is not installed (pip install '.[bench]')")
             cmd = [
                 *gunicorn,
                 *bind,
                 "-k",
                 "sync",
                 "--chdir",
-                APPS_DIR,
+                harness.APPS_DIR,
                 "--log-level",
                 "warning",
                 "wsgi_hello:app",
             ]
         else:
             self.scoreboard = os.path.join(tmp, f"scoreboard-{self.port}")
-            target = os.path.join(APPS_DIR, "wsgi_hello.py:Handler")
+            target = os.path.join(harness.APPS_DIR, "wsgi_hello.py:Handler")
             cmd = [sys.executable, "-m", "prefork", target, *bind, "--scoreboard-file", self.scoreboard]
             cmd += ["--log-level", "warning"] + (["--preload"] if kind == "prefork-preload" else [])
         self._board: Scoreboard | None = None
-        self.server = Server(kind, cmd)  # its .started is taken just before the exec
+        self.server = harness.Server(kind, cmd)  # its .started is taken just before the exec
 
     def idle_pids(self) -> set[int] | None:
         """Pids of the workers IDLE in the scoreboard (None while it cannot be read yet)."""
@@ -129,11 +128,23 @@ def wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic()
 
 
-def start_and_stop(kind: str, n: int, tmp: str) -> dict[str, Any]:
+def replaced(pids: Callable[[], set[int] | None], victim: int, n: int) -> Callable[[], bool]:
+    """For :func:`wait`: whether ``pids()`` holds n pids, ``victim`` no longer among them."""
+
+    def check() -> bool:
+        now = pids() or set()
+        return victim not in now and len(now) >= n
+
+    return check
+
+
+def start_and_stop(kind: str, n: int, tmp: str) -> harness.Figures:
     """Start a pool of n, time first response and all-ready, then time an idle stop."""
     pool = Pool(kind, n, tmp)
     try:
-        first = (pool.server.wait_ready(lambda: http_ok(pool.port, 0.5), timeout=30, interval=0.001)) * 1e3
+        first = (
+            pool.server.wait_ready(lambda: harness.http_ok(pool.port, 0.5), timeout=30, interval=0.001)
+        ) * 1e3
         ready_ms = None
         if pool.scoreboard is not None:
             at = wait(lambda: len(pool.idle_pids() or ()) >= n, 30, f"{n} idle workers")
@@ -152,13 +163,13 @@ def start_and_stop(kind: str, n: int, tmp: str) -> dict[str, Any]:
     return {"first_response_ms": first, "all_ready_ms": ready_ms, "stop_ms": stop_ms, "left": left}
 
 
-def restarts(kind: str, n: int, kills: int, tmp: str) -> dict[str, Any]:
+def restarts(kind: str, n: int, kills: int, tmp: str) -> harness.Figures:
     """SIGKILL one worker ``kills`` times; time to a replacement child, and to ready (prefork)."""
     pool = Pool(kind, n, tmp)
     exists: list[float] = []
     ready: list[float] = []
     try:
-        pool.server.wait_ready(lambda: http_ok(pool.port, 0.5), timeout=30)
+        pool.server.wait_ready(lambda: harness.http_ok(pool.port, 0.5), timeout=30)
         for _ in range(kills):
             if pool.scoreboard is not None:
                 wait(lambda: len(pool.idle_pids() or ()) >= n, 10, f"{n} idle workers")
@@ -167,15 +178,10 @@ def restarts(kind: str, n: int, kills: int, tmp: str) -> dict[str, Any]:
             victim = min(pool.idle_pids() or pool.children())
             t0 = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            at = wait(lambda v=victim: v not in (c := pool.children()) and len(c) >= n, 10, "a replacement")
-            exists.append((at - t0) * 1e3)
+            exists.append((wait(replaced(pool.children, victim, n), 10, "a replacement") - t0) * 1e3)
             if pool.scoreboard is not None:
-
-                def replaced(v: int = victim) -> bool:
-                    idle = pool.idle_pids() or set()
-                    return v not in idle and len(idle) >= n
-
-                ready.append((wait(replaced, 10, "a ready replacement") - t0) * 1e3)
+                at = wait(replaced(pool.idle_pids, victim, n), 10, "a ready replacement")
+                ready.append((at - t0) * 1e3)
     finally:
         left = pool.close()
 
@@ -185,61 +191,44 @@ def restarts(kind: str, n: int, kills: int, tmp: str) -> dict[str, Any]:
     return {"exists": stats(exists), "ready": stats(ready), "left": left}
 
 
-def fmt(ms: float | None) -> str:
-    return "n/a" if ms is None else f"{ms:.1f}"
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.bench_parser(__doc__)
     ap.add_argument("--sizes", default="1,2,4,8", help="pool sizes for start and stop (1,2,4,8)")
-    ap.add_argument("--runs", type=int, default=3, help="starts per contender and size, median kept (3)")
+    harness.add_runs_option(ap, 3, "starts per contender and size")
     ap.add_argument("--workers", type=int, default=2, help="pool size for the restarts (2)")
     ap.add_argument("--kills", type=int, default=30, help="worker SIGKILLs per contender (30)")
-    ap.add_argument("--only", help="comma-separated contenders to run (default: all)")
-    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a prefork target is missed")
+    harness.add_only_option(ap)
+    harness.add_report_options(ap, check="a prefork target is missed")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    kinds = [k for k in CONTENDERS if not args.only or k in args.only.split(",")]
-    m = machine()
-    print(machine_line(m))
+    kinds = harness.chosen(CONTENDERS, args.only)
+    m = harness.machine()
+    print(harness.machine_line(m))
     print(f"sizes {sizes}, runs {args.runs}, restarts: {args.kills} kills of a pool of {args.workers}\n")
 
-    failed = False
-    skipped: dict[str, str] = {}
-    starts: dict[str, dict[int, list[dict[str, Any]]]] = {k: {n: [] for n in sizes} for k in kinds}
+    tally = harness.Tally()
+    starts: dict[str, dict[int, list[harness.Figures]]] = {k: {n: [] for n in sizes} for k in kinds}
+    restart: dict[str, harness.Figures] = {}
     with tempfile.TemporaryDirectory(prefix="lifecycle-") as tmp:
         for kind in kinds:  # a start not measured: writes the .pyc files, warms the page cache
-            with contextlib.suppress(Skip, RuntimeError):
+            with contextlib.suppress(harness.Skip, RuntimeError):
                 start_and_stop(kind, 1, tmp)
         for _ in range(args.runs):
             for n in sizes:
                 for kind in kinds:
-                    if kind in skipped:
-                        continue
-                    try:
-                        fig = start_and_stop(kind, n, tmp)
-                    except Skip as exc:
-                        skipped[kind] = str(exc)
-                        continue
-                    except RuntimeError as exc:
-                        print(f"{kind} N={n}: FAILED: {exc}", file=sys.stderr)
-                        failed = True
-                        continue
-                    failed |= bool(fig["left"])
-                    starts[kind][n].append(fig)
-        restart: dict[str, dict[str, Any]] = {}
+                    fig = tally.measure(
+                        kind, f"{kind} N={n}", functools.partial(start_and_stop, kind, n, tmp)
+                    )
+                    if fig is not None:
+                        starts[kind][n].append(fig)
         for kind in kinds:
-            if kind in skipped:
-                continue
-            try:
-                restart[kind] = restarts(kind, args.workers, args.kills, tmp)
-                failed |= bool(restart[kind]["left"])
-            except RuntimeError as exc:
-                print(f"{kind} restarts: FAILED: {exc}", file=sys.stderr)
-                failed = True
+            fig = tally.measure(
+                kind, f"{kind} restarts", functools.partial(restarts, kind, args.workers, args.kills, tmp)
+            )
+            if fig is not None:
+                restart[kind] = fig
 
-    def med(figs: list[dict[str, Any]], key: str) -> float | None:
+    def med(figs: list[harness.Figures], key: str) -> float | None:
         xs = [f[key] for f in figs if f[key] is not None]
         return statistics.median(xs) if xs else None
 
@@ -249,7 +238,7 @@ def main() -> int:
             for n, figs in by.items()
         }
         for kind, by in starts.items()
-        if kind not in skipped
+        if kind not in tally.skipped
     }
     print(
         f"{'contender':<16} {'N':>2} {'first 200 ms':>13} {'all ready ms':>13} {'target':>7} {'stop ms':>8}"
@@ -257,28 +246,16 @@ def main() -> int:
     verdicts: list[dict[str, Any]] = []
     for n in sizes:
         for kind, by in summary.items():
-            s = by[n]
-            print(
-                f"{kind:<16} {n:>2} {fmt(s['first_response_ms']):>13} {fmt(s['all_ready_ms']):>13} "
-                f"{start_target_ms(n):>7.0f} {fmt(s['stop_ms']):>8}"
+            s, t = by[n], start_target_ms(n)
+            first, ready, stop = (
+                harness.fmt_ms(s[k]) for k in ("first_response_ms", "all_ready_ms", "stop_ms")
             )
+            print(f"{kind:<16} {n:>2} {first:>13} {ready:>13} {t:>7.0f} {stop:>8}")
             if kind == "prefork":
-                r, t = s["all_ready_ms"], start_target_ms(n)
-                verdicts.append(
-                    {
-                        "target": f"prefork N={n} ready <= {t:.0f} ms",
-                        "value": r,
-                        "ok": r is not None and r <= t,
-                    }
-                )
-                r = s["stop_ms"]
-                verdicts.append(
-                    {
-                        "target": f"prefork N={n} stop <= {STOP_TARGET_MS:.0f} ms",
-                        "value": r,
-                        "ok": r is not None and r <= STOP_TARGET_MS,
-                    }
-                )
+                ready_target = f"prefork N={n} ready <= {t:.0f} ms"
+                stop_target = f"prefork N={n} stop <= {STOP_TARGET_MS:.0f} ms"
+                verdicts.append(harness.time_target(ready_target, s["all_ready_ms"], t))
+                verdicts.append(harness.time_target(stop_target, s["stop_ms"], STOP_TARGET_MS))
     print(f"\n{'restarts':<16} {'child exists ms (median/max)':>29} {'ready ms (median/max)':>23}")
     for kind, r in restart.items():
         e, rd = r["exists"], r["ready"]
@@ -286,33 +263,19 @@ def main() -> int:
         rs = f"{rd['median_ms']:.1f} / {rd['max_ms']:.1f}" if rd else "n/a"
         print(f"{kind:<16} {es:>29} {rs:>23}")
         if kind == "prefork":
-            v = rd["median_ms"] if rd else None
-            verdicts.append(
-                {
-                    "target": f"prefork restart ready median <= {RESTART_TARGET_MS:.0f} ms",
-                    "value": v,
-                    "ok": v is not None and v <= RESTART_TARGET_MS,
-                }
-            )
-    print()
-    for v in verdicts:
-        print(f"{'PASS' if v['ok'] else 'FAIL'} {v['target']} ({fmt(v['value'])} ms)")
-    for kind, why in skipped.items():
-        print(f"skipped {kind}: {why.splitlines()[0][:200]}")
-    if args.json:
-        report = {
-            "machine": m,
-            "settings": vars(args),
-            "starts": starts,
-            "summary": summary,
-            "restarts": restart,
-        }
-        with open(args.json, "w") as fh:
-            json.dump({**report, "targets": verdicts, "skipped": skipped}, fh, indent=2)
-        print(f"\nfigures written to {args.json}")
-    if failed:
-        return 1
-    return 1 if args.check and not all(v["ok"] for v in verdicts) else 0
+            target = f"prefork restart ready median <= {RESTART_TARGET_MS:.0f} ms"
+            verdicts.append(harness.time_target(target, rd["median_ms"] if rd else None, RESTART_TARGET_MS))
+    harness.print_verdicts(verdicts)
+    harness.print_skipped(tally.skipped)
+    report = {
+        "machine": m,
+        "settings": vars(args),
+        "starts": starts,
+        "summary": summary,
+        "restarts": restart,
+    }
+    harness.write_json(args.json, {**report, "targets": verdicts, "skipped": tally.skipped})
+    return harness.exit_status(tally.failed, args.check, verdicts)
 
 
 if __name__ == "__main__":

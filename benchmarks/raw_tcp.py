@@ -29,16 +29,15 @@ or a process outlived its group's SIGKILL (or, with ``--check``, the target fail
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socketserver
-import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Any
 
-from apps.harness import Server, fmt_ratio, line_ok, machine, machine_line, ratio
+from apps import harness
 from apps.raw_line import Handler
 
 import prefork
@@ -54,19 +53,11 @@ def serve(kind: str, workers: int, backlog: int) -> None:
     addr = ("127.0.0.1", 0)
     if kind == "prefork":
         server = prefork.PreforkTCPServer(addr, Handler, workers=workers, request_queue_size=backlog)
-        print(server.server_address[1], flush=True)
+        harness.print_port(server)
         server.serve_forever()
-        return
-    bare = type("BareTCP", (socketserver.TCPServer,), {"request_queue_size": backlog})(addr, Handler)
-    print(bare.server_address[1], flush=True)
-    for _ in range(workers):
-        if os.fork() == 0:
-            try:
-                bare.serve_forever()
-            finally:
-                os._exit(0)
-    for _ in range(workers):
-        os.wait()
+    else:
+        bare = type("BareTCP", (socketserver.TCPServer,), {"request_queue_size": backlog})(addr, Handler)
+        harness.serve_bare(bare, workers)
 
 
 def loadgen_cmd(port: int, duration: float, concurrency: int, keepalive: bool, out: str) -> list[str]:
@@ -76,7 +67,7 @@ def loadgen_cmd(port: int, duration: float, concurrency: int, keepalive: bool, o
     return cmd + (["--keepalive"] if keepalive else [])
 
 
-def load(port: int, duration: float, concurrency: int, keepalive: bool) -> dict[str, Any]:
+def load(port: int, duration: float, concurrency: int, keepalive: bool) -> harness.Figures:
     with tempfile.TemporaryDirectory(prefix="raw-tcp-") as tmp:
         out = os.path.join(tmp, "run.json")
         res = subprocess.run(
@@ -94,24 +85,14 @@ def load(port: int, duration: float, concurrency: int, keepalive: bool) -> dict[
     return {k: run.get(k) for k in keys}
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(
-        kind, [sys.executable, os.path.abspath(__file__), "--serve", kind, "--workers", str(args.workers)]
+def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
+    """Start one contender, load it in each mode, stop it."""
+    server = harness.script_server(
+        __file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog)
     )
-    out: dict[str, Any] = {}
+    out: harness.Figures = {}
     try:
-        port = 0
-
-        def ready() -> bool:
-            nonlocal port
-            if not port:
-                text = server.output(100).strip()
-                if not text.isdigit():
-                    return False
-                port = int(text)
-            return line_ok(port)
-
-        server.wait_ready(ready)
+        port = harness.wait_printed_port(server, harness.line_ok)
         out["close"] = load(port, args.duration, args.concurrency, False)
         out["keepalive"] = load(port, args.duration, args.workers, True)
     finally:
@@ -120,21 +101,20 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=5, help="seconds of each load run (default 5)")
-    ap.add_argument("--runs", type=int, default=1, help="repetitions, median kept (default 1)")
+    ap = harness.bench_parser(__doc__)
+    harness.add_duration_option(ap, 5, of="load run")
+    harness.add_runs_option(ap, 1)
     ap.add_argument("--workers", type=int, default=2, help="prefork workers and bare children (default 2)")
     ap.add_argument("--concurrency", type=int, default=50, help="requests in flight, close mode (50)")
-    ap.add_argument("--backlog", type=int, default=1024, help="listen backlog of both (1024)")
-    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
-    ap.add_argument("--check", action="store_true", help="exit 1 when the target fails")
+    harness.add_backlog_option(ap)
+    harness.add_report_options(ap, check="the target fails")
     ap.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.workers, args.backlog)
         return 0
-    m = machine()
-    print(machine_line(m))
+    m = harness.machine()
+    print(harness.machine_line(m))
     print(
         "load:",
         " ".join(loadgen_cmd(0, args.duration, args.concurrency, False, "OUT")).replace(":0 ", ":PORT "),
@@ -142,61 +122,18 @@ def main() -> int:
     print(f"      keep-alive: the same with --keepalive --concurrency {args.workers}")
     print(f"workers {args.workers}, backlog {args.backlog}, runs {args.runs}, contenders interleaved\n")
 
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONTENDERS}
-    failed = False
-    for r in range(args.runs):
-        for kind in CONTENDERS:
-            try:
-                fig = measure(kind, args)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                print(f"run {r + 1} {kind}: FAILED: {exc}", file=sys.stderr)
-                failed = True
-                continue
-            if fig["left"]:
-                print(f"run {r + 1} {kind}: processes left after SIGKILL: {fig['left']}", file=sys.stderr)
-                failed = True
-            runs[kind].append(fig)
-            line = "  ".join(f"{mode} {fig[mode]['rps']:>9.1f} req/s" for mode in MODES)
-            print(f"run {r + 1} {kind:<8} {line}", flush=True)
-
-    summary = {
-        kind: {
-            mode: {
-                key: statistics.median(float(f[mode][key]) for f in figs)
-                for key in ("rps", "p50_ms", "p99_ms", "errors")
-            }
-            for mode in MODES
-        }
-        for kind, figs in runs.items()
-        if figs
-    }
-    print(f"\n{'contender':<42} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'errors':>7}")
-    for mode in MODES:
-        for kind, s in summary.items():
-            f = s[mode]
-            print(
-                f"{LABELS[kind]:<42} {mode:<10} {f['rps']:>9.1f} {f['p50_ms']:>7.2f}ms {f['p99_ms']:>7.2f}ms",
-                f"{int(f['errors']):>6}",
-            )
-
-    def rps(kind: str, mode: str) -> float | None:
-        return summary[kind][mode]["rps"] if kind in summary else None
-
-    ratios = {f"prefork/bare ({mode})": ratio(rps("prefork", mode), rps("bare", mode)) for mode in MODES}
-    print()
-    for name, value in ratios.items():
-        print(f"{name:<28} {fmt_ratio(value)}")
-    value = ratios["prefork/bare (close)"]
-    verdict = {"target": TARGET[0], "ratio": value, "ok": value is not None and value >= TARGET[1]}
-    print(f"\n{'PASS' if verdict['ok'] else 'FAIL'} {TARGET[0]} ({fmt_ratio(value)})")
-    if args.json:
-        report = {"machine": m, "settings": vars(args), "runs": runs, "summary": summary, "ratios": ratios}
-        with open(args.json, "w") as fh:
-            json.dump({**report, "targets": [verdict]}, fh, indent=2)
-        print(f"\nfigures written to {args.json}")
-    if failed:
-        return 1
-    return 1 if args.check and not verdict["ok"] else 0
+    runs, tally = harness.interleaved_runs(
+        CONTENDERS, args.runs, functools.partial(measure, args=args), harness.show_rps_by_mode(MODES), 8
+    )
+    summary = harness.medians_by_mode(runs, MODES, ("rps", "p50_ms", "p99_ms", "errors"))
+    harness.print_mode_table(summary, MODES, LABELS, 42, ("errors",))
+    ratios = harness.mode_ratios(summary, MODES, [("prefork", "bare")])
+    harness.print_ratios(ratios, 28)
+    verdict = harness.ratio_target(TARGET[0], ratios["prefork/bare (close)"], TARGET[1])
+    harness.print_verdicts([verdict])
+    report = {"machine": m, "settings": vars(args), "runs": runs, "summary": summary, "ratios": ratios}
+    harness.write_json(args.json, {**report, "targets": [verdict]})
+    return harness.exit_status(tally.failed, args.check, [verdict])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: contenders in their own process group, wrk, the machine.
+"""What the benchmark scripts share: contenders in their own process group, wrk, the machine,
+the command-line options, the runs and their medians, ratios, targets and the JSON report.
 
 Every server runs in its own session (process group == its pid), on 127.0.0.1, and is stopped
 by :meth:`Server.stop`: SIGTERM to the group, SIGKILL to what remains after a grace period, then
@@ -7,19 +8,25 @@ a psutil check that no process of the group is left. Never by name.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import http.client
+import importlib.util
+import json
 import os
 import platform
 import re
 import shutil
 import signal
 import socket
+import socketserver
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -48,6 +55,7 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
+    """The header line that says what :func:`machine` found."""
     return (
         f"machine: {m['cpu_count']} cores, Python {m['python']}, prefork {m['prefork']}, "
         f"load average {m['load_avg_1m']:.2f} at start"
@@ -63,9 +71,7 @@ def free_port() -> int:
 
 def gunicorn_command() -> list[str] | None:
     """How to run gunicorn with this Python, or None when it is not installed."""
-    try:
-        import gunicorn  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gunicorn") is None:
         return None
     return [sys.executable, "-m", "gunicorn"]
 
@@ -108,10 +114,17 @@ class Server:
             env=full_env,
         )
         self.pid = self.proc.pid
+        self.needed_sigkill = False
+
+    def text(self) -> str:
+        """All the server has written so far, stdout and stderr together. Read with pread: the
+        file offset is shared with the server's processes, and a seek would move where they write."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def output(self, chars: int = 2000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-chars:]
+        """The last ``chars`` characters of :meth:`text`."""
+        return self.text()[-chars:]
 
     def wait_ready(self, probe: Any, timeout: float = 20.0, interval: float = 0.02) -> float:
         """Call ``probe()`` until it returns True; seconds since the start. Raises RuntimeError
@@ -127,7 +140,8 @@ class Server:
         raise RuntimeError(f"{self.name}: not ready after {timeout:g} s:\n{self.output()}")
 
     def stop(self, grace: float = 10.0) -> list[int]:
-        """SIGTERM the group, SIGKILL it after ``grace`` s; the pids left after that (normally [])."""
+        """SIGTERM the group, SIGKILL it after ``grace`` s; the pids left after that (normally []).
+        ``needed_sigkill`` says afterwards whether anything outlived the grace period."""
         pgid = self.pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
@@ -137,6 +151,7 @@ class Server:
             if not group_members(pgid):
                 break
             time.sleep(0.05)
+        self.needed_sigkill = bool(group_members(pgid))
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -171,20 +186,77 @@ def line_ok(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+# -- `SCRIPT --serve KIND`: a server in a subprocess of the script, on 127.0.0.1:0 -------------------
+
+
+def print_port(server: socketserver.TCPServer) -> None:
+    """Print the port the server was given, as its first line: what :func:`wait_printed_port` reads."""
+    print(server.server_address[1], flush=True)
+
+
+def serve_bare(server: socketserver.TCPServer, workers: int) -> None:
+    """The bare fork loop: print the port, then ``workers`` forked children each run the stdlib
+    ``serve_forever()`` on the one inherited listening socket; returns when they have all exited."""
+    print_port(server)
+    for _ in range(workers):
+        if os.fork() == 0:
+            try:
+                server.serve_forever()
+            finally:
+                os._exit(0)
+    for _ in range(workers):
+        os.wait()
+
+
+def script_server(script: str, kind: str, *options: str) -> Server:
+    """``python SCRIPT --serve KIND OPTIONS...``, a benchmark script's own server side, started."""
+    return Server(kind, [sys.executable, os.path.abspath(script), "--serve", kind, *options])
+
+
+def wait_printed_port(server: Server, probe: Callable[[int], bool], timeout: float = 20.0) -> int:
+    """The port a ``--serve`` subprocess printed (:func:`print_port`), once ``probe(port)`` is True.
+    Raises as :meth:`Server.wait_ready`."""
+    port = 0
+
+    def ready() -> bool:
+        nonlocal port
+        if not port:
+            first, newline, _ = server.text().partition("\n")
+            if not newline or not first.strip().isdigit():
+                return False
+            port = int(first)
+        return probe(port)
+
+    server.wait_ready(ready, timeout)
+    return port
+
+
+# -- wrk ----------------------------------------------------------------------------------------------
+
+
 def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def wrk_cmd(url: str, duration: float, connections: int, keepalive: bool) -> list[str]:
-    """wrk with --latency; ``-H 'Connection: close'`` unless keepalive."""
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+def wrk_missing() -> bool:
+    """True, after saying on stderr how to install it, when wrk is not on PATH (exit status 2)."""
+    if have_wrk():
+        return False
+    print("wrk not found on PATH: install it (apt-get install -y wrk) and rerun.", file=sys.stderr)
+    return True
+
+
+def wrk_cmd(url: str, duration: float, connections: int, keepalive: bool, latency: bool = True) -> list[str]:
+    """wrk with 2 threads (and ``--latency`` unless told not); ``-H 'Connection: close'`` unless keepalive."""
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s"] + (["--latency"] if latency else [])
     if not keepalive:
         cmd += ["-H", "Connection: close"]
     return [*cmd, url]
 
 
-def wrk_line(duration: float, connections: int, keepalive: bool) -> str:
-    cmd = wrk_cmd("http://127.0.0.1:PORT/", duration, connections, keepalive)
+def wrk_line(duration: float, connections: int, keepalive: bool, latency: bool = True) -> str:
+    """The wrk command as the headers print it, PORT for the port."""
+    cmd = wrk_cmd("http://127.0.0.1:PORT/", duration, connections, keepalive, latency)
     return " ".join(cmd).replace("Connection: close", "'Connection: close'")
 
 
@@ -193,7 +265,8 @@ def _ms(value: str, unit: str) -> float:
 
 
 def parse_wrk(out: str) -> dict[str, float]:
-    """req/s, latency avg/p50/p99 (ms), requests, socket errors and non-2xx/3xx from wrk --latency."""
+    """req/s, latency avg/p50/p99 (ms), requests, socket errors and non-2xx/3xx from wrk --latency
+    (p50 and p99 are NaN without --latency)."""
     rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
@@ -216,17 +289,164 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def run_wrk(
-    url: str, duration: float, connections: int, keepalive: bool, warmup: float = 1.0
+    url: str, duration: float, connections: int, keepalive: bool, warmup: float = 1.0, latency: bool = True
 ) -> dict[str, Any]:
     """A warm-up run (not kept), then the measured one; bounded by wrk's own -d plus 30 s."""
     if warmup > 0:
-        subprocess.run(wrk_cmd(url, warmup, connections, keepalive), capture_output=True, timeout=warmup + 30)
+        warm = wrk_cmd(url, warmup, connections, keepalive, latency)
+        subprocess.run(warm, capture_output=True, timeout=warmup + 30)
     res = subprocess.run(
-        wrk_cmd(url, duration, connections, keepalive), capture_output=True, text=True, timeout=duration + 30
+        wrk_cmd(url, duration, connections, keepalive, latency),
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
     )
     if res.returncode != 0:
         raise RuntimeError(f"wrk exited {res.returncode}: {res.stderr.strip()}")
     return parse_wrk(res.stdout)
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of the script's docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
+def add_duration_option(ap: argparse.ArgumentParser, default: float, of: str = "wrk run") -> None:
+    """``--duration S``: seconds of each load run."""
+    ap.add_argument(
+        "--duration", type=float, default=default, help=f"seconds of each {of} (default {default:g})"
+    )
+
+
+def add_runs_option(ap: argparse.ArgumentParser, default: int, what: str = "repetitions") -> None:
+    """``--runs N``: how many times each figure is measured; the median is kept."""
+    ap.add_argument("--runs", type=int, default=default, help=f"{what}, median kept (default {default})")
+
+
+def add_backlog_option(ap: argparse.ArgumentParser) -> None:
+    """``--backlog N``: the listen backlog every contender is given (1024)."""
+    ap.add_argument("--backlog", type=int, default=1024, help="listen backlog of every contender (1024)")
+
+
+def add_only_option(ap: argparse.ArgumentParser) -> None:
+    """``--only A,B``: run only these contenders (see :func:`chosen`)."""
+    ap.add_argument("--only", help="comma-separated contenders to run (default: all)")
+
+
+def chosen(contenders: Sequence[str], only: str | None) -> list[str]:
+    """The contenders that ``--only`` names (all of them without it), in their own order."""
+    return [k for k in contenders if not only or k in only.split(",")]
+
+
+def add_report_options(ap: argparse.ArgumentParser, check: str | None) -> None:
+    """``--json PATH`` and, unless ``check`` is None, ``--check`` ("exit 1 when <check>")."""
+    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    if check is not None:
+        ap.add_argument("--check", action="store_true", help=f"exit 1 when {check}")
+
+
+# -- measuring: contenders in turn, what failed, medians ----------------------------------------------
+
+Figures = dict[str, Any]
+
+
+class Tally:
+    """The contenders skipped and whether a measurement failed, said on stderr as they come."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, str] = {}
+        self.failed = False
+
+    def measure(self, kind: str, label: str, measure: Callable[[], Figures]) -> Figures | None:
+        """``measure()``'s figures, or None when ``kind`` is skipped (:class:`Skip`, now or before)
+        or the measurement failed. Figures with pids in ``left`` (processes that outlived their
+        group's SIGKILL) are returned, and count as a failure."""
+        if kind in self.skipped:
+            return None
+        try:
+            fig = measure()
+        except Skip as exc:
+            self.skipped[kind] = str(exc)
+            print(f"SKIPPED {kind}: {exc}", file=sys.stderr)
+            return None
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"{label}: FAILED: {exc}", file=sys.stderr)
+            self.failed = True
+            return None
+        if fig["left"]:
+            print(f"{label}: processes left after SIGKILL: {fig['left']}", file=sys.stderr)
+            self.failed = True
+        return fig
+
+
+def interleaved_runs(
+    kinds: Sequence[str],
+    repeats: int,
+    measure: Callable[[str], Figures],
+    show: Callable[[Figures], str],
+    width: int,
+) -> tuple[dict[str, list[Figures]], Tally]:
+    """``measure(kind)`` for each kind in turn, ``repeats`` times over, printing ``run R KIND`` (the
+    kind in ``width`` columns) and ``show(figures)`` for each. The figures by kind (failed and
+    skipped ones left out), and the :class:`Tally` of what failed or was skipped."""
+    tally = Tally()
+    runs: dict[str, list[Figures]] = {k: [] for k in kinds}
+    for r in range(repeats):
+        for kind in kinds:
+            fig = tally.measure(kind, f"run {r + 1} {kind}", functools.partial(measure, kind))
+            if fig is not None:
+                runs[kind].append(fig)
+                print(f"run {r + 1} {kind:<{width}} {show(fig)}", flush=True)
+    return runs, tally
+
+
+def show_rps_by_mode(modes: Sequence[str]) -> Callable[[Figures], str]:
+    """For :func:`interleaved_runs`, figures keyed by mode: ``close  1234.5 req/s  keepalive ...``."""
+
+    def show(fig: Figures) -> str:
+        return "  ".join(f"{mode} {fig[mode]['rps']:>9.1f} req/s" for mode in modes)
+
+    return show
+
+
+def medians_by_mode(
+    runs: Mapping[str, list[Figures]], modes: Sequence[str], keys: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per contender with figures, per mode, the median over its runs of each of ``keys``."""
+    return {
+        kind: {
+            mode: {key: statistics.median(float(f[mode][key]) for f in figs) for key in keys}
+            for mode in modes
+        }
+        for kind, figs in runs.items()
+        if figs
+    }
+
+
+def print_mode_table(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]],
+    modes: Sequence[str],
+    labels: Mapping[str, str],
+    width: int,
+    error_keys: Sequence[str],
+) -> None:
+    """The table of :func:`medians_by_mode`: contender, mode, req/s, p50, p99 and errors (the sum
+    of ``error_keys``), mode by mode; ``width`` is that of the contender column."""
+    print(f"\n{'contender':<{width}} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'errors':>7}")
+    for mode in modes:
+        for kind, s in summary.items():
+            f = s[mode]
+            errors = int(sum(f[k] for k in error_keys))
+            print(
+                f"{labels[kind]:<{width}} {mode:<10} {f['rps']:>9.1f}",
+                f"{f['p50_ms']:>7.2f}ms {f['p99_ms']:>7.2f}ms {errors:>7}",
+            )
+
+
+# -- ratios, targets, report --------------------------------------------------------------------------
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -238,3 +458,65 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def mode_ratios(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]],
+    modes: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+) -> dict[str, float | None]:
+    """``A/B (mode)``: A's median req/s over B's, for each mode and pair (None where one is missing)."""
+
+    def rps(kind: str, mode: str) -> float | None:
+        return summary[kind][mode]["rps"] if kind in summary else None
+
+    return {f"{a}/{b} ({mode})": ratio(rps(a, mode), rps(b, mode)) for mode in modes for a, b in pairs}
+
+
+def print_ratios(ratios: Mapping[str, float | None], width: int) -> None:
+    """A blank line, then a line a ratio: its name in ``width`` columns, then the ratio."""
+    print()
+    for name, value in ratios.items():
+        print(f"{name:<{width}} {fmt_ratio(value)}")
+
+
+def ratio_target(target: str, value: float | None, minimum: float) -> dict[str, Any]:
+    """A verdict ``{"target", "ratio", "ok"}``: ok when the ratio is known and at least ``minimum``."""
+    return {"target": target, "ratio": value, "ok": value is not None and value >= minimum}
+
+
+def time_target(target: str, value: float | None, maximum: float) -> dict[str, Any]:
+    """A verdict ``{"target", "value", "ok"}``: ok when the time (ms) is known and at most ``maximum``."""
+    return {"target": target, "value": value, "ok": value is not None and value <= maximum}
+
+
+def print_verdicts(verdicts: Iterable[Mapping[str, Any]], prefix: str = "") -> None:
+    """A blank line, then ``PASS``/``FAIL`` ``prefix`` target (the ratio, or the time in ms) each."""
+    print()
+    for v in verdicts:
+        shown = fmt_ratio(v["ratio"]) if "ratio" in v else f"{fmt_ms(v['value'])} ms"
+        print(f"{'PASS' if v['ok'] else 'FAIL'} {prefix}{v['target']} ({shown})")
+
+
+def print_skipped(skipped: Mapping[str, str]) -> None:
+    """A line for each skipped contender, with the first line of why."""
+    for kind, why in skipped.items():
+        print(f"skipped {kind}: {why.splitlines()[0][:200]}")
+
+
+def write_json(path: str | None, report: Any) -> None:
+    """Write ``report`` to ``path`` as indented JSON and say so; nothing when path is None."""
+    if not path:
+        return
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"\nfigures written to {path}")
+
+
+def exit_status(failed: bool, check: bool, verdicts: Iterable[Mapping[str, Any]]) -> int:
+    """1 when a measurement failed or, with ``--check``, a target was missed; 0 otherwise."""
+    return 1 if failed or (check and not all(v["ok"] for v in verdicts)) else 0
