@@ -19,8 +19,13 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import psutil
+import pytest
+
 from prefork import PreforkHTTPServer, PreforkTCPServer
-from prefork.scoreboard import WorkerState
+from prefork.scoreboard import WorkerState, WorkerStats
+from prefork.workers import ThreadWorker
+from prefork.workers.base import ACCEPT_WAITS
 from tests.conftest import CLIServer, request_line, wait_for
 from tests.handlers import CrashHandler, PidEchoHandler, SlowHandler
 from tests.test_server import serving, worker_pids
@@ -51,6 +56,36 @@ def slow(to: tuple[str, int], seconds: float) -> Callable[[], bytes]:
     return lambda: request_line(to, f"{seconds}\n".encode(), timeout=10)
 
 
+@pytest.fixture(params=ACCEPT_WAITS)
+def accept_wait(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way of waiting for the listening sockets in turn, for the thread workers this test
+    forks (the class attribute, inherited by the fork)."""
+    monkeypatch.setattr(ThreadWorker, "accept_wait", request.param)
+    return str(request.param)
+
+
+def busy_slot(server: PreforkTCPServer) -> WorkerStats:
+    """Wait until a worker of ``server`` has a request in flight; its scoreboard slot."""
+    assert server.scoreboard is not None
+    slots = server.scoreboard.slots
+    busy: list[WorkerStats] = wait_for(lambda: [s for s in slots() if s.state is WorkerState.BUSY])
+    return busy[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far."""
+    user, system = psutil.Process(pid).cpu_times()[:2]
+    return float(user + system)
+
+
+def exited(pid: int) -> bool:
+    """Process ``pid`` is gone (or a zombie)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_one_worker_serves_as_many_slow_requests_at_once_as_it_has_threads() -> None:
     server = PreforkTCPServer(("127.0.0.1", 0), SlowHandler, workers=1, worker_class="thread", threads=4)
     with serving(server, workers=1):
@@ -70,6 +105,40 @@ def test_a_worker_with_every_thread_busy_leaves_the_next_request_to_another_work
         answers, elapsed = at_once(slow(address(server), 0.6), 5)
         assert max(Counter(answer.split()[1] for answer in answers).values()) == 3
         assert 1.1 < elapsed < 2.5  # the 5th waited for a free thread: 2 x 0.6 s, not 3 x
+
+
+def test_a_worker_with_every_thread_busy_leaves_a_waiting_connection_alone_until_one_is_free(
+    accept_wait: str,
+) -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), SlowHandler, workers=1, worker_class="thread", threads=1)
+    with serving(server, workers=1):
+        (pid,) = worker_pids()
+        held = threading.Thread(target=slow(address(server), 1.0))
+        held.start()
+        busy_slot(server)
+        with socket.create_connection(address(server), timeout=5) as waiting:
+            waiting.sendall(b"0\n")  # in the backlog: the listening socket stays readable
+            before = cpu_seconds(pid)
+            time.sleep(0.5)
+            assert cpu_seconds(pid) - before < 0.1  # the worker does not spin on it
+            assert waiting.makefile("rb").readline() == f"done {pid}\n".encode()  # thread free
+        held.join(5)
+
+
+def test_the_next_connection_goes_to_the_worker_with_a_thread_free(accept_wait: str) -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), SlowHandler, workers=2, worker_class="thread", threads=1)
+    with serving(server, workers=2):
+        answers: list[bytes] = []
+        held = threading.Thread(target=lambda: answers.append(slow(address(server), 2.0)()))
+        held.start()
+        busy = busy_slot(server).pid
+        (other,) = worker_pids() - {busy}
+        for _ in range(3):
+            start = time.monotonic()
+            assert slow(address(server), 0)() == f"done {other}\n".encode()
+            assert time.monotonic() - start < 1  # not left waiting for the busy worker
+        held.join(5)
+        assert answers == [f"done {busy}\n".encode()]
 
 
 class KeepAliveHandler(BaseHTTPRequestHandler):
@@ -170,6 +239,33 @@ def test_term_lets_the_requests_in_flight_finish(serve_cli: Serve) -> None:
         client.join(10)
     assert answers == [f"done {pid}\n".encode()] * 3
     assert server.wait() == 0
+
+
+def test_when_the_master_dies_a_thread_worker_finishes_its_requests_within_graceful_timeout(
+    serve_cli: Serve,
+) -> None:
+    flags = ["-w", "1", "-k", "thread", "--threads", "2", "--graceful-timeout", "1"]
+    server = serve_cli("tests.handlers:SlowHandler", *flags)
+    (pid,) = server.wait_workers(1)
+    answers: dict[float, bytes] = {}
+
+    def ask(seconds: float) -> None:
+        answers[seconds] = slow(server.address, seconds)()
+
+    clients = [threading.Thread(target=ask, args=(seconds,)) for seconds in (0.6, 5.0)]
+    for client in clients:
+        client.start()
+    time.sleep(0.3)  # both are in flight
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(5)
+    start = time.monotonic()
+    for client in clients:
+        client.join(10)
+    assert answers == {0.6: f"done {pid}\n".encode(), 5.0: b""}  # cut off after graceful_timeout
+    assert time.monotonic() - start < 3
+    wait_for(lambda: exited(pid))
+    assert "the master died; exiting" in server.log
+    assert "1 requests still in flight after graceful_timeout" in server.log
 
 
 def test_request_timeout_aborts_the_worker_of_a_hung_thread(serve_cli: Serve) -> None:

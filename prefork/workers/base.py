@@ -150,10 +150,13 @@ class Worker:
         self.max_requests = max_requests
         #: In the worker: False once it has been told to stop (TERM) or the master died.
         self.alive = True
+        #: In the worker: True once :meth:`wait_for_listeners` has seen the master's death.
+        self.master_died = False
         #: In the worker: requests processed so far.
         self.requests = 0
         self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
-        self.wakeup_fd = -1  # read end of this worker's signal wake-up pipe
+        self.wakeup_fd = -1  # read end of this worker's wake-up pipe (signals, :meth:`wake`)
+        self._wakeup_w = -1  # its write end
         #: In the worker: accept() calls that found no connection (another worker took it):
         #: the spurious wake-ups. Counted off the request path (only when accept fails).
         self.empty_accepts = 0
@@ -236,7 +239,8 @@ class Worker:
         """Install the worker's signal handlers. Runs in the worker. May be extended.
 
         TERM: stop after the request in progress (graceful). INT, QUIT: exit at once.
-        Handlers only record; a wake-up pipe (``signal.set_wakeup_fd``) wakes the loop.
+        Handlers only record; a wake-up pipe (``signal.set_wakeup_fd``, also written by
+        :meth:`wake`) wakes the loop.
         """
         for sig in self.IGNORED_SIGNALS:
             signal.signal(sig, _ignore)
@@ -248,7 +252,7 @@ class Worker:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
-        self.wakeup_fd = read_fd
+        self.wakeup_fd, self._wakeup_w = read_fd, write_fd
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def handle_term(self, signum: int, frame: FrameType | None) -> None:
@@ -277,6 +281,15 @@ class Worker:
         except OSError:
             pass
 
+    def wake(self) -> None:
+        """Make the worker's wait in :meth:`wait_for_listeners` return, from any thread of the
+        worker: a null byte on the signal wake-up pipe (as asyncio's ``call_soon_threadsafe``
+        writes on its self-pipe). A full pipe already holds a wake-up: the write is dropped."""
+        try:
+            os.write(self._wakeup_w, b"\0")
+        except BlockingIOError:
+            pass
+
     def drain_wakeups(self) -> None:
         """Empty the signal wake-up pipe and act on what the handlers recorded (USR1).
         Runs in the worker."""
@@ -285,19 +298,22 @@ class Worker:
             self.reopen_logs = False
             reopen_log_files()
 
-    def wait_for_listeners(self, timeout: float | None = None) -> list[PreforkMixIn]:
+    def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PreforkMixIn]:
         """Wait until a listening socket of this worker is readable; return the servers whose
         socket is (pass each to :meth:`handle_request`), or [] after ``timeout`` seconds
-        (None: no limit), a signal, or the master's death. Runs in the worker.
+        (None: no limit), a signal, a :meth:`wake`, or the master's death. Runs in the worker.
 
-        Signals are acted on here (:meth:`drain_wakeups`); the master's death logs a warning
-        and sets ``alive`` to False. Callers loop ``while self.alive``. The waiting mechanism
-        is the class attribute ``accept_wait`` (see :class:`ListenerWaiter`), set up on the
-        first call and kept for the worker's life.
+        With ``listen`` False the listening sockets are left out of the wait (until a call
+        with ``listen`` True), so the connections go to other workers: only the other events
+        end it, and it returns []. Signals are acted on here (:meth:`drain_wakeups`); the
+        master's death logs a warning and sets ``alive`` to False and ``master_died`` to True.
+        Callers loop ``while self.alive``. The waiting mechanism is the class attribute
+        ``accept_wait`` (see :class:`ListenerWaiter`), set up on the first call and kept for
+        the worker's life.
         """
         if self._waiter is None:
             self._waiter = ListenerWaiter(self, list(self.listeners()), self.accept_wait)
-        return self._waiter.wait(timeout)
+        return self._waiter.wait(timeout, listen)
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.
@@ -372,8 +388,9 @@ class Worker:
 
 
 class ListenerWaiter:
-    """Waits for the listening sockets of one worker, with its signal wake-up pipe and the
-    master pipe. Created and used in the worker (by :meth:`Worker.wait_for_listeners`).
+    """Waits for the listening sockets of one worker, with its wake-up pipe (signals and
+    :meth:`Worker.wake`) and the master pipe. Created and used in the worker (by
+    :meth:`Worker.wait_for_listeners`).
 
     ``how`` is one of :data:`ACCEPT_WAITS`:
 
@@ -388,6 +405,9 @@ class ListenerWaiter:
       accept(), where the kernel wakes one waiter per connection (FIFO). TERM interrupts it
       (:meth:`Worker.handle_term`); the master's death goes unnoticed until the next request.
       Only for one stream listener; else falls back to ``exclusive``.
+
+    A wait without the listening sockets (``listen`` False) uses the same epoll or selector
+    with the listening sockets unregistered (a selector of the other fds for ``blocking``).
     """
 
     def __init__(self, worker: Worker, servers: list[PreforkMixIn], how: str) -> None:
@@ -398,63 +418,76 @@ class ListenerWaiter:
         if how == "blocking" and (len(servers) != 1 or servers[0].socket.type != socket.SOCK_STREAM):
             how = "exclusive"
         exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
-        self.epoll: select.epoll | None = None
-        self.selector: selectors.BaseSelector | None = None
+        poller: select.epoll | selectors.BaseSelector | None = None
         if how == "exclusive" and exclusive and hasattr(select, "epoll"):
-            self.epoll = select.epoll()
+            self.events = select.EPOLLIN | exclusive  # of the listening sockets
+            poller = select.epoll()
             try:
                 for fd in self.servers:
-                    self.epoll.register(fd, select.EPOLLIN | exclusive)
+                    poller.register(fd, self.events)
             except OSError:  # EINVAL: a kernel older than 4.5
-                self.epoll.close()
-                self.epoll = None
+                poller.close()
+                poller = None
             else:
-                self.epoll.register(worker.wakeup_fd, select.EPOLLIN)
-                self.epoll.register(worker.master_fd, select.EPOLLIN)
-        if how == "blocking":
-            servers[0].socket.setblocking(True)
-            worker._blocking_accept = True
-        elif self.epoll is None:
-            how = "select"
-            self.selector = selectors.DefaultSelector()
-            for fd in self.servers:
-                self.selector.register(fd, selectors.EVENT_READ)
-            self.selector.register(worker.wakeup_fd, selectors.EVENT_READ)
-            self.selector.register(worker.master_fd, selectors.EVENT_READ)
+                poller.register(worker.wakeup_fd, select.EPOLLIN)
+                poller.register(worker.master_fd, select.EPOLLIN)
+        if poller is None:
+            self.events = selectors.EVENT_READ
+            poller = selectors.DefaultSelector()
+            poller.register(worker.wakeup_fd, self.events)
+            poller.register(worker.master_fd, self.events)
+            if how == "blocking":  # the selector only for waits without the listener
+                servers[0].socket.setblocking(True)
+                worker._blocking_accept = True
+            else:
+                how = "select"
+                for fd in self.servers:
+                    poller.register(fd, self.events)
+        #: The epoll instance or selector.
+        self.poller = poller
         #: The mechanism in use, after fallbacks.
         self.how = how
+        #: The listening sockets are registered in the poller (unused by ``blocking``).
+        self.listening = True
 
-    def wait(self, timeout: float | None) -> list[PreforkMixIn]:
+    def wait(self, timeout: float | None, listen: bool = True) -> list[PreforkMixIn]:
         """Wait up to ``timeout`` seconds (None: no limit); return the readable listeners.
+        With ``listen`` False, leave the listening sockets out (and return []).
 
         Acts on signals and on the master's death (see :meth:`Worker.wait_for_listeners`).
         """
-        if self.epoll is not None:
-            fds = [fd for fd, _ in self.epoll.poll(-1 if timeout is None else timeout)]
-        elif self.selector is not None:
-            fds = [key.fd for key, _ in self.selector.select(timeout)]
-        else:  # blocking: accept() itself waits
-            drain(self.worker.wakeup_fd)
-            return list(self.servers.values()) if self.worker.alive else []
+        poller = self.poller
+        if listen != self.listening and self.how != "blocking":
+            self.listening = listen
+            for fd in self.servers:
+                if listen:
+                    poller.register(fd, self.events)
+                else:
+                    poller.unregister(fd)
+        if isinstance(poller, selectors.BaseSelector):
+            if listen and self.how == "blocking":  # accept() itself waits
+                drain(self.worker.wakeup_fd)
+                return list(self.servers.values()) if self.worker.alive else []
+            fds = [key.fd for key, _ in poller.select(timeout)]
+        else:
+            fds = [fd for fd, _ in poller.poll(-1 if timeout is None else timeout)]
         ready = []
         for fd in fds:
             server = self.servers.get(fd)
             if server is not None:
                 ready.append(server)
             elif fd == self.worker.master_fd:
-                if self.worker.alive:
-                    log.warning("Worker %d: the master died; exiting", self.worker.number)
+                log.warning("Worker %d: the master died; exiting", self.worker.number)
                 self.worker.alive = False
+                self.worker.master_died = True
+                poller.unregister(fd)  # at EOF: readable for good
             else:
                 self.worker.drain_wakeups()
         return ready
 
     def close(self) -> None:
         """Close the epoll instance or selector."""
-        if self.epoll is not None:
-            self.epoll.close()
-        if self.selector is not None:
-            self.selector.close()
+        self.poller.close()
 
 
 def pwd_gid(uid: int) -> int:

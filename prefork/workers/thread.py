@@ -8,10 +8,11 @@ to the workers that have a thread free.
 Who runs what, in the worker process (the master never starts a thread; they are started in
 :meth:`ThreadWorker.serve`, after the fork):
 
-- the **main thread** waits in one ``select`` on the listening sockets (only while a thread is
-  free), the signal wake-up pipe, the master's pipe and the worker's own wake-up pipe; it
-  accepts (``get_request`` -> ``verify_request``) and hands each request to a thread. It runs
-  the signal handlers and owns the scoreboard slot's BUSY/IDLE transitions with the threads.
+- the **main thread** waits in :meth:`~prefork.workers.base.Worker.wait_for_listeners`, as
+  the ``sync`` worker does, but with the listening sockets left out while every thread is busy
+  (a thread finishing wakes it with :meth:`~prefork.workers.base.Worker.wake`); it accepts
+  (``get_request`` -> ``verify_request``) and hands each request to a thread. It runs the
+  signal handlers and owns the scoreboard slot's BUSY/IDLE transitions with the threads.
 - each of the ``threads`` **handler threads** (long-lived, started once) takes requests from a
   queue and runs ``finish_request`` (the handler: ``setup``, ``handle``, ``finish``) then
   ``shutdown_request``, with ``handle_error`` on an exception, as
@@ -25,15 +26,13 @@ request (measured cheaper, see ``docs/workers.md``).
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import selectors
 import threading
 import time
 from typing import TYPE_CHECKING, TypeAlias
 
 from prefork.scoreboard import WorkerState
-from prefork.workers.base import ACCEPT_RESOURCE_ERRNOS, WORKER_EXIT_ERROR, Worker, drain
+from prefork.workers.base import ACCEPT_RESOURCE_ERRNOS, WORKER_EXIT_ERROR, Worker
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
@@ -72,9 +71,9 @@ class ThreadWorker(Worker):
     """
 
     def init_process(self) -> None:
-        """Prepare this process to serve (the base class's boot), then create the queue, the
-        lock and the wake-up pipe the threads share. Runs in the worker's main thread, after
-        the fork. May be extended (call this first)."""
+        """Prepare this process to serve (the base class's boot), then create the queue and
+        the lock the threads share. Runs in the worker's main thread, after the fork. May be
+        extended (call this first)."""
         super().init_process()
         self.threads = int(self.server.threads)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -85,9 +84,6 @@ class ThreadWorker(Worker):
         self._served = 0  # requests finished, for the scoreboard
         self._waiting = False  # the main thread waits for a thread to free (under _lock)
         self._fatal: BaseException | None = None  # SystemExit, KeyboardInterrupt of a thread
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
 
     # -- the main thread ---------------------------------------------------------------------
 
@@ -106,13 +102,13 @@ class ThreadWorker(Worker):
         ]
         for thread in pool:
             thread.start()
-        listeners = list(self.listeners())
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.wakeup_fd, selectors.EVENT_READ, None)
-            selector.register(self.master_fd, selectors.EVENT_READ, None)
-            selector.register(self._wake_r, selectors.EVENT_READ, None)
-            master_alive = self.accept_loop(selector, listeners)
-            finished = self.wait_in_flight(selector, master_alive)
+        while self.alive:
+            for server in self.wait_for_listeners(listen=not self.all_busy()):
+                # Even when stopping, as the sync worker (with EPOLLEXCLUSIVE it may be the
+                # only worker woken), but never beyond its threads.
+                if len(self._in_flight) < self.threads:
+                    self.handle_request(server)
+        finished = self.wait_in_flight()
         if finished:
             for _ in pool:
                 self._queue.put(None)
@@ -121,37 +117,6 @@ class ThreadWorker(Worker):
         if self._fatal is not None:
             code = self._fatal.code if isinstance(self._fatal, SystemExit) else None
             raise SystemExit(code if isinstance(code, int) and code else WORKER_EXIT_ERROR)
-
-    def accept_loop(self, selector: selectors.BaseSelector, listeners: list[PreforkMixIn]) -> bool:
-        """Accept while ``alive``, watching the listening sockets only while a thread is free.
-        Returns False when it stopped because the master died. Runs in the main thread."""
-        accepting = False
-        while self.alive:
-            if accepting == self.all_busy():  # start or stop watching the listening sockets
-                for server in listeners:
-                    if accepting:
-                        selector.unregister(server.fileno())
-                    else:
-                        selector.register(server.fileno(), selectors.EVENT_READ, server)
-                accepting = not accepting
-            for key, _ in selector.select():
-                server = key.data
-                if server is not None:
-                    if self.alive and len(self._in_flight) < self.threads:
-                        self.handle_request(server)
-                elif key.fd == self._wake_r:
-                    drain(self._wake_r)
-                elif key.fd == self.master_fd:
-                    log.warning("Worker %d: the master died; exiting", self.number)
-                    self.alive = False
-                    selector.unregister(self.master_fd)  # EOF: readable for good
-                    return False
-                else:
-                    self.drain_wakeups()
-        if accepting:
-            for server in listeners:
-                selector.unregister(server.fileno())
-        return True
 
     def all_busy(self) -> bool:
         """True (and a thread finishing will write to the wake-up pipe) when every thread has
@@ -162,16 +127,18 @@ class ThreadWorker(Worker):
             self._waiting = len(self._in_flight) >= self.threads
             return self._waiting
 
-    def wait_in_flight(self, selector: selectors.BaseSelector, master_alive: bool) -> bool:
+    def wait_in_flight(self) -> bool:
         """Not accepting any more, wait until no request is in flight; once the master has
         died, for ``graceful_timeout`` seconds at most. Returns True when none is left. Runs
         in the main thread (signals are still handled: INT and QUIT exit at once)."""
-        deadline = None if master_alive else time.monotonic() + self.server.graceful_timeout
+        deadline = None
         while True:
             with self._lock:
                 if not self._in_flight:
                     return True
                 self._waiting = True
+            if deadline is None and self.master_died:
+                deadline = time.monotonic() + self.server.graceful_timeout
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 log.warning(
@@ -180,15 +147,7 @@ class ThreadWorker(Worker):
                     len(self._in_flight),
                 )
                 return False
-            for key, _ in selector.select(timeout):
-                if key.fd == self._wake_r:
-                    drain(self._wake_r)
-                elif key.fd == self.master_fd:
-                    log.warning("Worker %d: the master died; exiting", self.number)
-                    selector.unregister(self.master_fd)
-                    deadline = time.monotonic() + self.server.graceful_timeout
-                else:
-                    self.drain_wakeups()
+            self.wait_for_listeners(timeout, listen=False)
 
     def handle_request(self, server: BaseServer) -> None:
         """Accept one request of ``server`` and hand it to a handler thread.
@@ -306,7 +265,4 @@ class ThreadWorker(Worker):
                     scoreboard.request_progress(self.slot, self._served, next(iter(in_flight.values())))
             if self._waiting or wake:
                 self._waiting = False
-                try:
-                    os.write(self._wake_w, b"\0")
-                except BlockingIOError:  # full: the main thread has wake-ups to read anyway
-                    pass
+                self.wake()
