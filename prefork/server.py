@@ -190,11 +190,13 @@ class PreforkMixIn(_Base):
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept a request, as the base class does; an accepted connection gets the
-        ``socket_timeout`` setting as its timeout (``settimeout``; 0 means blocking).
-        Runs in the worker. May be extended."""
+        ``socket_timeout`` setting as its timeout (``settimeout``; 0 means blocking, which
+        accept() gives already, so no call is made). A timeout makes CPython poll() before
+        each recv and send on the socket. Runs in the worker. May be extended."""
         request, client_address = super().get_request()
-        if isinstance(request, socket.socket) and request.type == socket.SOCK_STREAM:
-            request.settimeout(self.socket_timeout or None)
+        timeout = self.socket_timeout or None
+        if isinstance(request, socket.socket) and request.gettimeout() != timeout:
+            request.settimeout(timeout)
         return request, client_address
 
     def verify_request(self, request: _RequestType, client_address: _RetAddress) -> bool:
