@@ -10,14 +10,19 @@ by each contender in turn, each in its own subprocess and process group, bound t
 
 1. ``forking``: stdlib ``socketserver.ForkingMixIn`` + ``http.server.HTTPServer`` (fork per request);
 2. ``threading``: stdlib ``socketserver.ThreadingMixIn`` + ``HTTPServer`` (daemon threads);
-3. ``prefork``: ``prefork.PreforkHTTPServer`` with ``--workers`` workers;
-4. ``bare`` (``--no-bare`` to skip): ``--workers`` forked children each running stdlib
+3. ``prefork``: ``prefork.PreforkHTTPServer`` with ``--workers`` workers (default settings);
+4. ``prefork-no-timeout``: the same with ``socket_timeout=0``: no timeout on the accepted
+   sockets, as the bare loop (a timeout makes CPython poll() before each recv and send);
+5. ``bare`` (``--no-bare`` to skip): ``--workers`` forked children each running stdlib
    ``HTTPServer.serve_forever()`` on one inherited socket, the floor of what any engine adds.
 
 Each is loaded as the anchors in /work/shared/ANCHORS.md were: a 1 s warm-up, then
 ``wrk -t2 -c50 -d{duration}s -H 'Connection: close' URL`` (one connection per request); the
 contenders are interleaved across the ``--runs`` repetitions and the median req/s is kept.
-Compare the ratios printed by one run, never absolute numbers between machines.
+Each run also measures the CPU the contender's processes used per request (µs, psutil): with
+wrk on the same cores, req/s also measures how wrk and the server share the CPUs, while CPU
+per request is the server's own cost. Compare the ratios printed by one run, never absolute
+numbers between machines.
 
 Exit status: 0 when every measurement completed, 1 when a server failed to start, wrk failed or
 a process outlived its group's SIGKILL (or, with ``--check``, when an issue 2 target fails),
@@ -39,11 +44,12 @@ from apps import harness
 import prefork
 
 BODY = b"Hello, world!\n"
-CONTENDERS = ("forking", "threading", "prefork", "bare")
+CONTENDERS = ("forking", "threading", "prefork", "prefork-no-timeout", "bare")
 LABELS = {
     "forking": "stdlib ForkingMixIn + HTTPServer",
     "threading": "stdlib ThreadingMixIn + HTTPServer",
     "prefork": "prefork.PreforkHTTPServer",
+    "prefork-no-timeout": "PreforkHTTPServer, socket_timeout=0",
     "bare": "bare fork loop (HTTPServer.serve_forever)",
 }
 # (target, the contender prefork is compared with, minimum ratio prefork/contender)
@@ -81,8 +87,11 @@ def serve(kind: str, workers: int, backlog: int) -> None:
     elif kind == "threading":
         attrs = {"request_queue_size": backlog, "daemon_threads": True}
         server = type("ThreadingHTTP", (socketserver.ThreadingMixIn, HTTPServer), attrs)(addr, Hello)
-    elif kind == "prefork":
-        server = prefork.PreforkHTTPServer(addr, Hello, workers=workers, request_queue_size=backlog)
+    elif kind.startswith("prefork"):  # prefork-no-timeout: no socket timeout, as the bare loop
+        timeout = {"socket_timeout": 0} if kind == "prefork-no-timeout" else {}
+        server = prefork.PreforkHTTPServer(
+            addr, Hello, workers=workers, request_queue_size=backlog, **timeout
+        )
     else:  # bare
         bare = type("BareHTTP", (HTTPServer,), {"request_queue_size": backlog})(addr, Hello)
         harness.serve_bare(bare, workers)
@@ -96,7 +105,7 @@ def serve(kind: str, workers: int, backlog: int) -> None:
 
 # wrk as the anchors were loaded: a connection per request, 50 of them, no --latency
 CONNECTIONS = 50
-FIGURES = ("rps", "latency_avg_ms", "requests", "socket_errors", "non_2xx")
+FIGURES = ("rps", "latency_avg_ms", "requests", "socket_errors", "non_2xx", "cpu_us_per_request")
 
 
 def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
@@ -108,7 +117,9 @@ def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
     try:
         port = harness.wait_printed_port(server, harness.http_ok)
         url = f"http://127.0.0.1:{port}/"
-        wrk = harness.run_wrk(url, args.duration, CONNECTIONS, keepalive=False, latency=False)
+        wrk = harness.run_wrk(
+            url, args.duration, CONNECTIONS, keepalive=False, latency=False, server_pgid=server.pid
+        )
         figures = {key: wrk[key] for key in FIGURES}
     finally:
         left = server.stop()
@@ -147,22 +158,31 @@ def main() -> int:
             summary[kind] = {
                 "rps_median": statistics.median(float(f["rps"]) for f in figs),
                 "latency_avg_ms_median": statistics.median(float(f["latency_avg_ms"]) for f in figs),
+                "cpu_us_per_request_median": statistics.median(float(f["cpu_us_per_request"]) for f in figs),
                 "runs": len(figs),
                 "errors": sum(int(f["socket_errors"]) + int(f["non_2xx"]) for f in figs),
             }
 
-    print(f"\n{'contender':<44} {'req/s':>10} {'runs':>5} {'lat avg':>10} {'errors':>7}")
+    print(f"\n{'contender':<44} {'req/s':>10} {'runs':>5} {'lat avg':>10} {'CPU/req':>9} {'errors':>7}")
     for kind, s in summary.items():
         print(
             f"{LABELS[kind]:<44} {s['rps_median']:>10.1f} {s['runs']:>5} "
-            f"{s['latency_avg_ms_median']:>8.2f}ms {s['errors']:>7}"
+            f"{s['latency_avg_ms_median']:>8.2f}ms {s['cpu_us_per_request_median']:>7.1f}us {s['errors']:>7}"
         )
 
     def rps(kind: str) -> float | None:
         return float(summary[kind]["rps_median"]) if kind in summary else None
 
     ratios = {f"prefork/{k}": harness.ratio(rps("prefork"), rps(k)) for k in ("forking", "threading", "bare")}
-    harness.print_ratios(ratios, 20)
+    ratios["prefork-no-timeout/bare"] = harness.ratio(rps("prefork-no-timeout"), rps("bare"))
+
+    def cpu(kind: str) -> float | None:
+        return float(summary[kind]["cpu_us_per_request_median"]) if kind in summary else None
+
+    # CPU per request, inverted so that > 1 means prefork is cheaper
+    ratios["CPU bare/prefork"] = harness.ratio(cpu("bare"), cpu("prefork"))
+    ratios["CPU bare/prefork-no-timeout"] = harness.ratio(cpu("bare"), cpu("prefork-no-timeout"))
+    harness.print_ratios(ratios, 28)
 
     def verdicts(targets: tuple[tuple[str, str, float], ...]) -> list[dict[str, Any]]:
         return [harness.ratio_target(name, ratios[f"prefork/{k}"], least) for name, k, least in targets]

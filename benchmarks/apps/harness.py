@@ -288,13 +288,35 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``
+    and by the children they reaped (a ForkingMixIn's, a master's replaced workers)."""
+    total = 0.0
+    for pid in group_members(pgid):
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def run_wrk(
-    url: str, duration: float, connections: int, keepalive: bool, warmup: float = 1.0, latency: bool = True
+    url: str,
+    duration: float,
+    connections: int,
+    keepalive: bool,
+    warmup: float = 1.0,
+    latency: bool = True,
+    server_pgid: int | None = None,
 ) -> dict[str, Any]:
-    """A warm-up run (not kept), then the measured one; bounded by wrk's own -d plus 30 s."""
+    """A warm-up run (not kept), then the measured one; bounded by wrk's own -d plus 30 s.
+
+    With ``server_pgid``, also ``cpu_us_per_request``: the CPU the server's process group used
+    during the measured run, per request (µs). On a machine whose cores wrk shares with the
+    server, this is steadier than req/s, which also measures how wrk and the server share."""
     if warmup > 0:
         warm = wrk_cmd(url, warmup, connections, keepalive, latency)
         subprocess.run(warm, capture_output=True, timeout=warmup + 30)
+    cpu_before = group_cpu_seconds(server_pgid) if server_pgid else 0.0
     res = subprocess.run(
         wrk_cmd(url, duration, connections, keepalive, latency),
         capture_output=True,
@@ -303,7 +325,11 @@ def run_wrk(
     )
     if res.returncode != 0:
         raise RuntimeError(f"wrk exited {res.returncode}: {res.stderr.strip()}")
-    return parse_wrk(res.stdout)
+    figures: dict[str, Any] = parse_wrk(res.stdout)
+    if server_pgid:
+        cpu = group_cpu_seconds(server_pgid) - cpu_before
+        figures["cpu_us_per_request"] = 1e6 * cpu / figures["requests"] if figures["requests"] else None
+    return figures
 
 
 # -- command line -------------------------------------------------------------------------------------
