@@ -113,12 +113,13 @@ class Worker:
     :meth:`init_signals` (may be extended).
     """
 
-    #: How the worker waits for connections: "select" (a level-triggered selector: every idle
-    #: worker wakes for each connection; the default, measured best), "exclusive" (epoll, the
-    #: listening sockets with EPOLLEXCLUSIVE: one connection wakes one idle worker) or "blocking"
-    #: (blocking accept() on the only listening socket; measured, not recommended: it does
-    #: not notice the master's death). See :class:`ListenerWaiter` and docs/architecture.md.
-    accept_wait: ClassVar[str] = "select"
+    #: How the worker waits for connections: "exclusive" (the default: epoll, the listening
+    #: sockets with EPOLLEXCLUSIVE, so one connection wakes one idle worker; measured best, see
+    #: docs/performance.md; "select" where the kernel lacks it), "select" (a level-triggered
+    #: selector: every idle worker wakes for each connection) or "blocking" (blocking accept()
+    #: on the only listening socket; measured, not recommended: it does not notice the
+    #: master's death). See :class:`ListenerWaiter` and docs/architecture.md.
+    accept_wait: ClassVar[str] = "exclusive"
 
     #: Signals the worker ignores (handled as a no-op, so an exec'd child gets the default).
     #: HUP, TTIN/TTOU, USR2 are the master's; a process-group-wide one must not kill workers.
@@ -464,13 +465,13 @@ class ListenerWaiter:
                     poller.register(fd, self.events)
                 else:
                     poller.unregister(fd)
-        if isinstance(poller, selectors.BaseSelector):
+        if isinstance(poller, select.epoll):  # a concrete type: cheaper than the selector ABC
+            fds = [fd for fd, _ in poller.poll(-1 if timeout is None else timeout)]
+        else:
             if listen and self.how == "blocking":  # accept() itself waits
                 drain(self.worker.wakeup_fd)
                 return list(self.servers.values()) if self.worker.alive else []
             fds = [key.fd for key, _ in poller.select(timeout)]
-        else:
-            fds = [fd for fd, _ in poller.poll(-1 if timeout is None else timeout)]
         ready = []
         for fd in fds:
             server = self.servers.get(fd)

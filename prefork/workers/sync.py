@@ -19,8 +19,9 @@ log = logging.getLogger("prefork")
 class SyncWorker(Worker):
     """Serves one request at a time in the worker process, as socketserver's BaseServer does.
 
-    The worker waits with :meth:`~prefork.workers.base.Worker.wait_for_listeners` (one
-    selector on its listening sockets, its signal wake-up pipe and the master's pipe);
+    The worker waits with :meth:`~prefork.workers.base.Worker.wait_for_listeners` (one epoll
+    instance on its listening sockets, with EPOLLEXCLUSIVE, its signal wake-up pipe and the
+    master's pipe);
     it then accepts without blocking, so a worker never sits in ``accept()`` after another
     worker took the connection. Idle, it uses no CPU; a TERM or the master's death wakes it
     at once.
