@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -306,7 +307,7 @@ def test_check_target_keeps_the_standard_library_modules_it_imported(tmp_path: P
     (tmp_path / "wave.py").write_text("SHADOW = True\n")  # a user's module with a stdlib name
     app = tmp_path / "stdlib_app.py"
     app.write_text("import colorsys, wave\n" + HANDLER_SOURCE.format(reply=b"x\n"))
-    saved = {name: sys.modules.pop(name) for name in ("colorsys", "wave") if name in sys.modules}
+    saved: dict[str, ModuleType] = {n: sys.modules.pop(n) for n in ("colorsys", "wave") if n in sys.modules}
     before = set(sys.modules)
     try:
         check_target(f"{app}:Handler")

@@ -38,7 +38,7 @@ class Handler(WSGIRequestHandler):
     """wsgiref's handler serving ``application`` on any socketserver server, one response per
     connection (HTTP/1.0)."""
 
-    application: WSGIApplication = staticmethod(app)  # type: ignore[assignment]
+    application: WSGIApplication = staticmethod(app)
     protocol_version = "HTTP/1.0"
     keep_alive = False
 
@@ -46,7 +46,8 @@ class Handler(WSGIRequestHandler):
         """wsgiref's environ; the server's base part (``WSGIServer.setup_environ``'s) is
         computed on the first request when the server is not a ``WSGIServer``."""
         if not hasattr(self.server, "base_environ"):
-            host, port = self.server.server_address[:2]  # type: ignore[misc]
+            address: Any = self.server.server_address  # a (host, port, ...) tuple here
+            host, port = address[:2]
             self.server.base_environ = {  # type: ignore[attr-defined]
                 "SERVER_NAME": str(host),
                 "GATEWAY_INTERFACE": "CGI/1.1",
