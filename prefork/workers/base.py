@@ -332,25 +332,29 @@ class Worker:
         """
         raise NotImplementedError
 
-    def handle_request(self, server: BaseServer) -> None:
+    def handle_request(self, server: BaseServer, *, woken: bool = True) -> bool:
         """Take one request from ``server`` and process it, as BaseServer._handle_request_noblock.
+        Return True when a connection was accepted, False when none was waiting.
 
         ``get_request`` -> ``verify_request`` (False: ``shutdown_request``, never processed)
         -> ``process_request``; an exception goes to ``handle_error`` and the request is shut
-        down. accept() finding nothing (another worker took the connection) returns quietly;
-        EMFILE, ENFILE, ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The
-        worker's scoreboard slot is BUSY from accept to the end, then counts the request (or,
-        when verify_request refused it, the denied connection); after ``max_requests`` the
-        worker stops (``alive`` becomes False). Runs in the worker.
+        down. accept() finding nothing (another worker took the connection) returns quietly,
+        and counts in ``empty_accepts`` when ``woken`` (the wait said a connection was there;
+        False: the worker is only trying, see :meth:`SyncWorker.serve`). EMFILE, ENFILE,
+        ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The worker's scoreboard
+        slot is BUSY from accept to the end, then counts the request (or, when
+        verify_request refused it, the denied connection); after ``max_requests`` the worker
+        stops (``alive`` becomes False). Runs in the worker.
         """
         try:
             request, client_address = server.get_request()
         except OSError as exc:
-            self.empty_accepts += 1
             if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                 log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
                 time.sleep(0.1)
-            return
+            elif woken:
+                self.empty_accepts += 1
+            return False
         scoreboard = self.server.scoreboard
         if scoreboard is not None:
             scoreboard.request_started(self.slot)
@@ -381,6 +385,7 @@ class Worker:
             if scoreboard is not None:
                 state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
                 scoreboard.request_finished(self.slot, self.requests, state)
+        return True
 
     def listeners(self) -> Iterator[PreforkMixIn]:
         """Yield the servers this worker accepts on: the server, then its ``listeners``."""

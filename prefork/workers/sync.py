@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from prefork.workers.base import Worker
 
@@ -27,13 +27,22 @@ class SyncWorker(Worker):
     at once.
     """
 
+    #: After a request, accept again without waiting, up to this many requests in a row,
+    #: while connections are queued (as gunicorn's sync worker: under load, no wait per
+    #: request). Then the worker waits once, which also acts on USR1 and the master's death.
+    accept_batch: ClassVar[int] = 16
+
     def serve(self) -> None:
         """Accept and process requests until told to stop. Runs in the worker."""
         while self.alive:
             for server in self.wait_for_listeners():
                 # Even when stopping: with EPOLLEXCLUSIVE this worker may be the only one
                 # woken for the connection; skipping it would leave it waiting in the queue.
-                self.handle_request(server)
+                accepted = self.handle_request(server)
+                for _ in range(self.accept_batch - 1):
+                    if not (accepted and self.alive) or self._blocking_accept:  # accept() blocks
+                        break
+                    accepted = self.handle_request(server, woken=False)
 
     def process_request(
         self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress

@@ -149,12 +149,14 @@ class ThreadWorker(Worker):
                 return False
             self.wait_for_listeners(timeout, listen=False)
 
-    def handle_request(self, server: BaseServer) -> None:
-        """Accept one request of ``server`` and hand it to a handler thread.
+    def handle_request(self, server: BaseServer, *, woken: bool = True) -> bool:
+        """Accept one request of ``server`` and hand it to a handler thread; return True when
+        a connection was accepted.
 
         The base class's path (``get_request`` -> ``verify_request`` -> ``process_request``,
-        accept errors, ``max_requests``), except that the request stays in flight, and the
-        scoreboard slot BUSY, until its thread has finished it. Runs in the main thread.
+        accept errors and ``empty_accepts``, ``max_requests``), except that the request stays
+        in flight, and the scoreboard slot BUSY, until its thread has finished it. Runs in the
+        main thread.
         """
         try:
             request, client_address = server.get_request()
@@ -162,7 +164,9 @@ class ThreadWorker(Worker):
             if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                 log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
                 time.sleep(0.1)
-            return
+            elif woken:
+                self.empty_accepts += 1
+            return False
         self.request_started(request)
         handed_off = False
         try:
@@ -192,6 +196,7 @@ class ThreadWorker(Worker):
                     self.requests,
                 )
                 self.alive = False
+        return True
 
     def process_request(
         self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
