@@ -7,18 +7,14 @@ import os
 import signal
 import socket
 import socketserver
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from prefork import PreforkTCPServer
-from prefork.server import PreforkMixIn
 from prefork.workers import SyncWorker
-from tests.conftest import wait_for
+from tests.test_server import serving
 
 
 class WaitCountHandler(socketserver.StreamRequestHandler):
@@ -43,24 +39,10 @@ def counting_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
 ORIGINAL_WAIT = SyncWorker.wait_for_listeners
 
 
-def booted(server: PreforkMixIn) -> bool:
-    """Whether the pool's worker has booted (it is in the scoreboard with a boot time)."""
-    return server.scoreboard is not None and any(s.booted_at for s in server.scoreboard.slots())
-
-
-@contextmanager
-def one_worker() -> Iterator[PreforkMixIn]:
+def one_worker() -> Any:
+    """A pool of one sync worker serving WaitCountHandler, in this process (``serving()``)."""
     server = PreforkTCPServer(("127.0.0.1", 0), WaitCountHandler, workers=1, socket_timeout=5)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        wait_for(lambda: booted(server))
-        yield server
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-        assert not thread.is_alive()
+    return serving(server, workers=1)
 
 
 def hold_and_queue(address: tuple[str, int], queued: int) -> list[socket.socket]:
