@@ -346,15 +346,10 @@ class Worker:
         verify_request refused it, the denied connection); after ``max_requests`` the worker
         stops (``alive`` becomes False). Runs in the worker.
         """
-        try:
-            request, client_address = server.get_request()
-        except OSError as exc:
-            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
-                log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
-                time.sleep(0.1)
-            elif woken:
-                self.empty_accepts += 1
+        accepted = self.accept_request(server, woken)
+        if accepted is None:
             return False
+        request, client_address = accepted
         scoreboard = self.server.scoreboard
         if scoreboard is not None:
             scoreboard.request_started(self.slot)
@@ -374,18 +369,37 @@ class Worker:
                     scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
         finally:
-            if self.max_requests and self.requests >= self.max_requests and self.alive:
-                log.info(
-                    "Worker %d (pid %d) served %d requests (max_requests); exiting to be replaced",
-                    self.number,
-                    self.pid,
-                    self.requests,
-                )
-                self.alive = False
+            self.check_max_requests()
             if scoreboard is not None:
                 state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
                 scoreboard.request_finished(self.slot, self.requests, state)
         return True
+
+    def accept_request(self, server: BaseServer, woken: bool) -> tuple[_RequestType, _RetAddress] | None:
+        """``server.get_request()``, or None when accept() failed: quietly when no connection
+        was waiting (counted in ``empty_accepts`` when ``woken``), with a log line and a 0.1 s
+        pause for EMFILE, ENFILE, ENOMEM and ENOBUFS. Runs in the worker."""
+        try:
+            return server.get_request()
+        except OSError as exc:
+            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
+                log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
+                time.sleep(0.1)
+            elif woken:
+                self.empty_accepts += 1
+            return None
+
+    def check_max_requests(self) -> None:
+        """After ``max_requests`` requests, log it and stop (``alive`` becomes False), to be
+        replaced by the master (as gunicorn's max_requests). Runs in the worker."""
+        if self.max_requests and self.requests >= self.max_requests and self.alive:
+            log.info(
+                "Worker %d (pid %d) served %d requests (max_requests); exiting to be replaced",
+                self.number,
+                self.pid,
+                self.requests,
+            )
+            self.alive = False
 
     def listeners(self) -> Iterator[PreforkMixIn]:
         """Yield the servers this worker accepts on: the server, then its ``listeners``."""

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, TypeAlias
 
 from prefork.scoreboard import WorkerState
-from prefork.workers.base import ACCEPT_RESOURCE_ERRNOS, WORKER_EXIT_ERROR, Worker
+from prefork.workers.base import WORKER_EXIT_ERROR, Worker
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
@@ -158,15 +158,10 @@ class ThreadWorker(Worker):
         in flight, and the scoreboard slot BUSY, until its thread has finished it. Runs in the
         main thread.
         """
-        try:
-            request, client_address = server.get_request()
-        except OSError as exc:
-            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
-                log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
-                time.sleep(0.1)
-            elif woken:
-                self.empty_accepts += 1
+        accepted = self.accept_request(server, woken)
+        if accepted is None:
             return False
+        request, client_address = accepted
         self.request_started(request)
         handed_off = False
         try:
@@ -188,14 +183,7 @@ class ThreadWorker(Worker):
         finally:
             if not handed_off:
                 self.request_finished(request, served=False)
-            if self.max_requests and self.requests >= self.max_requests and self.alive:
-                log.info(
-                    "Worker %d (pid %d) took %d requests (max_requests); exiting to be replaced",
-                    self.number,
-                    self.pid,
-                    self.requests,
-                )
-                self.alive = False
+            self.check_max_requests()
         return True
 
     def process_request(
