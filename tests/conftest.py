@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -53,6 +54,12 @@ def live_children(pid: int) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def address(server: socketserver.TCPServer) -> tuple[str, int]:
+    """The server's (host, port), typed for the helpers."""
+    host, port = server.server_address[:2]
+    return str(host), port
 
 
 def request_line(address: tuple[str, int] | str, line: bytes, timeout: float = 5.0) -> bytes:

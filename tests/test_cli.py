@@ -26,7 +26,7 @@ from tests.conftest import ROOT, CLIServer, request_line, wait_for
 Serve = Callable[..., CLIServer]
 
 
-def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, preexec_fn: Callable[[], object] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prefork", *args],
         cwd=ROOT,
@@ -34,7 +34,7 @@ def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=20,
         stdin=subprocess.DEVNULL,
-        **kwargs,  # type: ignore[call-overload]
+        preexec_fn=preexec_fn,
     )
 
 
@@ -223,9 +223,11 @@ def test_permission_denied_bind() -> None:
     path = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
     if path.exists() and int(path.read_text()) == 0:
         pytest.skip("every port is unprivileged on this machine")
-    kwargs: dict[str, object] = {"preexec_fn": _drop_net_bind_service} if os.geteuid() == 0 else {}
+    preexec_fn = _drop_net_bind_service if os.geteuid() == 0 else None
     assert_usage_error(
-        run_cli("--bind", "127.0.0.1:1", **kwargs), "cannot bind 127.0.0.1:1", "Permission denied"
+        run_cli("--bind", "127.0.0.1:1", preexec_fn=preexec_fn),
+        "cannot bind 127.0.0.1:1",
+        "Permission denied",
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from prefork import PreforkTCPServer
 from prefork.scoreboard import SLOT_SIZE, Scoreboard, WorkerState
-from tests.conftest import request_line, wait_for
+from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
 from tests.test_server import serving
 
@@ -91,8 +91,8 @@ def test_workers_report_state_requests_and_denied_connections() -> None:
         (idle,) = wait_for(lambda: [s for s in board.slots() if s.state is WorkerState.IDLE])
         assert idle.booted_at <= time.time() and idle.requests == 0
         for _ in range(3):
-            request_line(server.server_address, b"one\n")
-        with socket.create_connection(server.server_address) as client:
+            request_line(address(server), b"one\n")
+        with socket.create_connection(address(server)) as client:
             client.sendall(b"sleep 0.5\n")
             (busy,) = wait_for(lambda: [s for s in board.slots() if s.state is WorkerState.BUSY])
             assert busy.pid == idle.pid and busy.busy_for() >= 0

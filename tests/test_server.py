@@ -34,7 +34,7 @@ from prefork import (
     WorkerBootError,
     sockets,
 )
-from tests.conftest import live_children, request_line, wait_for
+from tests.conftest import address, live_children, request_line, wait_for
 from tests.handlers import CrashHandler, HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
 
 
@@ -79,9 +79,9 @@ def concurrent_pids(send: Callable[[], bytes], count: int = 4) -> set[bytes]:
 def test_tcp_stream_handler_served_by_several_workers() -> None:
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
     with serving(server, workers=2):
-        answer = request_line(server.server_address, b"hello\n")
+        answer = request_line(address(server), b"hello\n")
         assert answer.split(b" ", 1)[1] == b"hello\n"
-        pids = concurrent_pids(lambda: request_line(server.server_address, b"sleep 0.2\n"))
+        pids = concurrent_pids(lambda: request_line(address(server), b"sleep 0.2\n"))
         assert len(pids) == 2
         assert {int(p) for p in pids} <= worker_pids()
 
@@ -94,7 +94,7 @@ def test_tcp_base_request_handler() -> None:
 
     server = PreforkTCPServer(("127.0.0.1", 0), Raw, workers=2)
     with serving(server, workers=2):
-        answer = request_line(server.server_address, b"raw bytes\n")
+        answer = request_line(address(server), b"raw bytes\n")
         assert answer.split(b" ", 1)[1] == b"RAW BYTES\n"
         assert int(answer.split()[0]) in worker_pids()
 
@@ -137,7 +137,7 @@ def test_http_server_with_base_http_request_handler() -> None:
     with serving(server, workers=2):
 
         def get() -> bytes:
-            conn = http.client.HTTPConnection(*server.server_address, timeout=5)
+            conn = http.client.HTTPConnection(*address(server), timeout=5)
             try:
                 conn.request("GET", "/?sleep=0.2")
                 response = conn.getresponse()
@@ -156,7 +156,7 @@ def test_verify_request_false_closes_without_processing() -> None:
 
     server = Refusing(("127.0.0.1", 0), PidEchoHandler, workers=1)
     with serving(server, workers=1):
-        assert request_line(server.server_address, b"hi\n") == b""  # closed, nothing written
+        assert request_line(address(server), b"hi\n") == b""  # closed, nothing written
 
 
 def test_handle_error_runs_in_the_worker_which_keeps_serving(tmp_path: Path) -> None:
@@ -170,18 +170,16 @@ def test_handle_error_runs_in_the_worker_which_keeps_serving(tmp_path: Path) -> 
     server = Recording(("127.0.0.1", 0), CrashHandler, workers=1)
     with serving(server, workers=1):
         (worker,) = worker_pids()
-        assert request_line(server.server_address, b"raise\n") == b""
+        assert request_line(address(server), b"raise\n") == b""
         wait_for(errors.exists)
         assert errors.read_text() == f"{worker}\n"
-        assert request_line(server.server_address, b"fine\n") == f"{worker} ok\n".encode()
+        assert request_line(address(server), b"fine\n") == f"{worker} ok\n".encode()
 
 
 def test_handle_request_forks_one_child_like_forking_mixin() -> None:
     with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as server:
         result: list[bytes] = []
-        client = threading.Thread(
-            target=lambda: result.append(request_line(server.server_address, b"once\n"))
-        )
+        client = threading.Thread(target=lambda: result.append(request_line(address(server), b"once\n")))
         client.start()
         server.timeout = 5
         server.handle_request()
@@ -225,12 +223,12 @@ def test_serve_forever_can_run_again_after_shutdown() -> None:
     server.shutdown()
     thread.join(10)
     with serving(server, workers=1):
-        assert request_line(server.server_address, b"again\n").endswith(b" again\n")
+        assert request_line(address(server), b"again\n").endswith(b" again\n")
 
 
 def test_server_close_stops_a_running_pool_and_closes_the_socket() -> None:
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
-    address = server.server_address
+    closed_address = address(server)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
     wait_for(lambda: len(worker_pids()) == 2)
@@ -239,7 +237,7 @@ def test_server_close_stops_a_running_pool_and_closes_the_socket() -> None:
     assert not thread.is_alive()
     assert not worker_pids()
     assert server.socket.fileno() == -1
-    with pytest.raises(ConnectionRefusedError), socket.create_connection(address, timeout=2):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(closed_address, timeout=2):
         pass
 
 
@@ -330,7 +328,7 @@ def test_other_children_of_the_process_are_not_reaped() -> None:
         os._exit(42)
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
     with serving(server, workers=1):
-        request_line(server.server_address, b"x\n")
+        request_line(address(server), b"x\n")
     _, status = os.waitpid(pid, 0)  # still ours to reap, with its status
     assert os.waitstatus_to_exitcode(status) == 42
 
@@ -339,22 +337,22 @@ def test_deny_and_allow_close_refused_clients_unprocessed_and_count_them() -> No
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, deny=["127.0.0.2/32"])
     other = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, allow="10.0.0.0/8,::1")
     with serving(server, workers=1):
-        assert request_line(server.server_address, b"in\n").endswith(b" in\n")
-        with socket.create_connection(server.server_address, source_address=("127.0.0.2", 0)) as client:
+        assert request_line(address(server), b"in\n").endswith(b" in\n")
+        with socket.create_connection(address(server), source_address=("127.0.0.2", 0)) as client:
             client.sendall(b"out\n")
             assert client.recv(100) == b""  # closed unprocessed
         assert server.scoreboard is not None
         wait_for(lambda: [s.denied for s in server.scoreboard.slots()] == [1])  # type: ignore[union-attr]
     with serving(other, workers=1):
-        assert request_line(other.server_address, b"out\n") == b""
+        assert request_line(address(other), b"out\n") == b""
 
 
 def test_socket_timeout_frees_a_worker_from_a_silent_client() -> None:
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1, socket_timeout=0.3)
-    with serving(server, workers=1), socket.create_connection(server.server_address) as silent:
+    with serving(server, workers=1), socket.create_connection(address(server)) as silent:
         time.sleep(0.1)  # the only worker is now reading from the silent client
         start = time.monotonic()
-        assert request_line(server.server_address, b"next\n").endswith(b" next\n")
+        assert request_line(address(server), b"next\n").endswith(b" next\n")
         assert time.monotonic() - start < 2
         assert silent.recv(100) == b""
 
@@ -375,7 +373,7 @@ def test_an_inherited_listening_socket_is_adopted_instead_of_binding(monkeypatch
     assert os.environ[sockets.INHERITED_FDS_ENV] == f"{os.getpid()}:"
     with serving(server, workers=1):
         assert server.server_address == server.socket.getsockname()
-        assert request_line(server.server_address, b"adopted\n").endswith(b" adopted\n")
+        assert request_line(address(server), b"adopted\n").endswith(b" adopted\n")
 
 
 def test_max_requests_with_jitter_recycles_workers() -> None:
@@ -383,7 +381,7 @@ def test_max_requests_with_jitter_recycles_workers() -> None:
         ("127.0.0.1", 0), PidEchoHandler, workers=1, max_requests=3, max_requests_jitter=2
     )
     with serving(server, workers=1):
-        pids = [request_line(server.server_address, b"r\n").split()[0] for _ in range(12)]
+        pids = [request_line(address(server), b"r\n").split()[0] for _ in range(12)]
     runs = [len(list(group)) for _, group in itertools.groupby(pids)]
     assert len(runs) >= 3
     assert all(3 <= run <= 5 for run in runs[:-1]), runs

@@ -10,7 +10,6 @@ import http.client
 import os
 import signal
 import socket
-import socketserver
 import threading
 import time
 from collections import Counter
@@ -26,17 +25,11 @@ from prefork import PreforkHTTPServer, PreforkTCPServer
 from prefork.scoreboard import WorkerState, WorkerStats
 from prefork.workers import ThreadWorker
 from prefork.workers.base import ACCEPT_WAITS
-from tests.conftest import CLIServer, request_line, wait_for
+from tests.conftest import CLIServer, address, request_line, wait_for
 from tests.handlers import CrashHandler, PidEchoHandler, SlowHandler
 from tests.test_server import serving, worker_pids
 
 Serve = Callable[..., CLIServer]
-
-
-def address(server: socketserver.TCPServer) -> tuple[str, int]:
-    """The server's (host, port), typed for the helpers."""
-    host, port = server.server_address[:2]
-    return str(host), port
 
 
 def at_once(send: Callable[[], bytes], count: int) -> tuple[list[bytes], float]:

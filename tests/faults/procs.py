@@ -48,7 +48,7 @@ def alive(pid: int) -> bool:
 
 def zombies(master: int) -> list[int]:
     """Pids of the master's children that exited and were not reaped."""
-    found = []
+    found: list[int] = []
     try:
         kids = psutil.Process(master).children()
     except psutil.NoSuchProcess:
