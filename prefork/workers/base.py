@@ -350,14 +350,14 @@ class Worker:
         if accepted is None:
             return False
         request, client_address = accepted
-        scoreboard = self.server.scoreboard
-        if scoreboard is not None:
-            scoreboard.request_started(self.slot)
+        self.request_started(request)
+        processed = False
         try:
             if server.verify_request(request, client_address):
                 self.requests += 1
                 try:
                     server.process_request(request, client_address)
+                    processed = True
                 except Exception:
                     server.handle_error(request, client_address)
                     server.shutdown_request(request)
@@ -365,15 +365,29 @@ class Worker:
                     server.shutdown_request(request)
                     raise
             else:
-                if scoreboard is not None:
-                    scoreboard.count_denied(self.slot)
+                if self.server.scoreboard is not None:
+                    self.server.scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
         finally:
             self.check_max_requests()
-            if scoreboard is not None:
-                state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-                scoreboard.request_finished(self.slot, self.requests, state)
+            self.request_returned(request, processed)
         return True
+
+    def request_started(self, request: _RequestType) -> None:
+        """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
+        be overridden (the ``thread`` worker counts requests in flight)."""
+        if self.server.scoreboard is not None:
+            self.server.scoreboard.request_started(self.slot)
+
+    def request_returned(self, request: _RequestType, processed: bool) -> None:
+        """:meth:`handle_request` is done with ``request``: ``processed`` when
+        ``process_request`` returned, False when it raised or ``verify_request`` refused the
+        request. Here the request is over: the slot says IDLE (STOPPING once not ``alive``)
+        with the count of requests. Runs in the worker. May be overridden (the ``thread``
+        worker's requests go on in a handler thread)."""
+        if self.server.scoreboard is not None:
+            state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+            self.server.scoreboard.request_finished(self.slot, self.requests, state)
 
     def accept_request(self, server: BaseServer, woken: bool) -> tuple[_RequestType, _RetAddress] | None:
         """``server.get_request()``, or None when accept() failed: quietly when no connection

@@ -66,8 +66,9 @@ class ThreadWorker(Worker):
     ``KeyboardInterrupt`` raised in a handler thread is logged and makes the worker stop
     accepting, finish the other requests and exit with an error status, to be replaced.
 
-    Methods: :meth:`serve`, :meth:`handle_request` and :meth:`process_request` run in the main
-    thread; :meth:`serve_thread` in each handler thread. They may be extended.
+    Methods: :meth:`serve`, :meth:`process_request` and the base class's ``handle_request``
+    (with :meth:`request_started` and :meth:`request_returned`) run in the main thread;
+    :meth:`serve_thread` in each handler thread. They may be extended.
     """
 
     def init_process(self) -> None:
@@ -149,42 +150,12 @@ class ThreadWorker(Worker):
                 return False
             self.wait_for_listeners(timeout, listen=False)
 
-    def handle_request(self, server: BaseServer, *, woken: bool = True) -> bool:
-        """Accept one request of ``server`` and hand it to a handler thread; return True when
-        a connection was accepted.
-
-        The base class's path (``get_request`` -> ``verify_request`` -> ``process_request``,
-        accept errors and ``empty_accepts``, ``max_requests``), except that the request stays
-        in flight, and the scoreboard slot BUSY, until its thread has finished it. Runs in the
-        main thread.
-        """
-        accepted = self.accept_request(server, woken)
-        if accepted is None:
-            return False
-        request, client_address = accepted
-        self.request_started(request)
-        handed_off = False
-        try:
-            if server.verify_request(request, client_address):
-                self.requests += 1
-                try:
-                    server.process_request(request, client_address)
-                    handed_off = True
-                except Exception:
-                    server.handle_error(request, client_address)
-                    server.shutdown_request(request)
-                except BaseException:
-                    server.shutdown_request(request)
-                    raise
-            else:
-                if self.server.scoreboard is not None:
-                    self.server.scoreboard.count_denied(self.slot)
-                server.shutdown_request(request)
-        finally:
-            if not handed_off:
-                self.request_finished(request, served=False)
-            self.check_max_requests()
-        return True
+    def request_returned(self, request: _RequestType, processed: bool) -> None:
+        """A request handed to a thread (``processed``) stays in flight, and the slot BUSY,
+        until its thread has finished it; one never handed off is over now. Runs in the main
+        thread."""
+        if not processed:
+            self.request_finished(request, served=False)
 
     def process_request(
         self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
