@@ -115,6 +115,10 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def wait_logged(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until ``text`` is in the log (read by a thread: it may lag the process)."""
+        wait_for(lambda: text in self.log, timeout)
+
     def wait_listening(self, timeout: float = 10.0) -> str:
         """Wait until the master logs where it listens; return that address text."""
 

@@ -143,7 +143,7 @@ def test_kill_9_of_a_worker_loses_no_queued_connection(serve_cli: Serve, strateg
         for sock in [*held.values(), *queued]:
             sock.close()
     assert answered == len(queued)
-    assert "was killed by SIGKILL; replacing it" in server.log
+    server.wait_logged("was killed by SIGKILL; replacing it")
 
 
 def test_reuseport_resize_and_reload_strand_no_connection(serve_cli: Serve) -> None:
@@ -168,7 +168,7 @@ def test_reuseport_resize_and_reload_strand_no_connection(serve_cli: Serve) -> N
 def test_reuseport_falls_back_to_shared_for_unix_sockets(serve_cli: Serve, unix_path: str) -> None:
     server = serve_cli(TARGET, "--workers", "2", "--accept", "reuseport", "--bind", f"unix:{unix_path}")
     server.wait_workers(2)
-    assert "is not a TCP or UDP socket; using shared sockets" in server.log
+    server.wait_logged("is not a TCP or UDP socket; using shared sockets")
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(unix_path)

@@ -72,7 +72,7 @@ def test_kill_9_of_a_worker_is_replaced(serve_cli: Serve) -> None:
     after = replaced(server, {victim}, 2)
     assert pids - {victim} <= after
     assert request_line(server.address, b"still\n").endswith(b" still\n")
-    assert "was killed by SIGKILL; replacing it" in server.log
+    server.wait_logged("was killed by SIGKILL; replacing it")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_graceful_timeout_bounds_a_stuck_request(serve_cli: Serve) -> None:
         assert server.wait(5) == 0
         assert time.monotonic() - start < 3
         assert sock.recv(100) == b""  # cut off by SIGKILL after the graceful timeout
-    assert "did not stop in time; killing it" in server.log
+    server.wait_logged("did not stop in time; killing it")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
@@ -147,7 +147,7 @@ def test_hup_replaces_every_worker_and_refuses_no_request(serve_cli: Serve) -> N
     assert result.failures == []
     assert result.served > 20
     assert not new & old
-    assert "Received SIGHUP, reloading" in server.log
+    server.wait_logged("Received SIGHUP, reloading")
 
 
 def test_ttin_and_ttou_resize_the_pool_never_below_one(serve_cli: Serve) -> None:
@@ -161,7 +161,7 @@ def test_ttin_and_ttou_resize_the_pool_never_below_one(serve_cli: Serve) -> None
     (last,) = server.wait_workers(1)
     titles = " ".join(psutil.Process(last).cmdline())
     assert "prefork: worker 0 " in titles  # TTOU retires the highest-numbered workers
-    assert "the pool is at its minimum of 1 worker" in server.log
+    server.wait_logged("the pool is at its minimum of 1 worker")
     assert request_line(server.address, b"one\n") == f"{last} one\n".encode()
 
 
@@ -180,8 +180,8 @@ def test_usr2_hands_the_sockets_to_a_new_master_and_refuses_no_request(serve_cli
     assert pid in new_workers
     assert result.failures == []
     assert result.served > 20
-    assert "Received SIGUSR2, upgrading" in server.log
-    assert f"stopping the old master (pid {server.pid})" in server.log
+    server.wait_logged("Received SIGUSR2, upgrading")
+    server.wait_logged(f"stopping the old master (pid {server.pid})")
 
 
 def test_a_failed_upgrade_leaves_the_old_master_serving(serve_cli: Serve, tmp_path: Path) -> None:
@@ -248,8 +248,8 @@ def test_request_timeout_aborts_a_hung_worker_with_its_stack_in_the_log(serve_cl
     assert 0.4 < elapsed < 1.5
     wait_for(lambda: len(server.worker_pids()) == 2 and len(server.worker_pids() - pids) == 1)
     wait_for(lambda: "was killed by SIGABRT after the request timeout; replacing it" in server.log)
-    assert "has been busy on one request for" in server.log
-    assert "Fatal Python error: Aborted" in server.log
+    server.wait_logged("has been busy on one request for")
+    server.wait_logged("Fatal Python error: Aborted")
     assert "in hang_forever" in server.log  # the frame where it hung
     assert request_line(server.address, b"ok\n").endswith(b" ok\n")
 
@@ -267,7 +267,7 @@ def test_a_worker_over_max_worker_memory_finishes_its_request_and_is_replaced(se
     assert request_line(server.address, b"150\n") == f"{pid} 1\n".encode()  # answered in full
     (new,) = replaced(server, {pid}, 1)
     assert request_line(server.address, b"1\n") == f"{new} 1\n".encode()
-    assert "over max_worker_memory (120.0 MiB); recycling it" in server.log
+    server.wait_logged("over max_worker_memory (120.0 MiB); recycling it")
 
 
 def test_max_requests_recycling_is_logged_as_such(serve_cli: Serve) -> None:
@@ -290,7 +290,7 @@ def test_a_worker_that_hangs_while_booting_is_a_boot_failure(serve_cli: Serve, t
     )
     server = serve_cli(str(target), "--workers", "1", "--timeout", "0.3", wait=False)
     assert server.wait(30) == 3
-    assert "did not boot within 0.3 s" in server.log
+    server.wait_logged("did not boot within 0.3 s")
 
 
 def test_a_failed_reload_keeps_the_serving_workers(serve_cli: Serve, tmp_path: Path) -> None:
@@ -301,6 +301,6 @@ def test_a_failed_reload_keeps_the_serving_workers(serve_cli: Serve, tmp_path: P
     target.write_text("raise RuntimeError('broken on purpose')\n")
     server.signal(signal.SIGHUP)
     wait_for(lambda: "Reload failed" in server.log, timeout=20)
-    assert "broken on purpose" in server.log
+    server.wait_logged("broken on purpose")
     assert server.proc.poll() is None
     assert request_line(server.address, b"still\n") == f"{pid} still\n".encode()
