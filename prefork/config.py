@@ -335,8 +335,9 @@ SOCKET_TIMEOUT: Setting[float] = Setting(
         "Timeout of each accepted connection's socket operations (socket.settimeout), so a "
         "slow or silent client cannot hold a sync worker forever; 0 means none (blocking). "
         "A handler's own StreamRequestHandler.timeout wins. Keep it below request_timeout. "
-        "It costs a poll() before each recv and send (CPython's timeout): behind a proxy that "
-        "times clients out (nginx), 0 saves that."
+        "A connection's recv and send poll() only when they would block (prefork.sockets."
+        "RequestSocket; CPython's timeout polls before each), so it costs one ioctl() per "
+        "connection."
     ),
 )
 ALLOW: Setting[tuple[Network, ...]] = Setting(

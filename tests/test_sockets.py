@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from prefork import PreforkHTTPServer, PreforkTCPServer, PreforkUDPServer, PreforkUnixStreamServer
-from prefork.sockets import Address, describe, parse_address
+from prefork import PreforkHTTPServer, PreforkTCPServer, PreforkUDPServer, PreforkUnixStreamServer, sockets
+from prefork.sockets import Address, RequestSocket, describe, parse_address
+from tests.conftest import address
 from tests.handlers import HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
 
 
@@ -51,3 +58,163 @@ def test_describe(unix_path: str) -> None:
         assert describe(udp) == f"udp://127.0.0.1:{udp.server_address[1]}"
     with PreforkUnixStreamServer(unix_path, PidEchoHandler) as unix:
         assert describe(unix) == f"unix:{unix_path}"
+
+
+# -- RequestSocket: recv and send without a poll() when they would not block ----------------------
+
+
+Connection = tuple[RequestSocket, socket.socket]
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def connection(
+    request: pytest.FixtureRequest, unix_path: str
+) -> Iterator[tuple[RequestSocket, socket.socket]]:
+    """An accepted connection as PreforkMixIn.get_request() gives it (socket_timeout 0.3 s),
+    over loopback TCP and over a Unix stream socket, and the client's end."""
+    server: PreforkTCPServer | PreforkUnixStreamServer
+    if request.param == "tcp":
+        server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, socket_timeout=0.3)
+        client = socket.create_connection(address(server), timeout=5)
+    else:
+        server = PreforkUnixStreamServer(unix_path, PidEchoHandler, socket_timeout=0.3)
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(5)
+        client.connect(unix_path)
+    with server, client:
+        accepted, _ = server.get_request()
+        assert type(accepted) is RequestSocket
+        assert accepted.gettimeout() == 0.3
+        with accepted:
+            yield accepted, client
+
+
+@pytest.fixture
+def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the os.read, os.readv and os.write calls prefork.sockets makes from now on,
+    in order: the RequestSocket tries these before socket.socket's own (polling) methods."""
+    calls: list[str] = []
+
+    class CountingOS:
+        def __getattr__(self, name: str) -> Any:
+            real = getattr(os, name)
+            if name not in ("read", "readv", "write"):
+                return real
+
+            def counted(*args: Any) -> Any:
+                calls.append(name)
+                return real(*args)
+
+            return counted
+
+    monkeypatch.setattr(sockets, "os", CountingOS())
+    return calls
+
+
+def received(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer shuts down its side."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_without_socket_timeout_a_handler_timeout_gets_the_fast_path(fast_calls: list[str]) -> None:
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, socket_timeout=0) as server:
+        with socket.create_connection(address(server), timeout=5) as client:
+            accepted, _ = server.get_request()
+            with accepted:
+                assert type(accepted) is RequestSocket
+                assert accepted.gettimeout() is None  # blocking, as accept() gave it
+                accepted.settimeout(0.3)  # as StreamRequestHandler.setup() with a timeout
+                client.sendall(b"ping")
+                time.sleep(0.05)
+                assert accepted.recv(100) == b"ping"
+                with pytest.raises(TimeoutError):
+                    accepted.recv(100)
+    assert fast_calls == ["read", "read"]
+
+
+def test_ready_data_is_read_and_written_by_the_fast_path(
+    connection: Connection, fast_calls: list[str]
+) -> None:
+    accepted, client = connection
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    time.sleep(0.05)  # the bytes are in the accepted socket's receive buffer
+    reader = accepted.makefile("rb")
+    assert reader.readline() == b"GET / HTTP/1.0\r\n"
+    assert reader.readline() == b"\r\n"
+    client.sendall(b"more")
+    time.sleep(0.05)
+    assert accepted.recv(100) == b"more"
+    accepted.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert accepted.send(b"hello") == 5
+    accepted.shutdown(socket.SHUT_WR)
+    assert received(client) == b"HTTP/1.0 200 OK\r\n\r\nhello"
+    assert fast_calls == ["readv", "read", "write", "write"]
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_into", "readline"])
+def test_a_silent_peer_still_times_out_after_the_timeout(
+    connection: Connection, fast_calls: list[str], call: str
+) -> None:
+    accepted, _ = connection
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        if call == "recv":
+            accepted.recv(100)
+        elif call == "recv_into":
+            accepted.recv_into(bytearray(100))
+        else:
+            accepted.makefile("rb").readline()
+    assert 0.25 <= time.monotonic() - start < 2
+    assert fast_calls in (["read"], ["readv"])  # tried at once, then socket.socket's wait
+
+
+def test_sendall_to_a_peer_that_does_not_read_times_out(
+    connection: Connection,
+) -> None:
+    accepted, _ = connection
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        accepted.sendall(b"x" * (64 << 20))  # far more than the socket buffers hold
+    assert 0.25 <= time.monotonic() - start < 2
+
+
+def test_sendall_to_a_slow_reader_delivers_every_byte_in_order(
+    connection: Connection, fast_calls: list[str]
+) -> None:
+    accepted, client = connection
+    data = os.urandom(8 << 20)
+    got: list[bytes] = []
+
+    def read_slowly() -> None:
+        while chunk := client.recv(1 << 16):
+            got.append(chunk)
+            time.sleep(0.0005)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    accepted.sendall(memoryview(data))
+    accepted.shutdown(socket.SHUT_WR)
+    reader.join(10)
+    assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(data).digest()
+    assert fast_calls == ["write"]  # the rest was sent by socket.socket.sendall, waiting
+
+
+def test_a_handler_changing_the_timeout_gets_socket_behaviour(
+    connection: Connection, fast_calls: list[str]
+) -> None:
+    accepted, client = connection
+    accepted.settimeout(0)  # non-blocking: no wait at all
+    with pytest.raises(BlockingIOError):
+        accepted.recv(100)
+    accepted.settimeout(None)  # blocking, as StreamRequestHandler.timeout = None keeps it
+    client.sendall(b"ping")
+    assert accepted.recv(100) == b"ping"
+    accepted.sendall(b"pong")
+    assert client.recv(100) == b"pong"
+    assert fast_calls == []
+    copy = accepted.dup()
+    with copy:
+        assert type(copy) is RequestSocket and copy.gettimeout() is None
