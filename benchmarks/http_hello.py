@@ -12,13 +12,16 @@ by each contender in turn, each in its own subprocess and process group, bound t
 2. ``threading``: stdlib ``socketserver.ThreadingMixIn`` + ``HTTPServer`` (daemon threads);
 3. ``prefork``: ``prefork.PreforkHTTPServer`` with ``--workers`` workers (default settings);
 4. ``prefork-no-timeout``: the same with ``socket_timeout=0``: no timeout on the accepted
-   sockets, as the bare loop (a timeout makes CPython poll() before each recv and send);
+   sockets, as the bare loop (the default timeout costs an ioctl() per connection);
 5. ``bare`` (``--no-bare`` to skip): ``--workers`` forked children each running stdlib
    ``HTTPServer.serve_forever()`` on one inherited socket, the floor of what any engine adds.
 
 Each is loaded as the anchors in /work/shared/ANCHORS.md were: a 1 s warm-up, then
 ``wrk -t2 -c50 -d{duration}s -H 'Connection: close' URL`` (one connection per request); the
-contenders are interleaved across the ``--runs`` repetitions and the median req/s is kept.
+contenders are interleaved across the ``--runs`` repetitions (a round runs each once) and the
+median req/s is kept. Against the bare loop the ratio is also printed as the median of each
+round's ratio ("per round"), which a machine speeding up or slowing down during the run moves
+less than the ratio of the medians.
 Each run also measures the CPU the contender's processes used per request (µs, psutil): with
 wrk on the same cores, req/s also measures how wrk and the server share the CPUs, while CPU
 per request is the server's own cost. Compare the ratios printed by one run, never absolute
@@ -182,6 +185,10 @@ def main() -> int:
     # CPU per request, inverted so that > 1 means prefork is cheaper
     ratios["CPU bare/prefork"] = harness.ratio(cpu("bare"), cpu("prefork"))
     ratios["CPU bare/prefork-no-timeout"] = harness.ratio(cpu("bare"), cpu("prefork-no-timeout"))
+    # the same, as the median of each round's ratio (cancels a machine drifting during the run)
+    ratios["prefork/bare, per round"] = harness.paired_ratio(runs, "prefork", "bare", "rps")
+    cpu_key = "cpu_us_per_request"
+    ratios["CPU bare/prefork, per round"] = harness.paired_ratio(runs, "bare", "prefork", cpu_key)
     harness.print_ratios(ratios, 28)
 
     def verdicts(targets: tuple[tuple[str, str, float], ...]) -> list[dict[str, Any]]:

@@ -417,13 +417,15 @@ def interleaved_runs(
 ) -> tuple[dict[str, list[Figures]], Tally]:
     """``measure(kind)`` for each kind in turn, ``repeats`` times over, printing ``run R KIND`` (the
     kind in ``width`` columns) and ``show(figures)`` for each. The figures by kind (failed and
-    skipped ones left out), and the :class:`Tally` of what failed or was skipped."""
+    skipped ones left out; each has its ``round``, 1..repeats), and the :class:`Tally` of what
+    failed or was skipped."""
     tally = Tally()
     runs: dict[str, list[Figures]] = {k: [] for k in kinds}
     for r in range(repeats):
         for kind in kinds:
             fig = tally.measure(kind, f"run {r + 1} {kind}", functools.partial(measure, kind))
             if fig is not None:
+                fig["round"] = r + 1
                 runs[kind].append(fig)
                 print(f"run {r + 1} {kind:<{width}} {show(fig)}", flush=True)
     return runs, tally
@@ -480,6 +482,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b:
         return None
     return a / b
+
+
+def paired_ratio(runs: dict[str, list[Figures]], a: str, b: str, key: str) -> float | None:
+    """The median over the rounds of :func:`interleaved_runs` of ``a``'s ``key`` / ``b``'s in the
+    same round, or None when no round has both. Contenders of one round run minutes apart at
+    most, so a machine that speeds up or slows down during the run moves both alike; the ratio
+    of the medians (:func:`ratio`) mixes rounds and does not cancel that."""
+    by_round = {fig["round"]: float(fig[key]) for fig in runs.get(b, []) if float(fig[key])}
+    pairs = [float(fig[key]) / by_round[fig["round"]] for fig in runs.get(a, []) if fig["round"] in by_round]
+    return statistics.median(pairs) if pairs else None
 
 
 def fmt_ratio(value: float | None) -> str:
