@@ -18,10 +18,10 @@ by each contender in turn, each in its own subprocess and process group, bound t
 
 Each is loaded as the anchors in /work/shared/ANCHORS.md were: a 1 s warm-up, then
 ``wrk -t2 -c50 -d{duration}s -H 'Connection: close' URL`` (one connection per request); the
-contenders are interleaved across the ``--runs`` repetitions (a round runs each once) and the
-median req/s is kept. Against the bare loop the ratio is also printed as the median of each
-round's ratio ("per round"), which a machine speeding up or slowing down during the run moves
-less than the ratio of the medians.
+contenders are interleaved across the ``--runs`` repetitions (a round runs each once, every
+other round in reverse order) and the median req/s is kept. A ratio is the median over the
+rounds of that round's ratio, which a machine speeding up or slowing down during the run moves
+far less than the ratio of the medians (printed too, "of medians").
 Each run also measures the CPU the contender's processes used per request (µs, psutil): with
 wrk on the same cores, req/s also measures how wrk and the server share the CPUs, while CPU
 per request is the server's own cost. Compare the ratios printed by one run, never absolute
@@ -176,20 +176,25 @@ def main() -> int:
     def rps(kind: str) -> float | None:
         return float(summary[kind]["rps_median"]) if kind in summary else None
 
-    ratios = {f"prefork/{k}": harness.ratio(rps("prefork"), rps(k)) for k in ("forking", "threading", "bare")}
-    ratios["prefork-no-timeout/bare"] = harness.ratio(rps("prefork-no-timeout"), rps("bare"))
+    # Each ratio is the median over the rounds of that round's ratio: one round runs each contender
+    # once, back to back, so a machine speeding up or slowing down during the run (this 2-core VM's
+    # req/s drifts by a third within minutes) moves both sides of a ratio alike.
+    def per_round(a: str, b: str, key: str = "rps") -> float | None:
+        return harness.paired_ratio(runs, a, b, key)
+
+    ratios = {f"prefork/{k}": per_round("prefork", k) for k in ("forking", "threading", "bare")}
+    ratios["prefork-no-timeout/bare"] = per_round("prefork-no-timeout", "bare")
 
     def cpu(kind: str) -> float | None:
         return float(summary[kind]["cpu_us_per_request_median"]) if kind in summary else None
 
     # CPU per request, inverted so that > 1 means prefork is cheaper
-    ratios["CPU bare/prefork"] = harness.ratio(cpu("bare"), cpu("prefork"))
-    ratios["CPU bare/prefork-no-timeout"] = harness.ratio(cpu("bare"), cpu("prefork-no-timeout"))
-    # the same, as the median of each round's ratio (cancels a machine drifting during the run)
-    ratios["prefork/bare, per round"] = harness.paired_ratio(runs, "prefork", "bare", "rps")
-    cpu_key = "cpu_us_per_request"
-    ratios["CPU bare/prefork, per round"] = harness.paired_ratio(runs, "bare", "prefork", cpu_key)
-    harness.print_ratios(ratios, 28)
+    ratios["CPU bare/prefork"] = per_round("bare", "prefork", "cpu_us_per_request")
+    ratios["CPU bare/prefork-no-timeout"] = per_round("bare", "prefork-no-timeout", "cpu_us_per_request")
+    # and as the ratio of the medians in the table above (mixes rounds)
+    ratios["prefork/bare, of medians"] = harness.ratio(rps("prefork"), rps("bare"))
+    ratios["CPU bare/prefork, of medians"] = harness.ratio(cpu("bare"), cpu("prefork"))
+    harness.print_ratios(ratios, 30)
 
     def verdicts(targets: tuple[tuple[str, str, float], ...]) -> list[dict[str, Any]]:
         return [harness.ratio_target(name, ratios[f"prefork/{k}"], least) for name, k, least in targets]

@@ -415,14 +415,15 @@ def interleaved_runs(
     show: Callable[[Figures], str],
     width: int,
 ) -> tuple[dict[str, list[Figures]], Tally]:
-    """``measure(kind)`` for each kind in turn, ``repeats`` times over, printing ``run R KIND`` (the
-    kind in ``width`` columns) and ``show(figures)`` for each. The figures by kind (failed and
-    skipped ones left out; each has its ``round``, 1..repeats), and the :class:`Tally` of what
-    failed or was skipped."""
+    """``measure(kind)`` for each kind in turn, ``repeats`` times over (a round), printing ``run R
+    KIND`` (the kind in ``width`` columns) and ``show(figures)`` for each. Every other round runs
+    the kinds in reverse order, so a machine that speeds up or slows down steadily favours no
+    kind. The figures by kind (failed and skipped ones left out; each has its ``round``,
+    1..repeats), and the :class:`Tally` of what failed or was skipped."""
     tally = Tally()
     runs: dict[str, list[Figures]] = {k: [] for k in kinds}
     for r in range(repeats):
-        for kind in kinds:
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
             fig = tally.measure(kind, f"run {r + 1} {kind}", functools.partial(measure, kind))
             if fig is not None:
                 fig["round"] = r + 1
