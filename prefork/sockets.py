@@ -126,11 +126,13 @@ class RequestSocket(socket.socket):
         rest could not be sent within the timeout."""
         if flags or not self.gettimeout():
             return super().sendall(data, flags)
+        try:
+            sent = os.write(self.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        if type(data) is bytes and sent == len(data):  # the usual case: no memoryview needed
+            return None
         with memoryview(data) as view, view.cast("B") as octets:
-            try:
-                sent = os.write(self.fileno(), octets)
-            except BlockingIOError:
-                sent = 0
             if sent < len(octets):
                 super().sendall(octets[sent:])
         return None

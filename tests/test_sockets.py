@@ -181,8 +181,9 @@ def test_sendall_to_a_peer_that_does_not_read_times_out(
     assert 0.25 <= time.monotonic() - start < 2
 
 
+@pytest.mark.parametrize("kind", ["bytes", "memoryview"])
 def test_sendall_to_a_slow_reader_delivers_every_byte_in_order(
-    connection: Connection, fast_calls: list[str]
+    connection: Connection, fast_calls: list[str], kind: str
 ) -> None:
     accepted, client = connection
     data = os.urandom(8 << 20)
@@ -195,7 +196,7 @@ def test_sendall_to_a_slow_reader_delivers_every_byte_in_order(
 
     reader = threading.Thread(target=read_slowly)
     reader.start()
-    accepted.sendall(memoryview(data))
+    accepted.sendall(data if kind == "bytes" else memoryview(data))
     accepted.shutdown(socket.SHUT_WR)
     reader.join(10)
     assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(data).digest()
