@@ -28,6 +28,11 @@ wrk on the same cores, req/s also measures how wrk and the server share the CPUs
 per request is the server's own cost. Compare the ratios printed by one run, never absolute
 numbers between machines.
 
+``--side-by-side N`` then runs N rounds of ``prefork`` and ``bare`` at the same time, each loaded
+by its own ``wrk -t1`` with half the connections, and prints the median of the rounds' ratios:
+both servers see the same moment of the machine, so a host whose speed drifts (a shared VM)
+moves both alike. Two bare loops measured so gave 0.99 (rounds 0.94 to 1.07).
+
 Exit status: 0 when every measurement completed, 1 when a server failed to start, wrk failed or
 a process outlived its group's SIGKILL (or, with ``--check``, when an issue 2 target fails),
 2 when wrk is missing.
@@ -36,6 +41,7 @@ a process outlived its group's SIGKILL (or, with ``--check``, when an issue 2 ta
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import socketserver
 import statistics
@@ -133,6 +139,29 @@ def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
     return {**figures, "needed_sigkill": server.needed_sigkill, "left": left}
 
 
+def side_by_side(kinds: tuple[str, str], args: argparse.Namespace) -> harness.Figures:
+    """Start both contenders, then load both at once for the same ``--duration`` seconds, each
+    with its own ``wrk -t1`` and half the connections: both see the same moment of the machine,
+    so its drift cancels out of the ratio. Returns each one's req/s by kind."""
+    servers = [
+        harness.script_server(__file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog))
+        for kind in kinds
+    ]
+    try:
+        urls = [f"http://127.0.0.1:{harness.wait_printed_port(s, harness.http_ok)}/" for s in servers]
+        with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+            loads = [
+                pool.submit(
+                    harness.run_wrk, url, args.duration, CONNECTIONS // 2, False, latency=False, threads=1
+                )
+                for url in urls
+            ]
+            rps = [float(load.result()["rps"]) for load in loads]
+    finally:
+        left = [pid for server in servers for pid in server.stop()]
+    return {kinds[0]: rps[0], kinds[1]: rps[1], "left": left}
+
+
 def main() -> int:
     ap = harness.bench_parser(__doc__)
     harness.add_duration_option(ap, 8)
@@ -140,6 +169,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="prefork workers and bare children (default 2)")
     harness.add_backlog_option(ap)
     ap.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True, help="bare fork loop")
+    ap.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N rounds of prefork and the bare loop loaded at the same time (default 0: none)",
+    )
     harness.add_report_options(ap, check="an issue 2 target fails")
     ap.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -198,6 +234,20 @@ def main() -> int:
     # and as the ratio of the medians in the table above (mixes rounds)
     ratios["prefork/bare, of medians"] = harness.ratio(rps("prefork"), rps("bare"))
     ratios["CPU bare/prefork, of medians"] = harness.ratio(cpu("bare"), cpu("prefork"))
+    if args.side_by_side and args.bare:
+        print(f"\nside by side: prefork and the bare loop at once, each with wrk -t1 -c{CONNECTIONS // 2}")
+        pairs = []
+        for r in range(args.side_by_side):
+            order = ("prefork", "bare") if r % 2 == 0 else ("bare", "prefork")  # who starts first
+            load = functools.partial(side_by_side, order, args)
+            pair = tally.measure("side by side", f"side by side {r + 1}", load)
+            if pair is not None and pair["bare"]:
+                pair["ratio"] = float(pair["prefork"]) / float(pair["bare"])
+                pairs.append(pair)
+                rps_pair = f"prefork {pair['prefork']:>9.1f}  bare {pair['bare']:>9.1f} req/s"
+                print(f"round {r + 1}: {rps_pair}  {pair['ratio']:.3f}", flush=True)
+        runs["side-by-side"] = pairs
+        ratios["prefork/bare, side by side"] = statistics.median(p["ratio"] for p in pairs) if pairs else None
     harness.print_ratios(ratios, 30)
 
     def verdicts(targets: tuple[tuple[str, str, float], ...]) -> list[dict[str, Any]]:

@@ -246,9 +246,12 @@ def wrk_missing() -> bool:
     return True
 
 
-def wrk_cmd(url: str, duration: float, connections: int, keepalive: bool, latency: bool = True) -> list[str]:
-    """wrk with 2 threads (and ``--latency`` unless told not); ``-H 'Connection: close'`` unless keepalive."""
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s"] + (["--latency"] if latency else [])
+def wrk_cmd(
+    url: str, duration: float, connections: int, keepalive: bool, latency: bool = True, threads: int = 2
+) -> list[str]:
+    """wrk with ``threads`` threads (and ``--latency`` unless told not); ``-H 'Connection: close'``
+    unless keepalive."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s"] + (["--latency"] if latency else [])
     if not keepalive:
         cmd += ["-H", "Connection: close"]
     return [*cmd, url]
@@ -307,18 +310,20 @@ def run_wrk(
     warmup: float = 1.0,
     latency: bool = True,
     server_pgid: int | None = None,
+    threads: int = 2,
 ) -> dict[str, Any]:
-    """A warm-up run (not kept), then the measured one; bounded by wrk's own -d plus 30 s.
+    """A warm-up run (not kept), then the measured one, with ``threads`` wrk threads; bounded by
+    wrk's own -d plus 30 s.
 
     With ``server_pgid``, also ``cpu_us_per_request``: the CPU the server's process group used
     during the measured run, per request (µs). On a machine whose cores wrk shares with the
     server, this is steadier than req/s, which also measures how wrk and the server share."""
     if warmup > 0:
-        warm = wrk_cmd(url, warmup, connections, keepalive, latency)
+        warm = wrk_cmd(url, warmup, connections, keepalive, latency, threads)
         subprocess.run(warm, capture_output=True, timeout=warmup + 30)
     cpu_before = group_cpu_seconds(server_pgid) if server_pgid else 0.0
     res = subprocess.run(
-        wrk_cmd(url, duration, connections, keepalive, latency),
+        wrk_cmd(url, duration, connections, keepalive, latency, threads),
         capture_output=True,
         text=True,
         timeout=duration + 30,
