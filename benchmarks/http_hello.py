@@ -123,9 +123,7 @@ FIGURES = ("rps", "latency_avg_ms", "requests", "socket_errors", "non_2xx", "cpu
 
 def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
     """Start one contender, load it with wrk after a 1 s warm-up, stop it."""
-    server = harness.script_server(
-        __file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog)
-    )
+    server = harness.pool_contender(__file__, kind, args)
     figures: harness.Figures = {}
     try:
         port = harness.wait_printed_port(server, harness.http_ok)
@@ -143,10 +141,7 @@ def side_by_side(kinds: tuple[str, str], args: argparse.Namespace) -> harness.Fi
     """Start both contenders, then load both at once for the same ``--duration`` seconds, each
     with its own ``wrk -t1`` and half the connections: both see the same moment of the machine,
     so its drift cancels out of the ratio. Returns each one's req/s by kind."""
-    servers = [
-        harness.script_server(__file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog))
-        for kind in kinds
-    ]
+    servers = [harness.pool_contender(__file__, kind, args) for kind in kinds]
     try:
         urls = [f"http://127.0.0.1:{harness.wait_printed_port(s, harness.http_ok)}/" for s in servers]
         with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:

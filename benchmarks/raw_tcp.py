@@ -87,9 +87,7 @@ def load(port: int, duration: float, concurrency: int, keepalive: bool) -> harne
 
 def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
     """Start one contender, load it in each mode, stop it."""
-    server = harness.script_server(
-        __file__, kind, "--workers", str(args.workers), "--backlog", str(args.backlog)
-    )
+    server = harness.pool_contender(__file__, kind, args)
     out: harness.Figures = {}
     try:
         port = harness.wait_printed_port(server, harness.line_ok)

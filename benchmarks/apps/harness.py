@@ -213,6 +213,12 @@ def script_server(script: str, kind: str, *options: str) -> Server:
     return Server(kind, [sys.executable, os.path.abspath(script), "--serve", kind, *options])
 
 
+def pool_contender(script: str, kind: str, args: argparse.Namespace) -> Server:
+    """:func:`script_server` for a script whose ``--serve KIND`` takes the run's ``--workers``
+    and ``--backlog``."""
+    return script_server(script, kind, "--workers", str(args.workers), "--backlog", str(args.backlog))
+
+
 def wait_printed_port(server: Server, probe: Callable[[int], bool], timeout: float = 20.0) -> int:
     """The port a ``--serve`` subprocess printed (:func:`print_port`), once ``probe(port)`` is True.
     Raises as :meth:`Server.wait_ready`."""
