@@ -78,7 +78,7 @@ class RequestSocket(socket.socket):
 
     With a timeout (``settimeout(t)``, t > 0) CPython polls the socket before every
     ``recv`` and ``send``, even when data is waiting or the send buffer has room: one
-    ``poll()`` per call, about 5% of a small HTTP request's CPU. Here ``recv``,
+    ``poll()`` system call per call, three for a small HTTP request. Here ``recv``,
     ``recv_into``, ``send`` and ``sendall`` (all that ``makefile()`` and socketserver's
     handlers use) first read or write the non-blocking descriptor directly; only when that
     would block (``EAGAIN``) do they call socket.socket's own method, which polls with the
