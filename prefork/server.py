@@ -191,14 +191,15 @@ class PreforkMixIn(_Base):
     def get_request(self) -> tuple[Any, Any]:
         """Accept a request, as the base class does; an accepted connection gets the
         ``socket_timeout`` setting as its timeout (``settimeout``; 0 means blocking, which
-        accept() gives already, so no call is made). A plain ``socket.socket`` becomes a
-        :class:`~prefork.sockets.RequestSocket` (no system call), whose recv and send with a
-        timeout poll() only when they would block (CPython's poll before each call). Runs in
-        the worker. May be extended."""
+        accept() gives already, so no call is made). When the connection will have a timeout
+        (this setting, or the handler class's ``timeout`` as StreamRequestHandler's), a plain
+        ``socket.socket`` becomes a :class:`~prefork.sockets.RequestSocket` (no system call),
+        whose recv and send poll() only when they would block (CPython's poll before each
+        call). Runs in the worker. May be extended."""
         request, client_address = super().get_request()
-        if type(request) is socket.socket:
-            request.__class__ = sockets.RequestSocket
         timeout = self.socket_timeout or None
+        if type(request) is socket.socket and (timeout or getattr(self.RequestHandlerClass, "timeout", None)):
+            request.__class__ = sockets.RequestSocket
         if isinstance(request, socket.socket) and request.gettimeout() != timeout:
             request.settimeout(timeout)
         return request, client_address

@@ -88,8 +88,9 @@ class RequestSocket(socket.socket):
     ``recv_into``, or no timeout (blocking or non-blocking), they are socket.socket's.
 
     :meth:`PreforkMixIn.get_request` gives an accepted plain ``socket.socket`` this class
-    (it adds no state; a TLS socket or other subclass is left as it is), so a handler's own
-    timeout (``StreamRequestHandler.timeout``) gets the same. Runs in the worker.
+    when it will have a timeout: the ``socket_timeout`` setting, or the handler class's own
+    (``StreamRequestHandler.timeout``). It adds no state; a TLS socket or other subclass is
+    left as it is. Runs in the worker.
     """
 
     __slots__ = ()

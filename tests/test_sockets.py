@@ -119,20 +119,33 @@ def received(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+class TimeoutEchoHandler(PidEchoHandler):
+    timeout = 0.3  # StreamRequestHandler.setup() sets it on the connection
+
+
 def test_without_socket_timeout_a_handler_timeout_gets_the_fast_path(fast_calls: list[str]) -> None:
-    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, socket_timeout=0) as server:
+    with PreforkTCPServer(("127.0.0.1", 0), TimeoutEchoHandler, socket_timeout=0) as server:
         with socket.create_connection(address(server), timeout=5) as client:
             accepted, _ = server.get_request()
             with accepted:
                 assert type(accepted) is RequestSocket
                 assert accepted.gettimeout() is None  # blocking, as accept() gave it
-                accepted.settimeout(0.3)  # as StreamRequestHandler.setup() with a timeout
+                accepted.settimeout(TimeoutEchoHandler.timeout)  # as the handler's setup() does
                 client.sendall(b"ping")
                 time.sleep(0.05)
                 assert accepted.recv(100) == b"ping"
                 with pytest.raises(TimeoutError):
                     accepted.recv(100)
     assert fast_calls == ["read", "read"]
+
+
+def test_without_any_timeout_the_accepted_socket_stays_a_plain_socket() -> None:
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, socket_timeout=0) as server:
+        with socket.create_connection(address(server), timeout=5):
+            accepted, _ = server.get_request()
+            with accepted:
+                assert type(accepted) is socket.socket  # nothing to save: no Python layer
+                assert accepted.gettimeout() is None
 
 
 def test_ready_data_is_read_and_written_by_the_fast_path(
