@@ -23,10 +23,12 @@ fields may be from two moments (a stats view, not a lock).
 from __future__ import annotations
 
 import enum
+import functools
 import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 #: Bytes per worker slot, and of the header before the first slot.
@@ -91,7 +93,8 @@ class Scoreboard:
 
     For the master: :meth:`assign`, :meth:`set_pid`, :meth:`release`, :meth:`read`,
     :meth:`close`. For a worker, on its own slot: :meth:`set_state`, :meth:`booted`,
-    :meth:`request_started`, :meth:`request_finished`, :meth:`count_denied`. For anyone:
+    :meth:`request_started`, :meth:`request_finished`, :meth:`request_writers`,
+    :meth:`count_denied`. For anyone:
     :meth:`slots`, and :meth:`open` for another process.
     """
 
@@ -216,6 +219,20 @@ class Scoreboard:
         """Mark ``slot`` ``state`` (IDLE), not busy, having served ``requests`` requests in all.
         Runs in the worker, on the request path."""
         _DONE.pack_into(self._memory, _offset(slot) + 12, state, 0.0, requests)
+
+    def request_writers(
+        self, slot: int
+    ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int], None]]:
+        """The two writes of the request path for ``slot``, bound to its offset once: each is a
+        ``functools.partial`` of ``struct.pack_into``, so a call runs no Python code (the sync
+        worker makes both for every request). ``started(time.monotonic())`` writes what
+        :meth:`request_started` does; ``finished(state, 0.0, requests)`` what
+        :meth:`request_finished` does. Runs in the worker."""
+        offset = _offset(slot) + 12
+        return (
+            functools.partial(_BUSY.pack_into, self._memory, offset, WorkerState.BUSY),
+            functools.partial(_DONE.pack_into, self._memory, offset),
+        )
 
     def request_progress(self, slot: int, requests: int, started: float) -> None:
         """Mark ``slot`` BUSY since ``started`` (a ``time.monotonic()`` value: the oldest

@@ -198,8 +198,13 @@ class PreforkMixIn(_Base):
         call). Runs in the worker. May be extended."""
         request, client_address = super().get_request()
         timeout = self.socket_timeout or None
-        if type(request) is socket.socket and (timeout or getattr(self.RequestHandlerClass, "timeout", None)):
-            request.__class__ = sockets.RequestSocket
+        if type(request) is socket.socket:
+            if timeout:
+                request.__class__ = sockets.RequestSocket
+                request.settimeout(timeout)
+                return request, client_address
+            if getattr(self.RequestHandlerClass, "timeout", None):
+                request.__class__ = sockets.RequestSocket
         if isinstance(request, socket.socket) and request.gettimeout() != timeout:
             request.settimeout(timeout)
         return request, client_address
@@ -222,7 +227,7 @@ class PreforkMixIn(_Base):
                 return False
             if self.allow and not any(address in network for network in self.allow):
                 return False
-        return bool(super().verify_request(request, client_address))
+        return super().verify_request(request, client_address)
 
     def service_actions(self) -> None:
         """Reap exited workers and restart them; collect ``handle_request()`` children.

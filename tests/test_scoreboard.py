@@ -37,6 +37,24 @@ def test_slots_are_assigned_written_and_released() -> None:
         assert board.assign(2, 1) == 0  # a freed slot is reused
 
 
+def test_request_writers_write_what_the_methods_write() -> None:
+    with Scoreboard(4) as by_method, Scoreboard(4) as by_writer:
+        for board in (by_method, by_writer):
+            board.assign(0, 0)
+            board.assign(1, 0)
+        started, finished = by_writer.request_writers(1)
+        by_method.request_started(1)
+        started(time.monotonic())
+        busy, written = by_method.read(1), by_writer.read(1)
+        assert written.state is WorkerState.BUSY and 0 <= written.busy_for() < 1
+        assert written._replace(request_started=busy.request_started) == busy
+        by_method.request_finished(1, 5, WorkerState.STOPPING)
+        finished(WorkerState.STOPPING, 0.0, 5)
+        assert by_writer.read(1) == by_method.read(1)
+        assert by_writer.read(1).requests == 5
+        assert by_writer.read(0) == by_method.read(0)  # the other slot is untouched
+
+
 def test_all_slots_taken_gives_none() -> None:
     with Scoreboard(2) as board:
         assert board.assign(0, 0) == 0 and board.assign(1, 0) == 1

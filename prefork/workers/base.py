@@ -24,7 +24,8 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from time import monotonic
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar
 
@@ -162,6 +163,9 @@ class Worker:
         #: the spurious wake-ups. Counted off the request path (only when accept fails).
         self.empty_accepts = 0
         self._waiter: ListenerWaiter | None = None
+        # The scoreboard writes of the request path, bound to the slot (set in :meth:`run`).
+        self._slot_started: Callable[[float], None] | None = None
+        self._slot_finished: Callable[[WorkerState, float, int], None] | None = None
         self._blocking_accept = False  # the "blocking" wait: TERM must interrupt accept()
         # Bookkeeping kept by the master (meaningless in the worker):
         self.pid = 0
@@ -194,6 +198,7 @@ class Worker:
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
         if self.server.scoreboard is not None:
             self.server.scoreboard.booted(self.slot, self.pid)
+            self._slot_started, self._slot_finished = self.server.scoreboard.request_writers(self.slot)
         self.serve()
         if self.server.scoreboard is not None:
             self.server.scoreboard.set_state(self.slot, WorkerState.STOPPING)
@@ -346,10 +351,11 @@ class Worker:
         verify_request refused it, the denied connection); after ``max_requests`` the worker
         stops (``alive`` becomes False). Runs in the worker.
         """
-        accepted = self.accept_request(server, woken)
-        if accepted is None:
+        try:
+            request, client_address = server.get_request()
+        except OSError as exc:
+            self.accept_failed(exc, woken)
             return False
-        request, client_address = accepted
         self.request_started(request)
         processed = False
         try:
@@ -369,15 +375,16 @@ class Worker:
                     self.server.scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
         finally:
-            self.check_max_requests()
+            if self.max_requests:
+                self.check_max_requests()
             self.request_returned(request, processed)
         return True
 
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
         be overridden (the ``thread`` worker counts requests in flight)."""
-        if self.server.scoreboard is not None:
-            self.server.scoreboard.request_started(self.slot)
+        if self._slot_started is not None:
+            self._slot_started(monotonic())
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when
@@ -385,23 +392,18 @@ class Worker:
         request. Here the request is over: the slot says IDLE (STOPPING once not ``alive``)
         with the count of requests. Runs in the worker. May be overridden (the ``thread``
         worker's requests go on in a handler thread)."""
-        if self.server.scoreboard is not None:
-            state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-            self.server.scoreboard.request_finished(self.slot, self.requests, state)
+        if self._slot_finished is not None:
+            self._slot_finished(WorkerState.IDLE if self.alive else WorkerState.STOPPING, 0.0, self.requests)
 
-    def accept_request(self, server: BaseServer, woken: bool) -> tuple[_RequestType, _RetAddress] | None:
-        """``server.get_request()``, or None when accept() failed: quietly when no connection
-        was waiting (counted in ``empty_accepts`` when ``woken``), with a log line and a 0.1 s
-        pause for EMFILE, ENFILE, ENOMEM and ENOBUFS. Runs in the worker."""
-        try:
-            return server.get_request()
-        except OSError as exc:
-            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
-                log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, exc)
-                time.sleep(0.1)
-            elif woken:
-                self.empty_accepts += 1
-            return None
+    def accept_failed(self, error: OSError, woken: bool) -> None:
+        """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
+        in ``empty_accepts`` when ``woken``), with a log line and a 0.1 s pause for EMFILE,
+        ENFILE, ENOMEM and ENOBUFS. Runs in the worker."""
+        if error.errno in ACCEPT_RESOURCE_ERRNOS:
+            log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, error)
+            time.sleep(0.1)
+        elif woken:
+            self.empty_accepts += 1
 
     def check_max_requests(self) -> None:
         """After ``max_requests`` requests, log it and stop (``alive`` becomes False), to be

@@ -34,15 +34,15 @@ class SyncWorker(Worker):
 
     def serve(self) -> None:
         """Accept and process requests until told to stop. Runs in the worker."""
+        more = range(self.accept_batch - 1)
         while self.alive:
             for server in self.wait_for_listeners():
                 # Even when stopping: with EPOLLEXCLUSIVE this worker may be the only one
                 # woken for the connection; skipping it would leave it waiting in the queue.
-                accepted = self.handle_request(server)
-                for _ in range(self.accept_batch - 1):
-                    if not (accepted and self.alive) or self._blocking_accept:  # accept() blocks
-                        break
-                    accepted = self.handle_request(server, woken=False)
+                if self.handle_request(server) and not self._blocking_accept:  # accept() blocks
+                    for _ in more:
+                        if not (self.alive and self.handle_request(server, woken=False)):
+                            break
 
     def process_request(
         self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
