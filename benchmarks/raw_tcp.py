@@ -9,7 +9,11 @@ request line and writes a fixed reply line, until the client closes. It is serve
 own process group on a free 127.0.0.1 port with the same backlog, by:
 
 1. ``prefork``: ``prefork.PreforkTCPServer`` with ``--workers`` sync workers;
-2. ``bare``: ``--workers`` forked children each running stdlib ``TCPServer.serve_forever()``
+2. ``prefork-no-timeout``: the same with ``socket_timeout=0``, no socket timeout, as the bare
+   loop (the default 10 s timeout makes each connection a ``prefork.sockets.RequestSocket``,
+   whose ``recv_into`` and ``sendall`` are Python methods: a cost per call, which keep-alive
+   mode, with a tiny handler, shows);
+3. ``bare``: ``--workers`` forked children each running stdlib ``TCPServer.serve_forever()``
    on one inherited listening socket, the floor of what any engine adds.
 
 The load is the project's own generator (``python -m prefork bench --address 127.0.0.1:PORT
@@ -42,8 +46,12 @@ from apps.raw_line import Handler
 
 import prefork
 
-CONTENDERS = ("prefork", "bare")
-LABELS = {"prefork": "prefork.PreforkTCPServer (sync)", "bare": "bare fork loop (TCPServer.serve_forever)"}
+CONTENDERS = ("prefork", "prefork-no-timeout", "bare")
+LABELS = {
+    "prefork": "prefork.PreforkTCPServer (sync)",
+    "prefork-no-timeout": "the same, socket_timeout=0",
+    "bare": "bare fork loop (TCPServer.serve_forever)",
+}
 MODES = ("close", "keepalive")
 TARGET = ("prefork >= 0.95x bare (close)", 0.95)
 
@@ -51,8 +59,11 @@ TARGET = ("prefork >= 0.95x bare (close)", 0.95)
 def serve(kind: str, workers: int, backlog: int) -> None:
     """Bind 127.0.0.1:0, print the port on stdout, serve until signalled."""
     addr = ("127.0.0.1", 0)
-    if kind == "prefork":
-        server = prefork.PreforkTCPServer(addr, Handler, workers=workers, request_queue_size=backlog)
+    if kind.startswith("prefork"):
+        timeout = {"socket_timeout": 0} if kind == "prefork-no-timeout" else {}
+        server = prefork.PreforkTCPServer(
+            addr, Handler, workers=workers, request_queue_size=backlog, **timeout
+        )
         harness.print_port(server)
         server.serve_forever()
     else:
@@ -125,8 +136,8 @@ def main() -> int:
     )
     summary = harness.medians_by_mode(runs, MODES, ("rps", "p50_ms", "p99_ms", "errors"))
     harness.print_mode_table(summary, MODES, LABELS, 42, ("errors",))
-    ratios = harness.mode_ratios(summary, MODES, [("prefork", "bare")])
-    harness.print_ratios(ratios, 28)
+    ratios = harness.mode_ratios(summary, MODES, [("prefork", "bare"), ("prefork-no-timeout", "bare")])
+    harness.print_ratios(ratios, 36)
     verdict = harness.ratio_target(TARGET[0], ratios["prefork/bare (close)"], TARGET[1])
     harness.print_verdicts([verdict])
     report = {"machine": m, "settings": vars(args), "runs": runs, "summary": summary, "ratios": ratios}
