@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefork import __version__, config, logs
+from prefork.command import EXIT_BOOT_ERROR, EXIT_USAGE, ArgumentParser, UsageError
 from prefork.errors import PreforkError, WorkerBootError
 from prefork.master import UPGRADE_FROM_ENV
 from prefork.server import (
@@ -51,23 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork")
 
-#: Exit status for a usage error: bad target, flag value or address, or a failed bind.
-EXIT_USAGE = 2
-#: Exit status when workers failed to boot repeatedly (as gunicorn's).
-EXIT_BOOT_ERROR = 3
 DEFAULT_BIND = "127.0.0.1:8000"
 LOG_FORMAT = logs.LOG_FORMAT
-
-
-class UsageError(Exception):
-    """Something the user gave is wrong; the message says what and why, on one line."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with errors on one line of stderr and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> ArgumentParser:

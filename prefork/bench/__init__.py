@@ -43,7 +43,7 @@ from prefork.bench.report import (
     write_json,
 )
 from prefork.bench.runner import BenchError, PoolRun, measure, parse_listening, scoreboard_requests, serving
-from prefork.cli import EXIT_USAGE, ArgumentParser
+from prefork.command import EXIT_USAGE, ArgumentParser
 from prefork.sockets import Address, parse_address
 
 __all__ = ["main"]
