@@ -34,10 +34,9 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from prefork import __version__, config, logs
+from prefork import __version__, config, logs, upgrade
 from prefork.command import EXIT_BOOT_ERROR, EXIT_USAGE, ArgumentParser, UsageError
 from prefork.errors import PreforkError, WorkerBootError
-from prefork.master import UPGRADE_FROM_ENV
 from prefork.server import (
     PreforkMixIn,
     PreforkTCPServer,
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.setdefault("proc_name", args.target or "demo")
         datagram = args.udp or issubclass(handler, socketserver.DatagramRequestHandler)
         listening = [(address, text, True) for address, text in inherited_addresses()]
-        if listening and args.bind and UPGRADE_FROM_ENV not in os.environ:  # an upgrade's are --bind's
+        if listening and args.bind and not upgrade.upgrading():  # an upgrade's are --bind's
             log.info("Listening on %d inherited socket(s): --bind is ignored", len(listening))
         if not listening:
             binds = args.bind or [DEFAULT_BIND]

@@ -153,13 +153,15 @@ def choice(value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
-def worker_class_name(value: Any) -> str:
-    """Check that ``value`` names a worker class of :mod:`prefork.workers`."""
-    from prefork.workers import WORKER_CLASSES
+#: The names the ``worker_class`` setting takes: the keys of
+#: :data:`prefork.workers.WORKER_CLASSES` (a test keeps them equal; this module imports
+#: nothing of prefork, so the names are listed here).
+WORKER_CLASS_NAMES = ("sync", "thread")
 
-    if value not in WORKER_CLASSES:
-        raise ValueError(f"must be one of {', '.join(WORKER_CLASSES)}, got {value!r}")
-    return str(value)
+
+def worker_class_name(value: Any) -> str:
+    """Check that ``value`` names a worker class (:data:`WORKER_CLASS_NAMES`)."""
+    return choice(value, WORKER_CLASS_NAMES)
 
 
 def _number(value: Any, kind: Callable[[Any], T]) -> T:

@@ -88,3 +88,15 @@ def reopen_log_files() -> None:
             old.close()
         finally:
             handler.release()
+
+
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, ignoring a closed stream or a broken pipe.
+    Called before a fork (so the child does not inherit unwritten output and write it twice)
+    and before a child's ``os._exit``."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe
+            pass

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
-import socketserver
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from prefork import systemd
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from prefork.contract import PoolServer
+
+log = logging.getLogger("prefork")
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)$")
 
@@ -55,10 +60,10 @@ def parse_address(text: str, datagram: bool = False) -> Address:
     return Address(socket.AF_INET, (match["host"], port), datagram)
 
 
-def describe(server: socketserver.BaseServer) -> str:
+def describe(server: PoolServer) -> str:
     """Return where ``server`` listens, e.g. ``http://127.0.0.1:8000``, ``udp://[::1]:53``,
     ``unix:/run/app.sock``. Reads the bound socket, so port 0 shows the port chosen."""
-    sock: socket.socket = server.socket  # type: ignore[attr-defined]
+    sock: socket.socket = server.socket
     datagram = sock.type == socket.SOCK_DGRAM
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
@@ -245,3 +250,75 @@ def reuseport_socket(original: socket.socket, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class ReuseportSockets:
+    """The per-worker SO_REUSEPORT listening sockets of the ``reuseport`` accept strategy,
+    kept by the master. Created in the master by :meth:`create` (None when the strategy
+    cannot apply).
+
+    ``servers`` are the servers the pool accepts on. Worker 0 accepts on the servers' own
+    sockets; worker K > 0 on copies (one per server, :func:`reuseport_socket`) created on
+    first use and kept across K's replacements (which inherit their queue) until the pool
+    shrinks below K (:meth:`close_from`) or stops (:meth:`close`).
+    """
+
+    def __init__(self, servers: Sequence[PoolServer]) -> None:
+        self.servers = list(servers)
+        self._copies: dict[int, list[socket.socket]] = {}  # by worker number
+
+    @classmethod
+    def create(cls, servers: Sequence[PoolServer]) -> ReuseportSockets | None:
+        """The sockets for ``servers``, or None (logged) when one of them cannot have
+        SO_REUSEPORT copies (see :func:`reuseport_unsupported`). Warns once when queued
+        connections of a closing socket would be reset (``tcp_migrate_req`` 0). Runs in the
+        master."""
+        for server in servers:
+            why = reuseport_unsupported(server.socket)
+            if why is not None:
+                log.info("accept=reuseport: %s is %s; using shared sockets", describe(server), why)
+                return None
+        if tcp_migrate_req() is False:
+            log.warning(
+                "accept=reuseport with net.ipv4.tcp_migrate_req=0: connections queued on a worker's "
+                "socket are reset when the pool shrinks or stops (sysctl -w net.ipv4.tcp_migrate_req=1)"
+            )
+        return cls(servers)
+
+    def for_worker(self, number: int) -> list[socket.socket] | None:
+        """Worker ``number``'s listening sockets, one per server; None (logged) when they
+        cannot be created: the worker then shares worker 0's. Runs in the master."""
+        if number == 0:
+            return [server.socket for server in self.servers]
+        if number not in self._copies:
+            socks: list[socket.socket] = []
+            try:
+                for server in self.servers:
+                    backlog = server.request_queue_size
+                    socks.append(reuseport_socket(server.socket, backlog))
+            except OSError as exc:
+                log.error("Worker %d: cannot create a reuseport socket (%s); sharing worker 0's", number, exc)
+                for sock in socks:
+                    sock.close()
+                return None
+            self._copies[number] = socks
+        return self._copies[number]
+
+    def close_from(self, first: int) -> None:
+        """Close the sockets of worker numbers ``first`` and above (the pool shrank). A
+        retiring worker's own copies stay open in it until it exits."""
+        for number in [n for n in self._copies if n >= first]:
+            for sock in self._copies.pop(number):
+                sock.close()
+
+    def close(self) -> None:
+        """Close every copy (the pool stopped)."""
+        self.close_from(0)
+
+    def close_others(self, own: list[socket.socket] | None) -> None:
+        """In a freshly forked worker: close the copies that are not ``own`` (its own
+        sockets, or None for a worker sharing worker 0's)."""
+        for socks in self._copies.values():
+            for sock in socks:
+                if own is None or sock not in own:
+                    sock.close()

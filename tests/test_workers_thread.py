@@ -24,7 +24,7 @@ import pytest
 from prefork import PreforkHTTPServer, PreforkTCPServer
 from prefork.scoreboard import WorkerState, WorkerStats
 from prefork.workers import ThreadWorker
-from prefork.workers.base import ACCEPT_WAITS
+from prefork.workers.waiting import ACCEPT_WAITS
 from tests.conftest import CLIServer, address, request_line, wait_for
 from tests.handlers import CrashHandler, PidEchoHandler, SlowHandler
 from tests.test_server import serving, worker_pids

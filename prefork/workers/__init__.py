@@ -6,18 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from prefork.workers.base import WORKER_BOOT_ERROR, WORKER_EXIT_ERROR, WORKER_EXIT_OK, Worker
+from prefork.workers.base import Worker
 from prefork.workers.sync import SyncWorker
 from prefork.workers.thread import ThreadWorker
 
-#: Worker classes by the name the ``worker_class`` setting takes.
+#: Worker classes by the name the ``worker_class`` setting takes (the names are listed in
+#: :data:`prefork.config.WORKER_CLASS_NAMES` too, which a test keeps equal to these keys).
 WORKER_CLASSES: Mapping[str, type[Worker]] = MappingProxyType({"sync": SyncWorker, "thread": ThreadWorker})
 
 __all__ = [
-    "WORKER_BOOT_ERROR",
     "WORKER_CLASSES",
-    "WORKER_EXIT_ERROR",
-    "WORKER_EXIT_OK",
     "SyncWorker",
     "ThreadWorker",
     "Worker",

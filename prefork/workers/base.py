@@ -1,13 +1,12 @@
 """The base worker: what every worker class does in its process around serving.
 
-A :class:`Worker` object is created by the master before the fork; ``__init__`` touches nothing
-process-wide, and the master keeps the object as its record of the process (pid, boot state,
-stop deadline). In the child, :meth:`Worker.run` boots the process (:meth:`Worker.init_process`),
-reports to the master, serves until told to stop, and returns an exit status; the master's fork
-code ends the child with ``os._exit(status)``, so a worker never returns into master code.
-
-Workers report to the master over one pipe shared by the pool: each message is written with a
-single ``write()`` of less than ``PIPE_BUF`` bytes, so messages never interleave.
+A :class:`Worker` object is the worker process's own state. The master forks first and
+builds the worker in the child (its own record of the process is a
+:class:`~prefork.pool.WorkerRecord`, apart). :meth:`Worker.run` boots the process
+(:meth:`Worker.init_process`), reports to the master (:mod:`prefork.messages`), serves until
+told to stop, and returns an exit status; the master's fork code ends the child with
+``os._exit(status)``, so a worker never returns into master code. How a worker waits for
+connections is :mod:`prefork.workers.waiting`.
 """
 
 from __future__ import annotations
@@ -17,95 +16,49 @@ import faulthandler
 import logging
 import os
 import pwd
-import select
-import selectors
 import signal
 import socket
-import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
 from time import monotonic
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar
 
 import setproctitle
 
+from prefork.contract import pool_servers
 from prefork.logs import reopen_log_files
-from prefork.scoreboard import WorkerState
+from prefork.messages import BOOT_ERROR, READY, WORKER_BOOT_ERROR, WORKER_EXIT_OK, send_message
+from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.workers.waiting import ListenerWaiter
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
-    from socketserver import BaseServer, _RequestType
+    from socketserver import _RequestType
 
-    from prefork.server import PreforkMixIn
+    from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
-
-#: Exit status of a worker that stopped normally.
-WORKER_EXIT_OK = 0
-#: Exit status of a worker whose loop raised (the error is logged by the worker).
-WORKER_EXIT_ERROR = 1
-#: Exit status of a worker that failed while booting, before serving (as gunicorn's).
-WORKER_BOOT_ERROR = 3
-
-#: Message kinds on the notification pipe (worker -> master).
-READY = b"R"
-BOOT_ERROR = b"B"
-
-_HEADER = struct.Struct("=ciH")  # kind, pid, length of the UTF-8 text that follows
-_MAX_TEXT = 400  # keeps every message far below PIPE_BUF (512 on the smallest POSIX systems)
 
 #: accept() errors that mean the process or system is out of a resource: waiting a little
 #: beats spinning on them (as trio's serve_listeners does).
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-
-#: How a worker waits for its listening sockets (see :class:`ListenerWaiter`), by preference.
-ACCEPT_WAITS = ("exclusive", "select", "blocking")
 
 #: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
 #: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
 _SOCKET_ACCEPT_CODE = socket.socket.accept.__code__
 
 
-def drain(fd: int) -> None:
-    """Read a non-blocking wake-up pipe or socket until it is empty (or closed)."""
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:
-        pass
-
-
-def encode_message(kind: bytes, pid: int, text: str = "") -> bytes:
-    """Return one notification message (at most 407 bytes)."""
-    data = text.encode("utf-8", "replace")[:_MAX_TEXT]
-    return _HEADER.pack(kind, pid, len(data)) + data
-
-
-def decode_messages(buffer: bytes) -> tuple[list[tuple[bytes, int, str]], bytes]:
-    """Split ``buffer`` into whole messages ``(kind, pid, text)`` and the incomplete remainder."""
-    messages: list[tuple[bytes, int, str]] = []
-    while len(buffer) >= _HEADER.size:
-        kind, pid, length = _HEADER.unpack_from(buffer)
-        end = _HEADER.size + length
-        if len(buffer) < end:
-            break
-        messages.append((kind, pid, buffer[_HEADER.size : end].decode("utf-8", "replace")))
-        buffer = buffer[end:]
-    return messages, buffer
-
-
 class Worker:
     """One worker process of the pool; subclasses implement :meth:`serve`.
 
-    Created in the master before the fork. Arguments: ``server``, the prefork server (the
-    master's object, inherited by the fork); ``number``, the worker's number K in the pool
-    (0 .. workers-1, shown in its title and reused by its replacement); ``generation``, the
-    reload count it was started in; ``name``, the process name; ``notify_fd``, the write end of
-    the pipe to the master; ``master_fd``, the read end of a pipe only the master writes to,
-    which reads EOF when the master has died; ``slot``, its slot in the server's scoreboard;
+    Created in the worker process, right after the fork (never in the master). Arguments:
+    ``server``, the prefork server (the master's object, inherited by the fork); ``number``,
+    the worker's number K in the pool (0 .. workers-1, shown in its title and reused by its
+    replacement); ``generation``, the reload count it was started in; ``name``, the process
+    name; ``notify_fd``, the write end of the pipe to the master; ``master_fd``, the read end
+    of a pipe only the master writes to, which reads EOF when the master has died;
+    ``scoreboard`` and ``slot``, the pool's scoreboard and this worker's slot in it;
     ``max_requests``, the number of requests after which it exits to be replaced (0: never;
     the master adds max_requests_jitter).
 
@@ -133,48 +86,45 @@ class Worker:
 
     def __init__(
         self,
-        server: PreforkMixIn,
+        server: PoolServer,
         number: int,
         generation: int,
         name: str,
         notify_fd: int,
         master_fd: int,
-        slot: int = 0,
+        scoreboard: Scoreboard,
+        slot: int,
         max_requests: int = 0,
     ) -> None:
         self.server = server
+        #: The servers this worker accepts on: ``server``, then its ``listeners``.
+        self.servers = pool_servers(server)
         self.number = number
         self.generation = generation
         self.name = name
         self.notify_fd = notify_fd
         self.master_fd = master_fd
+        self.scoreboard = scoreboard
         self.slot = slot
         self.max_requests = max_requests
-        #: In the worker: False once it has been told to stop (TERM) or the master died.
+        self.pid = os.getpid()
+        #: False once it has been told to stop (TERM) or the master died.
         self.alive = True
-        #: In the worker: True once :meth:`wait_for_listeners` has seen the master's death.
+        #: True once :meth:`wait_for_listeners` has seen the master's death.
         self.master_died = False
-        #: In the worker: requests processed so far.
+        #: Requests processed so far.
         self.requests = 0
         self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
         self.wakeup_fd = -1  # read end of this worker's wake-up pipe (signals, :meth:`wake`)
         self._wakeup_w = -1  # its write end
-        #: In the worker: accept() calls that found no connection (another worker took it):
-        #: the spurious wake-ups. Counted off the request path (only when accept fails).
+        #: accept() calls that found no connection (another worker took it): the spurious
+        #: wake-ups. Counted off the request path (only when accept fails).
         self.empty_accepts = 0
         self._waiter: ListenerWaiter | None = None
-        # The scoreboard writes of the request path, bound to the slot (set in :meth:`run`).
-        self._slot_started: Callable[[float], None] | None = None
-        self._slot_finished: Callable[[WorkerState, float, int], None] | None = None
-        self._blocking_accept = False  # the "blocking" wait: TERM must interrupt accept()
-        # Bookkeeping kept by the master (meaningless in the worker):
-        self.pid = 0
-        self.pidfd = -1
-        self.spawned_at = 0.0  # time.monotonic() of the fork
-        self.booted = False  # the worker reported READY
-        self.boot_error = ""  # the cause it reported when it failed to boot
-        self.stop_deadline: float | None = None  # when a stopping worker gets SIGKILL
-        self.aborted = False  # sent SIGABRT for the request timeout
+        #: The ``blocking`` accept wait is in use: TERM must interrupt accept().
+        self.blocking_accept = False
+        # The scoreboard writes of the request path, bound to the slot.
+        self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.number} pid={self.pid} gen={self.generation}>"
@@ -185,23 +135,20 @@ class Worker:
         """Boot, serve until stopped, and return the exit status. Runs in the worker.
 
         A boot failure (an exception from :meth:`init_process`, e.g. from the server's
-        ``post_fork`` hook) is logged, reported to the master with its cause, and gives
-        :data:`WORKER_BOOT_ERROR`.
+        ``post_fork`` hook) is reported to the master with its cause, then logged, and gives
+        :data:`~prefork.messages.WORKER_BOOT_ERROR`.
         """
         try:
             self.init_process()
         except Exception as exc:
-            log.exception("Worker %d (pid %d) failed to boot", self.number, os.getpid())
-            self.notify(BOOT_ERROR, f"{type(exc).__name__}: {exc}")
+            self.notify(BOOT_ERROR, f"{type(exc).__name__}: {exc}")  # first: logging may fail too
+            log.exception("Worker %d (pid %d) failed to boot", self.number, self.pid)
             return WORKER_BOOT_ERROR
         self.notify(READY)  # then the title: a worker titled ready has told the master so
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
-        if self.server.scoreboard is not None:
-            self.server.scoreboard.booted(self.slot, self.pid)
-            self._slot_started, self._slot_finished = self.server.scoreboard.request_writers(self.slot)
+        self.scoreboard.booted(self.slot, self.pid)
         self.serve()
-        if self.server.scoreboard is not None:
-            self.server.scoreboard.set_state(self.slot, WorkerState.STOPPING)
+        self.scoreboard.set_state(self.slot, WorkerState.STOPPING)
         return WORKER_EXIT_OK
 
     def init_process(self) -> None:
@@ -215,14 +162,13 @@ class Worker:
 
         Raises PermissionError when the user or group cannot be switched to.
         """
-        self.pid = os.getpid()
         self.init_signals()
         try:
             faulthandler.enable(file=sys.stderr, all_threads=True)
         except (AttributeError, ValueError, OSError):  # stderr closed or not a real file
             faulthandler.enable(file=2, all_threads=True)
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}] booting")
-        for server in self.listeners():
+        for server in self.servers:
             server.worker = self
         self.switch_user()
         self.server.post_fork(self)
@@ -269,7 +215,7 @@ class Worker:
         otherwise retry the accept after this handler returns.
         """
         self.alive = False
-        if self._blocking_accept and frame is not None and frame.f_code is _SOCKET_ACCEPT_CODE:
+        if self.blocking_accept and frame is not None and frame.f_code is _SOCKET_ACCEPT_CODE:
             raise InterruptedError("the worker is stopping")
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:
@@ -282,10 +228,7 @@ class Worker:
 
     def notify(self, kind: bytes, text: str = "") -> None:
         """Send one message to the master; dropped if the pipe is full. Runs in the worker."""
-        try:
-            os.write(self.notify_fd, encode_message(kind, os.getpid(), text))
-        except OSError:
-            pass
+        send_message(self.notify_fd, kind, text)
 
     def wake(self) -> None:
         """Make the worker's wait in :meth:`wait_for_listeners` return, from any thread of the
@@ -296,30 +239,42 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def drain_wakeups(self) -> None:
-        """Empty the signal wake-up pipe and act on what the handlers recorded (USR1).
-        Runs in the worker."""
-        drain(self.wakeup_fd)
+    def act_on_signals(self) -> None:
+        """Act on what the signal handlers recorded (USR1: reopen log files), after the wake-up
+        pipe was drained. Runs in the worker. May be extended."""
         if self.reopen_logs:
             self.reopen_logs = False
             reopen_log_files()
 
-    def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PreforkMixIn]:
+    def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PoolServer]:
         """Wait until a listening socket of this worker is readable; return the servers whose
         socket is (pass each to :meth:`handle_request`), or [] after ``timeout`` seconds
         (None: no limit), a signal, a :meth:`wake`, or the master's death. Runs in the worker.
 
         With ``listen`` False the listening sockets are left out of the wait (until a call
         with ``listen`` True), so the connections go to other workers: only the other events
-        end it, and it returns []. Signals are acted on here (:meth:`drain_wakeups`); the
+        end it, and it returns []. Signals are acted on here (:meth:`act_on_signals`); the
         master's death logs a warning and sets ``alive`` to False and ``master_died`` to True.
         Callers loop ``while self.alive``. The waiting mechanism is the class attribute
-        ``accept_wait`` (see :class:`ListenerWaiter`), set up on the first call and kept for
-        the worker's life.
+        ``accept_wait`` (see :class:`~prefork.workers.waiting.ListenerWaiter`), set up on the
+        first call and kept for the worker's life.
         """
-        if self._waiter is None:
-            self._waiter = ListenerWaiter(self, list(self.listeners()), self.accept_wait)
-        return self._waiter.wait(timeout, listen)
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = ListenerWaiter(
+                self.servers, self.accept_wait, self.wakeup_fd, self.master_fd
+            )
+            self.blocking_accept = waiter.blocking
+        ready, signalled, master_gone = waiter.wait(timeout, listen)
+        if signalled:
+            self.act_on_signals()
+        if master_gone:
+            log.warning("Worker %d: the master died; exiting", self.number)
+            self.alive = False
+            self.master_died = True
+        if self.blocking_accept and not self.alive:
+            return []
+        return ready
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.
@@ -328,16 +283,14 @@ class Worker:
         """
         raise NotImplementedError
 
-    def process_request(
-        self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
-    ) -> None:
+    def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
         """Process one request of ``server`` (its ``process_request`` in a worker).
 
         Must be overridden.
         """
         raise NotImplementedError
 
-    def handle_request(self, server: BaseServer, *, woken: bool = True) -> bool:
+    def handle_request(self, server: PoolServer, *, woken: bool = True) -> bool:
         """Take one request from ``server`` and process it, as BaseServer._handle_request_noblock.
         Return True when a connection was accepted, False when none was waiting.
 
@@ -371,8 +324,7 @@ class Worker:
                     server.shutdown_request(request)
                     raise
             else:
-                if self.server.scoreboard is not None:
-                    self.server.scoreboard.count_denied(self.slot)
+                self.scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
         finally:
             if self.max_requests:
@@ -383,8 +335,7 @@ class Worker:
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
         be overridden (the ``thread`` worker counts requests in flight)."""
-        if self._slot_started is not None:
-            self._slot_started(monotonic())
+        self._slot_started(monotonic())
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when
@@ -392,8 +343,7 @@ class Worker:
         request. Here the request is over: the slot says IDLE (STOPPING once not ``alive``)
         with the count of requests. Runs in the worker. May be overridden (the ``thread``
         worker's requests go on in a handler thread)."""
-        if self._slot_finished is not None:
-            self._slot_finished(WorkerState.IDLE if self.alive else WorkerState.STOPPING, 0.0, self.requests)
+        self._slot_finished(WorkerState.IDLE if self.alive else WorkerState.STOPPING, 0.0, self.requests)
 
     def accept_failed(self, error: OSError, woken: bool) -> None:
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
@@ -416,114 +366,6 @@ class Worker:
                 self.requests,
             )
             self.alive = False
-
-    def listeners(self) -> Iterator[PreforkMixIn]:
-        """Yield the servers this worker accepts on: the server, then its ``listeners``."""
-        yield self.server
-        yield from self.server.listeners
-
-
-class ListenerWaiter:
-    """Waits for the listening sockets of one worker, with its wake-up pipe (signals and
-    :meth:`Worker.wake`) and the master pipe. Created and used in the worker (by
-    :meth:`Worker.wait_for_listeners`).
-
-    ``how`` is one of :data:`ACCEPT_WAITS`:
-
-    - ``exclusive``: one epoll instance per worker, the listening sockets registered with
-      ``EPOLLIN | EPOLLEXCLUSIVE`` (Linux >= 4.5), so the kernel wakes one worker waiting in
-      epoll_wait per connection instead of all of them; the other fds normally. accept()
-      stays non-blocking: a woken worker may still find nothing. Where EPOLLEXCLUSIVE is
-      missing (or refused), falls back to ``select``.
-    - ``select``: ``selectors.DefaultSelector`` (level-triggered): every idle worker wakes.
-    - ``blocking``: no waiting; the only listening socket is made blocking (for the whole pool:
-      O_NONBLOCK is shared) and :meth:`wait` returns it at once, so the worker sleeps in
-      accept(), where the kernel wakes one waiter per connection (FIFO). TERM interrupts it
-      (:meth:`Worker.handle_term`); the master's death goes unnoticed until the next request.
-      Only for one stream listener; else falls back to ``exclusive``.
-
-    A wait without the listening sockets (``listen`` False) uses the same epoll or selector
-    with the listening sockets unregistered (a selector of the other fds for ``blocking``).
-    """
-
-    def __init__(self, worker: Worker, servers: list[PreforkMixIn], how: str) -> None:
-        if how not in ACCEPT_WAITS:
-            raise ValueError(f"accept_wait must be one of {', '.join(ACCEPT_WAITS)}, got {how!r}")
-        self.worker = worker
-        self.servers = {server.fileno(): server for server in servers}
-        if how == "blocking" and (len(servers) != 1 or servers[0].socket.type != socket.SOCK_STREAM):
-            how = "exclusive"
-        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
-        poller: select.epoll | selectors.BaseSelector | None = None
-        if how == "exclusive" and exclusive and hasattr(select, "epoll"):
-            self.events = select.EPOLLIN | exclusive  # of the listening sockets
-            poller = select.epoll()
-            try:
-                for fd in self.servers:
-                    poller.register(fd, self.events)
-            except OSError:  # EINVAL: a kernel older than 4.5
-                poller.close()
-                poller = None
-            else:
-                poller.register(worker.wakeup_fd, select.EPOLLIN)
-                poller.register(worker.master_fd, select.EPOLLIN)
-        if poller is None:
-            self.events = selectors.EVENT_READ
-            poller = selectors.DefaultSelector()
-            poller.register(worker.wakeup_fd, self.events)
-            poller.register(worker.master_fd, self.events)
-            if how == "blocking":  # the selector only for waits without the listener
-                servers[0].socket.setblocking(True)
-                worker._blocking_accept = True
-            else:
-                how = "select"
-                for fd in self.servers:
-                    poller.register(fd, self.events)
-        #: The epoll instance or selector.
-        self.poller = poller
-        #: The mechanism in use, after fallbacks.
-        self.how = how
-        #: The listening sockets are registered in the poller (unused by ``blocking``).
-        self.listening = True
-
-    def wait(self, timeout: float | None, listen: bool = True) -> list[PreforkMixIn]:
-        """Wait up to ``timeout`` seconds (None: no limit); return the readable listeners.
-        With ``listen`` False, leave the listening sockets out (and return []).
-
-        Acts on signals and on the master's death (see :meth:`Worker.wait_for_listeners`).
-        """
-        poller = self.poller
-        if listen != self.listening and self.how != "blocking":
-            self.listening = listen
-            for fd in self.servers:
-                if listen:
-                    poller.register(fd, self.events)
-                else:
-                    poller.unregister(fd)
-        if isinstance(poller, select.epoll):  # a concrete type: cheaper than the selector ABC
-            fds = [fd for fd, _ in poller.poll(-1 if timeout is None else timeout)]
-        else:
-            if listen and self.how == "blocking":  # accept() itself waits
-                drain(self.worker.wakeup_fd)
-                return list(self.servers.values()) if self.worker.alive else []
-            fds = [key.fd for key, _ in poller.select(timeout)]
-        ready = []
-        for fd in fds:
-            server = self.servers.get(fd)
-            if server is not None:
-                ready.append(server)
-            elif fd == self.worker.master_fd:
-                log.warning("Worker %d: the master died; exiting", self.worker.number)
-                self.worker.alive = False
-                self.worker.master_died = True
-                poller.unregister(fd)  # at EOF: readable for good
-            else:
-                self.worker.drain_wakeups()
-        return ready
-
-    def close(self) -> None:
-        """Close the epoll instance or selector."""
-        self.poller.close()
 
 
 def pwd_gid(uid: int) -> int:

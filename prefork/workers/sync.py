@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from _socket import _RetAddress
     from socketserver import _RequestType
 
-    from prefork.server import PreforkMixIn
+    from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
 
@@ -39,14 +39,12 @@ class SyncWorker(Worker):
             for server in self.wait_for_listeners():
                 # Even when stopping: with EPOLLEXCLUSIVE this worker may be the only one
                 # woken for the connection; skipping it would leave it waiting in the queue.
-                if self.handle_request(server) and not self._blocking_accept:  # accept() blocks
+                if self.handle_request(server) and not self.blocking_accept:  # accept() blocks
                     for _ in more:
                         if not (self.alive and self.handle_request(server, woken=False)):
                             break
 
-    def process_request(
-        self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
-    ) -> None:
+    def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
         """``finish_request`` then ``shutdown_request``, in this process (as BaseServer)."""
         server.finish_request(request, client_address)
         server.shutdown_request(request)

@@ -31,19 +31,20 @@ import threading
 import time
 from typing import TYPE_CHECKING, TypeAlias
 
+from prefork.messages import WORKER_EXIT_ERROR
 from prefork.scoreboard import WorkerState
-from prefork.workers.base import WORKER_EXIT_ERROR, Worker
+from prefork.workers.base import Worker
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
-    from socketserver import BaseServer, _RequestType
+    from socketserver import _RequestType
 
-    from prefork.server import PreforkMixIn
+    from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
 
 #: What the main thread hands to a handler thread; None tells the thread to exit.
-_Work: TypeAlias = "tuple[BaseServer, _RequestType, _RetAddress] | None"
+_Work: TypeAlias = "tuple[PoolServer, _RequestType, _RetAddress] | None"
 
 
 class ThreadWorker(Worker):
@@ -157,9 +158,7 @@ class ThreadWorker(Worker):
         if not processed:
             self.request_finished(request, served=False)
 
-    def process_request(
-        self, server: PreforkMixIn, request: _RequestType, client_address: _RetAddress
-    ) -> None:
+    def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
         """Hand the request to a handler thread and return (``server.process_request`` in
         this worker). Runs in the main thread, which only calls it with a thread free."""
         self._queue.put((server, request, client_address))
@@ -205,8 +204,8 @@ class ThreadWorker(Worker):
         """Count ``request`` in flight; the slot becomes BUSY if it was the only one. Runs in
         the main thread."""
         with self._lock:
-            if not self._in_flight and self.server.scoreboard is not None:
-                self.server.scoreboard.request_started(self.slot)
+            if not self._in_flight:
+                self.scoreboard.request_started(self.slot)
             self._in_flight[id(request)] = time.monotonic()
 
     def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> None:
@@ -215,18 +214,17 @@ class ThreadWorker(Worker):
         the main thread is woken if it waits for a thread (or ``wake``). Runs in a handler
         thread, or in the main thread for a request never handed off."""
         key = id(request)
-        scoreboard = self.server.scoreboard
+        scoreboard = self.scoreboard
         with self._lock:
             in_flight = self._in_flight
             in_flight.pop(key, None)
             if served:
                 self._served += 1
-            if scoreboard is not None:
-                if not in_flight:
-                    state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-                    scoreboard.request_finished(self.slot, self._served, state)
-                else:  # BUSY since the oldest request still in flight
-                    scoreboard.request_progress(self.slot, self._served, next(iter(in_flight.values())))
+            if not in_flight:
+                state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+                scoreboard.request_finished(self.slot, self._served, state)
+            else:  # BUSY since the oldest request still in flight
+                scoreboard.request_progress(self.slot, self._served, next(iter(in_flight.values())))
             if self._waiting or wake:
                 self._waiting = False
                 self.wake()
