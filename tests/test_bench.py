@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from prefork import bench
-from prefork.bench import loadgen, report
+from prefork.bench import load, options, report
 from tests.bench_handlers import RESET_EVERY, SERVICE_TIME
 from tests.conftest import ROOT
 
@@ -227,12 +227,12 @@ def test_a_target_that_does_not_load_is_a_usage_error() -> None:
 
 
 def test_parsers() -> None:
-    assert bench.parse_duration("500ms") == 0.5
-    assert bench.parse_duration("2m") == 120
-    assert bench.parse_duration("3") == 3
-    assert bench.parse_pool_sizes("4,1,2,2") == [1, 2, 4]
-    assert bench.parse_concurrency("2x") == (2, True)
-    assert bench.unescape(r"GET\r\n\x00é") == b"GET\r\n\x00" + "é".encode()
+    assert options.parse_duration("500ms") == 0.5
+    assert options.parse_duration("2m") == 120
+    assert options.parse_duration("3") == 3
+    assert options.parse_pool_sizes("4,1,2,2") == [1, 2, 4]
+    assert options.parse_concurrency("2x") == (2, True)
+    assert options.unescape(r"GET\r\n\x00é") == b"GET\r\n\x00" + "é".encode()
 
 
 def _run(workers: int, rps: float, p99: float) -> dict[str, Any]:
@@ -249,13 +249,13 @@ def test_recommendation_is_the_smallest_pool_near_the_best() -> None:
 
 
 def test_histogram_results_merge_across_processes() -> None:
-    one, two = loadgen.LoadResult(), loadgen.LoadResult()
+    one, two = load.LoadResult(), load.LoadResult()
     for value in range(1000, 2000):
         one.histogram.record_value(value)
     two.histogram.record_value(50_000)
     two.count_error("reset")
-    merged = loadgen.LoadResult.from_json(one.to_json())
-    merged.merge(loadgen.LoadResult.from_json(two.to_json()))
+    merged = load.LoadResult.from_json(one.to_json())
+    merged.merge(load.LoadResult.from_json(two.to_json()))
     assert merged.histogram.get_total_count() == 1001
     assert merged.histogram.get_max_value() == pytest.approx(50_000, rel=0.001)
     assert merged.errors == {"reset": 1}

@@ -1,7 +1,7 @@
 """``python -m prefork.bench.client``: one client process of ``prefork bench``.
 
-Started by :class:`~prefork.bench.loadgen.ClientProcess` in the bench's parent process. It
-reads a :class:`~prefork.bench.loadgen.LoadSpec` (one JSON line) on stdin, writes ``ready``,
+Started by :class:`~prefork.bench.client_process.ClientProcess` in the bench's parent process.
+It reads a :class:`~prefork.bench.load.LoadSpec` (one JSON line) on stdin, writes ``ready``,
 waits for a line on stdin, drives the load (:func:`~prefork.bench.loadgen.run_load`) writing
 ``progress N`` lines, then one ``result JSON`` line, and exits 0 (1 if the parent went away).
 Not imported by :mod:`prefork.bench`, so ``-m`` runs it fresh.
@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import sys
 
-from prefork.bench.loadgen import PROGRESS, READY, RESULT, LoadSpec, run_load
+from prefork.bench.client_process import PROGRESS, READY, RESULT
+from prefork.bench.load import LoadSpec
+from prefork.bench.loadgen import run_load
 
 
 def main() -> int:
-    """Read a spec on stdin, say ready, wait for a line, run it, write the result; return 0."""
+    """Read a spec on stdin, say ready, wait for a line, run it, write the result; return 0
+    (1 when stdin ends before the go line).
+
+    Raises ValueError, KeyError or TypeError when the first line is not a
+    :class:`~prefork.bench.load.LoadSpec`'s JSON, BrokenPipeError when the parent went away.
+    """
     spec = LoadSpec.from_json(sys.stdin.readline())
 
     def progress(completed: int) -> None:

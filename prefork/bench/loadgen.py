@@ -1,11 +1,12 @@
-"""The load generator of ``prefork bench``: client processes driving requests at a server.
+"""The load generator of ``prefork bench``: one client process driving requests at a server.
 
-One :class:`LoadSpec` describes the load of one client process. :func:`run_load` runs it in
-the calling process: a single-threaded ``selectors`` loop keeping up to ``concurrency``
-requests in flight, each a small state machine (connect, send, read the reply) on a
-non-blocking socket. The bench's parent process starts several of these as
-``python -m prefork.bench.client`` child processes (:class:`ClientProcess`), so the client is
-not the bottleneck it measures, and merges their results (:class:`LoadResult`).
+:func:`run_load` runs one :class:`~prefork.bench.load.LoadSpec` in the calling process: a
+single-threaded ``selectors`` loop keeping up to ``concurrency`` requests in flight, each a
+small state machine (connect, send, read the reply) on a non-blocking socket, the request and
+the reply as :mod:`prefork.bench.protocols` frames them. The bench's parent process runs
+several of these as ``python -m prefork.bench.client`` child processes
+(:class:`~prefork.bench.client_process.ClientProcess`), so the client is not the bottleneck it
+measures, and merges their results (:class:`~prefork.bench.load.LoadResult`).
 
 - **Closed loop** (``rate`` None): a new request starts as soon as one finishes, so exactly
   ``concurrency`` are in flight; latency is measured from the start of the connect.
@@ -14,157 +15,26 @@ not the bottleneck it measures, and merges their results (:class:`LoadResult`).
   and its latency is measured from when it was *due*, not when it could be sent, so the
   queueing a slow server causes is not hidden (no "coordinated omission").
 
-Latency goes into an HDR histogram (``hdrhistogram``, microseconds, 3 significant digits),
-never a list of samples. Every run is bounded: by ``duration`` seconds, and by ``requests``
-when given; each request by ``timeout`` seconds.
-
-Protocols: ``line`` (send PAYLOAD and a newline, half-close unless ``keepalive``, read one
-line), ``http`` (HTTP/1.1 GET of the
-path PAYLOAD), ``raw`` (send PAYLOAD, half-close, read until EOF), ``udp`` (one datagram, one
-datagram back; also Unix datagram sockets). Stream protocols open a connection per request
-unless ``keepalive`` (not for ``raw``).
-
-Errors are counted by kind: ``refused``, ``reset``, ``timeout``, ``bad reply`` (EOF before a
-whole reply, an HTTP status >= 400, a reply without the ``expect`` bytes), and ``other: ERRNO``.
+Every run is bounded: by ``duration`` seconds, and by ``requests`` when given; each request
+by ``timeout`` seconds. Stream protocols open a connection per request unless ``keepalive``
+(not for ``raw``). Errors are counted by kind (:data:`~prefork.bench.protocols.ERROR_KINDS`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
-import os
 import resource
 import selectors
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO, Any
 
-from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from prefork.bench.load import HIST_HIGHEST_US, HIST_LOWEST_US, LoadResult, LoadSpec
+from prefork.bench.protocols import error_kind, half_closes, judge_reply, request_bytes
 
-PROTOCOLS = ("line", "http", "raw", "udp")
-#: Error kinds, in the order reports list them.
-ERROR_KINDS = ("refused", "reset", "timeout", "bad reply")
-#: Latencies are recorded in microseconds, from 1 us to 1 hour, to 3 significant digits.
-HIST_LOWEST_US = 1
-HIST_HIGHEST_US = 3_600_000_000
-HIST_DIGITS = 3
 #: Seconds between two progress reports of a client process.
 PROGRESS_INTERVAL = 0.25
 _RECV_SIZE = 65536
-
-
-def new_histogram() -> Any:
-    """An empty latency histogram (microseconds)."""
-    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """The load one client process drives (all times in seconds).
-
-    ``address`` is ``(host, port)`` for ``family`` AF_INET/AF_INET6, a path for AF_UNIX.
-    ``concurrency``: requests in flight at most. ``rate``: requests per second to start (open
-    loop), or None (closed loop). ``warmup``: seconds of load before measuring, not counted.
-    ``duration``: seconds measured. ``requests``: stop after starting this many measured
-    requests (None: no count limit). ``timeout``: per request, from when it was due.
-    ``expect``: bytes a good reply contains (None: any whole reply). ``host``: HTTP Host header.
-    """
-
-    family: int
-    address: tuple[str, int] | str
-    protocol: str
-    payload: bytes
-    concurrency: int
-    duration: float
-    rate: float | None = None
-    warmup: float = 0.0
-    requests: int | None = None
-    keepalive: bool = False
-    timeout: float = 5.0
-    expect: bytes | None = None
-    host: str = "localhost"
-
-    def to_json(self) -> str:
-        """One line of JSON (bytes as latin-1 text), read back by :meth:`from_json`."""
-        data = dataclasses.asdict(self)
-        data["payload"] = self.payload.decode("latin-1")
-        data["expect"] = None if self.expect is None else self.expect.decode("latin-1")
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> LoadSpec:
-        """The spec :meth:`to_json` wrote."""
-        data = json.loads(text)
-        data["payload"] = data["payload"].encode("latin-1")
-        if data["expect"] is not None:
-            data["expect"] = data["expect"].encode("latin-1")
-        if isinstance(data["address"], list):
-            data["address"] = tuple(data["address"])
-        return cls(**data)
-
-
-@dataclass
-class LoadResult:
-    """What one client process measured (or several, merged with :meth:`merge`).
-
-    ``ok``: good replies to measured requests (started after the warmup); ``ok_in_window``:
-    good replies that arrived within the ``duration`` measured (to any request); ``elapsed``:
-    seconds from the start of measuring to the last measured reply; ``errors``: counts by
-    kind; ``unsent``: open-loop requests that came due but could not start before the end;
-    ``cpu``: CPU seconds (user + system) each client process used while measuring; ``wall``:
-    seconds each measured; ``histogram``: latencies of good replies (microseconds).
-    """
-
-    ok: int = 0
-    ok_in_window: int = 0
-    elapsed: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-    unsent: int = 0
-    cpu: list[float] = field(default_factory=list)
-    wall: list[float] = field(default_factory=list)
-    histogram: Any = field(default_factory=new_histogram)
-
-    def count_error(self, kind: str) -> None:
-        """Count one error of ``kind``."""
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    @property
-    def error_total(self) -> int:
-        """All errors, of every kind."""
-        return sum(self.errors.values())
-
-    def merge(self, other: LoadResult) -> None:
-        """Add ``other`` (another client process's result, over the same window) to this one."""
-        self.ok += other.ok
-        self.ok_in_window += other.ok_in_window
-        self.elapsed = max(self.elapsed, other.elapsed)
-        for kind, count in other.errors.items():
-            self.errors[kind] = self.errors.get(kind, 0) + count
-        self.unsent += other.unsent
-        self.cpu += other.cpu
-        self.wall += other.wall
-        self.histogram.add(other.histogram)
-
-    def to_json(self) -> str:
-        """One line of JSON, the histogram HdrHistogram-encoded, read back by :meth:`from_json`."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "histogram"}
-        data["histogram"] = self.histogram.encode().decode("ascii")
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> LoadResult:
-        """The result :meth:`to_json` wrote."""
-        data = json.loads(text)
-        encoded = data.pop("histogram")
-        result = cls(**data)
-        result.histogram.decode_and_add(encoded.encode("ascii"))
-        return result
-
 
 # -- one request -----------------------------------------------------------------------------
 
@@ -186,44 +56,6 @@ class _Request:
         self.inbox = bytearray()
 
 
-def _error_kind(err: int) -> str:
-    if err in (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN):  # EAGAIN: a full Unix backlog
-        return "refused"
-    if err in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN):  # ENOTCONN: reset already
-        return "reset"
-    if err == errno.ETIMEDOUT:
-        return "timeout"
-    return "other: " + errno.errorcode.get(err, str(err))
-
-
-def _http_reply(data: bytearray, eof: bool) -> tuple[bool, bool, bool]:
-    """(complete, good, reusable) for the HTTP response read so far."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return eof, False, False
-    head = bytes(data[:end]).decode("latin-1").split("\r\n")
-    parts = head[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return True, False, False
-    status = int(parts[1])
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip().lower()
-    body = len(data) - end - 4
-    if "content-length" in headers:
-        complete = body >= int(headers["content-length"] or 0)
-    elif "chunked" in headers.get("transfer-encoding", ""):
-        complete = data.endswith(b"0\r\n\r\n")
-    else:
-        complete = eof  # the body runs until the server closes
-    connection = headers.get("connection", "")
-    reusable = ("close" not in connection and (parts[0] != "HTTP/1.0" or "keep-alive" in connection)) and (
-        "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
-    )
-    return complete or eof, complete and status < 400, reusable
-
-
 class _Generator:
     """The client loop of :func:`run_load` (one per client process; one thread)."""
 
@@ -241,19 +73,10 @@ class _Generator:
         self.started = 0  # measured requests started
         self.next_due = 0.0  # open loop: when the next request is due
         self.datagram = spec.protocol == "udp"
-        # A request per connection: say so with a half-close once it is sent, as `nc -N` does,
-        # so a server reading until EOF (socketserver's line handlers) ends at once.
-        self.half_close = spec.protocol == "raw" or (spec.protocol == "line" and not spec.keepalive)
-        if spec.protocol == "http":
-            host = spec.host
-            path = spec.payload.decode("latin-1") or "/"
-            close = "" if spec.keepalive else "Connection: close\r\n"
-            self.message = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: prefork-bench\r\n{close}\r\n"
-            self.request_bytes = self.message.encode("latin-1")
-        elif spec.protocol == "line":
-            self.request_bytes = spec.payload.rstrip(b"\n") + b"\n"
-        else:
-            self.request_bytes = spec.payload
+        self.half_close = half_closes(spec.protocol, spec.keepalive)
+        self.request_bytes = request_bytes(
+            spec.protocol, spec.payload, keepalive=spec.keepalive, host=spec.host
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -364,7 +187,7 @@ class _Generator:
             else:
                 self.selector.register(sock, selectors.EVENT_WRITE)
         else:
-            self._fail(request, _error_kind(err), registered=False)
+            self._fail(request, error_kind(err), registered=False)
 
     def _send(self, request: _Request) -> None:
         request.state = _SENDING
@@ -382,13 +205,13 @@ class _Generator:
             self._watch(sock, selectors.EVENT_WRITE, registered)
             return
         except OSError as exc:
-            self._fail(request, _error_kind(exc.errno or 0), registered)
+            self._fail(request, error_kind(exc.errno or 0), registered)
             return
         if self.half_close:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError as exc:
-                self._fail(request, _error_kind(exc.errno or 0), registered)
+                self._fail(request, error_kind(exc.errno or 0), registered)
                 return
         request.state = _READING
         self._watch(sock, selectors.EVENT_READ, registered)
@@ -406,7 +229,7 @@ class _Generator:
         if request.state == _CONNECTING:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._fail(request, _error_kind(err))
+                self._fail(request, error_kind(err))
             else:
                 request.state = _SENDING
                 request.outbox = self.request_bytes
@@ -422,38 +245,20 @@ class _Generator:
         except BlockingIOError:
             return
         except OSError as exc:
-            self._fail(request, _error_kind(exc.errno or 0))
+            self._fail(request, error_kind(exc.errno or 0))
             return
         eof = not data and not self.datagram
         request.inbox += data
-        complete, good, reusable = self._judge(request.inbox, eof)
+        spec = self.spec
+        complete, good, reusable = judge_reply(
+            spec.protocol, request.inbox, eof, keepalive=spec.keepalive, expect=spec.expect
+        )
         if not complete:
             return
         if not good:
             self._fail(request, "bad reply")
             return
         self._finish(request, reusable and not eof)
-
-    def _judge(self, inbox: bytearray, eof: bool) -> tuple[bool, bool, bool]:
-        """(complete, good, reusable) for the reply read so far."""
-        protocol = self.spec.protocol
-        expect = self.spec.expect
-        if protocol == "http":
-            complete, good, reusable = _http_reply(inbox, eof)
-            reusable = reusable and self.spec.keepalive
-        elif protocol == "line":
-            complete = b"\n" in inbox or eof
-            good = inbox.endswith(b"\n") and inbox.count(b"\n") == 1
-            reusable = self.spec.keepalive
-        elif protocol == "udp":
-            complete, good, reusable = True, True, True
-        else:  # raw: the reply runs until EOF
-            complete = eof
-            good = bool(inbox)
-            reusable = False
-        if complete and good and expect is not None:
-            good = expect in inbox
-        return complete, good, reusable
 
     def _finish(self, request: _Request, reusable: bool) -> None:
         now = time.monotonic()
@@ -497,73 +302,7 @@ def run_load(spec: LoadSpec, progress: Callable[[int], None] | None = None) -> L
     Takes ``spec.warmup + spec.duration`` seconds, plus at most ``spec.timeout`` for the
     requests still in flight at the end. ``progress(completed)`` is called about every
     :data:`PROGRESS_INTERVAL` seconds with the number of measured requests finished so far.
-    Connection errors are counted, never raised.
+    Connection errors are counted, never raised; OSError is raised only when a socket cannot
+    be created (EMFILE, ENFILE: too many open files).
     """
     return _Generator(spec, progress).run()
-
-
-# -- client processes ------------------------------------------------------------------------
-
-#: Lines a client process writes on its stdout (its protocol with the parent).
-READY, PROGRESS, RESULT = "ready", "progress", "result"
-
-
-class ClientProcess:
-    """A ``python -m prefork.bench.client`` child running one :class:`LoadSpec`.
-
-    Created by the bench's parent process. It writes ``ready``, waits for a line on its
-    stdin (:meth:`go`), runs the load, writes ``progress N`` lines and a final ``result
-    JSON`` line, and exits. :meth:`kill` ends it (by its pid) if it is still running.
-    """
-
-    def __init__(self, spec: LoadSpec) -> None:
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork.bench.client"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            bufsize=0,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdin: IO[bytes] = self.proc.stdin
-        self.stdout: IO[bytes] = self.proc.stdout
-        self._buffer = bytearray()
-        self.stdin.write(spec.to_json().encode() + b"\n")
-        self.completed = 0
-        self.result: LoadResult | None = None
-        self.ready = False
-
-    def go(self) -> None:
-        """Tell the (ready) client to start."""
-        self.stdin.write(b"go\n")
-
-    def read_available(self) -> bool:
-        """Read what the client wrote (call when its stdout is readable) and apply each
-        whole line; False at EOF."""
-        data = os.read(self.stdout.fileno(), _RECV_SIZE)
-        self._buffer += data
-        *lines, rest = self._buffer.split(b"\n")
-        self._buffer = bytearray(rest)
-        for line in lines:
-            kind, _, text = line.decode().partition(" ")
-            if kind == READY:
-                self.ready = True
-            elif kind == PROGRESS:
-                self.completed = int(text)
-            elif kind == RESULT:
-                self.result = LoadResult.from_json(text)
-        return bool(data)
-
-    def kill(self) -> None:
-        """SIGKILL the client if it still runs, and reap it. Safe to call twice."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.stdin, self.stdout):
-            try:
-                stream.close()
-            except OSError:  # a broken pipe
-                pass

@@ -19,8 +19,9 @@ from typing import IO, Any
 import psutil
 
 from prefork import __version__
-from prefork.bench.loadgen import ERROR_KINDS
+from prefork.bench.protocols import ERROR_KINDS
 from prefork.bench.runner import PoolRun
+from prefork.config import usable_cpus
 
 #: A pool size is recommended when its throughput is within this fraction of the best's.
 THROUGHPUT_TOLERANCE = 0.05
@@ -31,7 +32,8 @@ MACHINE_SATURATED = 0.9
 
 
 def figures(run: PoolRun) -> dict[str, Any]:
-    """Every figure of one pool size's run, as plain JSON values (see the module's units)."""
+    """Every figure of one pool size's run, as plain JSON values (see the module's units).
+    Raises nothing."""
     load = run.load
     hist = load.histogram
     total = load.ok + load.error_total
@@ -83,7 +85,11 @@ def figures(run: PoolRun) -> dict[str, Any]:
 
 def recommend(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The smallest pool size within 5% of the best throughput whose p99 is not worse than the
-    best's (the best run's, by throughput); None when no run served a request."""
+    best's (the best run's, by throughput); None when no run served a request.
+
+    ``runs``: :func:`figures` of each pool size. Returns ``workers``, ``best_workers`` and a
+    one-line ``reason``. Raises nothing.
+    """
     served = [r for r in runs if r["ok"] and r["workers"] is not None]
     if not served:
         return None
@@ -104,10 +110,10 @@ def recommend(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def environment() -> dict[str, Any]:
-    """The machine and software the run used."""
+    """The machine and software the run used (memory in bytes). Raises nothing."""
     return {
         "cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "memory_bytes": psutil.virtual_memory().total,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -131,7 +137,7 @@ def _spread(requests: list[int | None]) -> str:
 
 
 def table(runs: Sequence[dict[str, Any]]) -> str:
-    """The plain-text table, one line per pool size."""
+    """The plain-text table of ``runs`` (:func:`figures`), one line per pool size. Raises nothing."""
     head = (
         "workers",
         "req/s",
@@ -191,7 +197,11 @@ def _pool(run: dict[str, Any]) -> str:
 
 def notes(runs: Sequence[dict[str, Any]], recommendation: dict[str, Any] | None) -> list[str]:
     """Lines to print under the table: saturated clients or CPUs, keepalive starving a sync
-    pool, unsent requests, and the recommendation (none with ``--address``)."""
+    pool, unsent requests, and the recommendation (none with ``--address``).
+
+    ``runs``: :func:`figures` of each pool size; ``recommendation``: :func:`recommend`'s.
+    Raises nothing.
+    """
     out = []
     for r in runs:
         if r["client_saturated"]:
@@ -230,7 +240,8 @@ def notes(runs: Sequence[dict[str, Any]], recommendation: dict[str, Any] | None)
 
 
 def write_json(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, Any]], rec: Any) -> None:
-    """Write the parameters, the machine, every run's figures and the recommendation."""
+    """Write the parameters, the machine, every run's figures and the recommendation ``rec``
+    to ``path`` as JSON. Raises OSError when it cannot be written."""
     data = {"parameters": parameters, "runs": list(runs), "recommendation": rec}
     with open(path, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2)
@@ -239,7 +250,8 @@ def write_json(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, A
 
 def write_csv(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
     """Write one row per pool size: every figure (lists joined by spaces, error kinds as
-    ``errors_KIND`` columns), and the run's parameters."""
+    ``errors_KIND`` columns), and the run's parameters, to ``path``. Raises OSError when it
+    cannot be written."""
     flat_params = {f"param_{k}": v for k, v in parameters.items() if not isinstance(v, dict)}
     flat_params |= {f"param_{k}": v for k, v in parameters.get("machine", {}).items()}
     rows = []
@@ -263,7 +275,7 @@ def write_csv(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, An
 
 
 def check_plotting() -> str | None:
-    """None if matplotlib can be imported, else the one-line error to print."""
+    """None if matplotlib can be imported, else the one-line error to print. Raises nothing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -272,7 +284,9 @@ def check_plotting() -> str | None:
 
 
 def plot(path: str, runs: Sequence[dict[str, Any]], parameters: dict[str, Any], rec: Any) -> None:
-    """Write a PNG: throughput (left axis) and p99 latency (right axis) against pool size."""
+    """Write a PNG to ``path``: throughput (left axis) and p99 latency (right axis) against
+    pool size, the recommendation ``rec`` marked. Raises ImportError without matplotlib
+    (see :func:`check_plotting`), OSError when it cannot be written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,7 +355,8 @@ class ProgressLine:
         self._last = 0.0
 
     def update(self, workers: int, elapsed: float, total: float, completed: int) -> None:
-        """Redraw: pool size, seconds measured of ``total``, requests finished per second so far."""
+        """Redraw: pool size ``workers``, ``elapsed`` seconds measured of ``total``, and
+        ``completed`` requests per second so far. Raises OSError if ``stream`` fails."""
         now = time.monotonic()
         if not self.enabled or now - self._last < 0.25:
             return
@@ -351,7 +366,7 @@ class ProgressLine:
         self.stream.flush()
 
     def clear(self) -> None:
-        """Erase the line."""
+        """Erase the line. Raises OSError if ``stream`` fails."""
         if self.enabled:
             self.stream.write("\r\x1b[K")
             self.stream.flush()

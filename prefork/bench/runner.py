@@ -3,7 +3,7 @@
 Everything here runs in the bench's parent process. :class:`ServerUnderTest` starts
 ``python -m prefork TARGET --workers N`` in its own process group and stops it (SIGTERM to
 the master, SIGKILL to the group if it does not exit in time); :func:`measure` drives the
-load from client processes (:class:`~prefork.bench.loadgen.ClientProcess`), and samples the
+load from client processes (:class:`~prefork.bench.client_process.ClientProcess`), and samples the
 workers' CPU and memory (psutil) and request counts (the scoreboard) around the measured
 window. Nothing is killed by name: only the processes started here, by pid or process group.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from prefork.bench.loadgen import ClientProcess, LoadResult, LoadSpec
+from prefork.bench.client_process import ClientProcess
+from prefork.bench.load import LoadResult, LoadSpec
 from prefork.sockets import Address, parse_address
 
 #: The master's "Listening at ADDR, ADDR with N ..." log line.
@@ -62,9 +63,9 @@ class WorkerSample:
 
 
 @dataclass
-class WorkerStats:
-    """One worker over the measured window: ``requests`` served (None without a scoreboard),
-    ``cpu`` seconds used, ``rss`` bytes at the end."""
+class WorkerLoad:
+    """One worker's load over the measured window: ``requests`` served (None without a
+    scoreboard), ``cpu`` seconds used (user + system), ``rss`` bytes at the end."""
 
     pid: int
     requests: int | None
@@ -87,7 +88,7 @@ class PoolRun:
     window: float
     duration: float
     count_limited: bool
-    per_worker: list[WorkerStats] = field(default_factory=list)
+    per_worker: list[WorkerLoad] = field(default_factory=list)
     clients: int = 0
     machine_cpu: float = 0.0
     concurrency: int = 0
@@ -95,7 +96,8 @@ class PoolRun:
 
 
 def scoreboard_requests(path: str | None) -> dict[int, int] | None:
-    """Requests served so far by each worker pid, from the scoreboard file (None if none)."""
+    """Requests served so far by each worker pid, from the scoreboard file at ``path`` (None
+    if there is none, or it cannot be read). Raises nothing."""
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -111,7 +113,8 @@ def scoreboard_requests(path: str | None) -> dict[int, int] | None:
 
 
 def sample_workers(pids: list[int], scoreboard: str | None) -> dict[int, WorkerSample]:
-    """CPU, RSS and requests of each live worker in ``pids``, now."""
+    """CPU, RSS and requests of each live worker in ``pids``, now, by pid; a worker gone
+    is left out. ``scoreboard``: the server's scoreboard file, or None. Raises nothing."""
     counts = scoreboard_requests(scoreboard)
     found: dict[int, WorkerSample] = {}
     for pid in pids:
@@ -127,17 +130,18 @@ def sample_workers(pids: list[int], scoreboard: str | None) -> dict[int, WorkerS
     return found
 
 
-def window_stats(before: dict[int, WorkerSample], after: dict[int, WorkerSample]) -> list[WorkerStats]:
-    """Per-worker figures over a window; a worker born within it counts from zero."""
-    stats = []
+def window_loads(before: dict[int, WorkerSample], after: dict[int, WorkerSample]) -> list[WorkerLoad]:
+    """Each worker's load between the samples ``before`` and ``after`` (by pid, ascending);
+    a worker born within the window counts from zero. Raises nothing."""
+    loads = []
     for pid, end in sorted(after.items()):
         start = before.get(pid)
         requests = end.requests
         if requests is not None and start is not None and start.requests is not None:
             requests -= start.requests
         cpu = end.cpu - (start.cpu if start is not None else 0.0)
-        stats.append(WorkerStats(pid, requests, cpu, end.rss))
-    return stats
+        loads.append(WorkerLoad(pid, requests, cpu, end.rss))
+    return loads
 
 
 class ServerUnderTest:
@@ -175,7 +179,7 @@ class ServerUnderTest:
         self.listening = ""
 
     def log_tail(self, lines: int = 5) -> str:
-        """The last ``lines`` lines the server wrote."""
+        """The last ``lines`` lines the server wrote ("" if its log cannot be read). Raises nothing."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -183,7 +187,11 @@ class ServerUnderTest:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def start(self) -> None:
-        """Wait until the server listens and its workers run (``START_TIMEOUT`` seconds)."""
+        """Wait until the server listens and its workers run (``START_TIMEOUT`` seconds).
+
+        Raises BenchError when the server exits (``usage`` when with status 2) or is not
+        ready in time.
+        """
         deadline = time.monotonic() + START_TIMEOUT
         while not self.listening:
             match = LISTENING.search(self.log_path.read_text(errors="replace"))
@@ -205,7 +213,7 @@ class ServerUnderTest:
         time.sleep(0.02)
 
     def worker_pids(self) -> list[int]:
-        """Pids of the master's live, ready children (titled ``prefork: worker``)."""
+        """Pids of the master's live, ready children (titled ``prefork: worker``). Raises nothing."""
         try:
             kids = psutil.Process(self.pid).children()
         except psutil.Error:
@@ -220,7 +228,8 @@ class ServerUnderTest:
         return pids
 
     def stop(self) -> None:
-        """SIGTERM the master, wait; SIGKILL the process group after ``STOP_TIMEOUT`` s."""
+        """SIGTERM the master, wait; SIGKILL the process group after ``STOP_TIMEOUT`` s; remove
+        the temporary directory. Raises nothing."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
@@ -238,7 +247,9 @@ class ServerUnderTest:
 def serving(
     target: str, workers: int, *, unix: bool, udp: bool, extra: list[str]
 ) -> Iterator[ServerUnderTest]:
-    """Start the server under test for one pool size, yield it, and always stop it."""
+    """Start the server under test for one pool size (``workers`` workers; ``extra``: more
+    ``prefork`` flags), yield it, and always stop it. Raises BenchError when it does not
+    start, OSError when it cannot be run."""
     server = ServerUnderTest(target, workers, unix=unix, udp=udp, extra=extra)
     try:
         server.start()
@@ -249,7 +260,8 @@ def serving(
 
 def parse_listening(text: str) -> tuple[Address, str]:
     """The address the master logged (``tcp://H:P``, ``http://H:P``, ``udp://H:P``,
-    ``unix:PATH``, ``unix:PATH (datagram)``) and the protocol it suggests."""
+    ``unix:PATH``, ``unix:PATH (datagram)``) and the protocol it suggests. Raises ValueError
+    for text that is not an address."""
     datagram = text.startswith("udp://") or text.endswith("(datagram)")
     scheme, sep, rest = text.partition("://")
     if sep and scheme == "http":
@@ -269,7 +281,7 @@ class Measured:
 
     load: LoadResult
     window: float
-    per_worker: list[WorkerStats]
+    per_worker: list[WorkerLoad]
     machine_cpu: float
 
 
@@ -300,7 +312,10 @@ def measure(
     start and the end of the measured window.
 
     Bounded: client processes that have not reported ``CLIENT_GRACE`` seconds after the run
-    should have ended are killed, and BenchError is raised.
+    should have ended are killed, and BenchError is raised; so it is when a client process
+    exits without a result. ``worker_pids``: called for the pids to sample; ``scoreboard``:
+    the server's scoreboard file, or None; ``progress(elapsed s, completed)``: called while
+    measuring. Raises OSError when a client process cannot be started.
     """
     shares = [_share(spec, i, clients) for i in range(clients)]
     procs = [ClientProcess(s) for s in shares if s.concurrency > 0]
@@ -338,7 +353,7 @@ def measure(
         total = after.total - before.total
         machine = 100 * (after.busy - before.busy) / total if total > 0 else 0.0
         window = max(1e-9, after.at - before.at)
-        return Measured(merged, window, window_stats(before.workers, after.workers), machine)
+        return Measured(merged, window, window_loads(before.workers, after.workers), machine)
     finally:
         selector.close()
         for proc in procs:
