@@ -454,6 +454,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
     UMASK,
 )
 
+#: The settings the server constructor uses (binding and listening), converted there even
+#: when given as class attributes; the others are converted by ``serve_forever()``.
+CONSTRUCTOR_SETTINGS: tuple[Setting[Any], ...] = (REQUEST_QUEUE_SIZE, UNIX_SOCKET_MODE)
+
 
 def reference_markdown() -> str:
     """Return the settings reference as a Markdown table, grouped by section (for the docs)."""

@@ -59,8 +59,10 @@ class PreforkMixIn(_Base):
       ``graceful_timeout`` (seconds, 30), ``request_queue_size`` (the backlog, 2048; the
       socketserver default of 5 loses connections under any burst), ``proc_name`` (str).
 
-    A bad value raises ValueError from the constructor (or from ``serve_forever()`` for a bad
-    class attribute).
+    A setting given as a class attribute may take any form its flag takes (``workers = "2"``,
+    ``max_worker_memory = "512M"``): it is converted when used. A bad value raises ValueError
+    from the constructor (or from ``serve_forever()`` for a bad class attribute, except those
+    the constructor itself uses, ``request_queue_size`` and ``unix_socket_mode``).
 
     Methods for the caller (in the master): ``serve_forever()``, ``shutdown()``,
     ``handle_request()``, ``server_close()``, and the context-manager protocol.
@@ -106,6 +108,8 @@ class PreforkMixIn(_Base):
         for setting in config.SETTINGS:
             if setting.name in kwargs:
                 setattr(self, setting.name, setting.validate(kwargs.pop(setting.name)))
+        for setting in config.CONSTRUCTOR_SETTINGS:  # used before serve_forever() converts the rest
+            setattr(self, setting.name, setting.validate(getattr(self, setting.name)))
         self.listeners: list[PreforkMixIn] = []
         self._master: Master | None = None
         self._children: set[int] = set()  # handle_request() children
@@ -124,15 +128,17 @@ class PreforkMixIn(_Base):
         from another thread none are, and ``shutdown()`` stops it. On return every worker has
         exited and been reaped.
 
-        Raises ValueError for an invalid setting,
+        Each setting is validated and converted first (a class attribute may be given in any
+        form its flag takes, such as ``workers = "2"`` or ``max_worker_memory = "512M"``); the
+        instance then holds the converted value. Raises ValueError for an invalid setting,
         :class:`~prefork.errors.WorkerBootError` when workers failed to boot repeatedly, and
         :class:`~prefork.errors.PreforkError` when the ``pidfile`` or ``scoreboard_file``
         cannot be written.
         """
         self._is_shut_down.clear()
         try:
-            for setting in config.SETTINGS:
-                setting.validate(getattr(self, setting.name))
+            for setting in config.SETTINGS:  # class attributes may be strings, as flags are
+                setattr(self, setting.name, setting.validate(getattr(self, setting.name)))
             self._master = Master(self, poll_interval)
             if self._shutdown_request:
                 self._master.request_shutdown()
@@ -184,7 +190,7 @@ class PreforkMixIn(_Base):
             self.socket = inherited
             log.info("Using the inherited socket %s (fd %d)", inherited.getsockname(), inherited.fileno())
         super().server_bind()
-        mode = config.UNIX_SOCKET_MODE.validate(self.unix_socket_mode)
+        mode = self.unix_socket_mode
         if inherited is None and mode is not None and self.socket.family == socket.AF_UNIX:
             os.chmod(self.server_address, mode)  # type: ignore[arg-type]
 

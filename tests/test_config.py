@@ -58,3 +58,9 @@ def test_reference_lists_every_setting_and_flag() -> None:
         assert f"`{setting.name}`" in text
         for flag in setting.flags:
             assert f"`{flag}`" in text
+
+
+def test_worker_class_names_are_the_registered_worker_classes() -> None:
+    from prefork.workers import WORKER_CLASSES
+
+    assert tuple(WORKER_CLASSES) == config.WORKER_CLASS_NAMES

@@ -32,6 +32,7 @@ from prefork import (
     PreforkUnixDatagramServer,
     PreforkUnixStreamServer,
     WorkerBootError,
+    config,
     sockets,
 )
 from tests.conftest import address, live_children, request_line, wait_for
@@ -398,3 +399,51 @@ def test_pidfile_and_umask_while_serving(tmp_path: Path) -> None:
     finally:
         os.umask(before)
     assert not pidfile.exists()
+
+
+class SettingsHandler(socketserver.StreamRequestHandler):
+    """Answers with the type and value of every setting, as the worker's server holds them."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        held = {s.name: getattr(self.server, s.name) for s in config.SETTINGS}
+        self.wfile.write(
+            repr(sorted((name, type(v).__name__, v) for name, v in held.items())).encode() + b"\n"
+        )
+
+
+def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tmp_path: Path) -> None:
+    strings = {
+        "workers": "2",
+        "worker_class": "sync",
+        "threads": "3",
+        "accept": "shared",
+        "graceful_timeout": "5",
+        "request_timeout": "20",
+        "max_requests": "1000",
+        "max_requests_jitter": "5",
+        "max_worker_memory": "512M",
+        "scoreboard_file": str(tmp_path / "scoreboard"),
+        "request_queue_size": "64",
+        "socket_timeout": "4",
+        "allow": "127.0.0.0/8,::1",
+        "deny": "10.0.0.0/8",
+        "unix_socket_mode": "600",
+        "proc_name": "strings",
+        "pidfile": str(tmp_path / "pid"),
+        "user": str(os.getuid()),
+        "group": str(os.getgid()),
+        "umask": "022",
+    }
+    assert set(strings) == {s.name for s in config.SETTINGS}, "a new setting needs a string form here"
+    cls = type("StringSettingsServer", (PreforkTCPServer,), dict(strings))
+    server = cls(("127.0.0.1", 0), SettingsHandler)
+    with serving(server, workers=2):
+        answer = request_line(address(server), b"settings\n")  # served: the master did not crash
+        expected = {s.name: s.validate(value) for s, value in ((s, strings[s.name]) for s in config.SETTINGS)}
+        for name, value in expected.items():
+            assert getattr(server, name) == value, name  # the master holds the converted values
+        assert answer.decode().strip() == repr(
+            sorted((name, type(v).__name__, v) for name, v in expected.items())
+        )
+        assert expected["max_worker_memory"] == 512 * 2**20 and expected["workers"] == 2
