@@ -7,11 +7,9 @@ worker) -> dispatch the signals the handlers recorded. Signal handlers only reco
 ``signal.set_wakeup_fd`` wakes the loop. Stop, reload (HUP) and resizing (TTIN/TTOU) only change
 the state the loop converges to: the wanted number of workers, the generation, the stop mode.
 
-Each method here changes who is in the pool or reacts to an event. The bookkeeping is
-elsewhere: the records of the workers and the questions on them in :mod:`prefork.pool`, the
-request timeout and memory checks in :mod:`prefork.watchdog`, the USR2 re-exec in
-:mod:`prefork.upgrade`, the per-worker reuseport sockets in :mod:`prefork.sockets`, the
-worker->master messages in :mod:`prefork.messages`.
+Each method here changes who is in the pool or reacts to an event. The bookkeeping is in
+:mod:`prefork.pool` (records), :mod:`prefork.watchdog` (timeouts, memory),
+:mod:`prefork.upgrade` (USR2), :mod:`prefork.events` (the wait) and :mod:`prefork.process`.
 
 Only our own children are reaped, each by pid (never ``waitpid(-1)``), so other children of
 the process are left to their owners.
@@ -19,32 +17,26 @@ the process are left to their owners.
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
 import math
 import os
-import selectors
 import signal
-import socket
-import threading
 import time
-from collections.abc import Callable, Mapping
-from types import FrameType, MappingProxyType
-
-import setproctitle
 
 from prefork import sockets, systemd, upgrade
 from prefork.config import usable_cpus
 from prefork.contract import PoolServer, pool_servers
-from prefork.errors import PreforkError, WorkerBootError
-from prefork.logs import flush_std_streams, reopen_log_files
-from prefork.messages import BOOT_ERROR, READY, WORKER_EXIT_ERROR, decode_messages, describe_exit, drain
-from prefork.pidfile import Pidfile
+from prefork.errors import WorkerBootError
+from prefork.events import MasterEvents, Message
+from prefork.logs import reopen_log_files
+from prefork.messages import BOOT_ERROR, READY, describe_exit
 from prefork.pool import BootBackoff, Pool, WorkerRecord
+from prefork.process import MasterProcess
 from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.signals import SIGNALS, SignalQueue
+from prefork.spawn import Spawner
 from prefork.watchdog import Watchdog
-from prefork.workers import WORKER_CLASSES, Worker
 
 log = logging.getLogger("prefork")
 
@@ -52,8 +44,6 @@ log = logging.getLogger("prefork")
 FAST_STOP_TIMEOUT = 1.0
 #: Seconds between SIGABRT (request timeout; faulthandler dumps the stack) and SIGKILL.
 ABORT_GRACE = 0.5
-#: Fewest scoreboard slots; there are at least 4 per worker (a reload doubles the pool).
-SCOREBOARD_MIN_SLOTS = 1024
 
 
 class StopMode(enum.Enum):
@@ -61,58 +51,6 @@ class StopMode(enum.Enum):
 
     GRACEFUL = "graceful"  # TERM to workers: finish the request in progress, then exit
     FAST = "fast"  # QUIT to workers: exit now
-
-
-#: The master's signals and the method (``handle_<name>``) that acts on each.
-SIGNALS: Mapping[signal.Signals, str] = MappingProxyType(
-    {
-        signal.SIGTERM: "term",
-        signal.SIGINT: "int",
-        signal.SIGQUIT: "quit",
-        signal.SIGHUP: "hup",
-        signal.SIGTTIN: "ttin",
-        signal.SIGTTOU: "ttou",
-        signal.SIGCHLD: "chld",
-        signal.SIGUSR1: "usr1",
-        signal.SIGUSR2: "usr2",
-    }
-)
-
-_Handler = Callable[[int, FrameType | None], object] | int | None
-
-
-class SignalQueue:
-    """The master's signal handlers: each only appends the signal to :attr:`pending`;
-    ``signal.set_wakeup_fd`` (the write end ``wakeup_fd``) wakes the loop. Installed only in
-    the main thread; :meth:`restore` puts back what was there before."""
-
-    def __init__(self, wakeup_fd: int) -> None:
-        self.wakeup_fd = wakeup_fd
-        #: Signals received and not yet acted on, oldest first.
-        self.pending: collections.deque[int] = collections.deque()
-        self._old_handlers: dict[signal.Signals, _Handler] = {}
-        self._old_wakeup_fd: int | None = None
-
-    def install(self) -> None:
-        """Install the handlers of :data:`SIGNALS` and the wake-up fd (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._old_wakeup_fd = signal.set_wakeup_fd(self.wakeup_fd, warn_on_full_buffer=False)
-        for sig in SIGNALS:
-            self._old_handlers[sig] = signal.signal(sig, self.record)
-
-    def restore(self) -> None:
-        """Put back the handlers and wake-up fd that were there before :meth:`install`."""
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._old_handlers.clear()
-        if self._old_wakeup_fd is not None:
-            signal.set_wakeup_fd(self._old_wakeup_fd)
-            self._old_wakeup_fd = None
-
-    def record(self, signum: int, frame: FrameType | None) -> None:
-        """The signal handler: record the signal; the wake-up fd wakes the loop."""
-        self.pending.append(signum)
 
 
 class Master:
@@ -128,7 +66,6 @@ class Master:
     def __init__(self, server: PoolServer, poll_interval: float = 0.5) -> None:
         self.server = server
         self.poll_interval = poll_interval
-        self.worker_class: type[Worker] = WORKER_CLASSES[server.worker_class]
         #: The pool size the loop converges to (the ``workers`` setting, moved by TTIN/TTOU).
         self.size = server.workers or usable_cpus()
         self.name = server.proc_name or type(server).__name__
@@ -139,31 +76,15 @@ class Master:
         self.stop_mode: StopMode | None = None
         self.halt_reason: str | None = None
         self.announced_generation = -1  # the generation whose readiness was announced
-        self.upgrade_pid = 0  # the new master started by USR2, while it is our child
-        self.upgrade_from = 0  # the old master to stop once our pool is ready (after USR2)
-        self.pidfile = Pidfile(server.pidfile) if server.pidfile else None
+        #: USR2: the new master we started, the old master that started us.
+        self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
-        try:
-            self.scoreboard = Scoreboard(max(SCOREBOARD_MIN_SLOTS, 4 * self.size), server.scoreboard_file)
-        except OSError as exc:
-            raise PreforkError(
-                f"cannot create scoreboard file {server.scoreboard_file}: {exc.strerror or exc}"
-            ) from None
+        self.scoreboard = Scoreboard.for_pool(self.size, server.scoreboard_file)
         self.watchdog = Watchdog(server.request_timeout, server.max_worker_memory, self.scoreboard.read)
-        #: accept="reuseport" in effect: worker K > 0 accepts on its own SO_REUSEPORT sockets.
-        self.reuseport: sockets.ReuseportSockets | None = None
-        self._notify_buffer = b""
-        self._wake_r, self._wake_w = socket.socketpair()
-        self.signals = SignalQueue(self._wake_w.fileno())
-        self._notify_r, self._notify_w = os.pipe()
-        self._master_r, self._master_w = os.pipe()  # workers read EOF when the master is gone
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        os.set_blocking(self._notify_r, False)
-        os.set_blocking(self._notify_w, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._selector.register(self._notify_r, selectors.EVENT_READ, None)
+        #: What the loop waits for: signals, wake-ups, worker messages and exits.
+        self.events = MasterEvents()
+        self.signals = SignalQueue(self.events.wakeup_fd)
+        self.spawner = Spawner(server, self.name, self.scoreboard, self.events, self.pool)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -174,58 +95,31 @@ class Master:
         ``MAX_BOOT_FAILURES`` times in a row (the pool is stopped first), and
         :class:`~prefork.errors.PreforkError` when the pid file cannot be written.
         """
-        self.signals.install()
-        title = setproctitle.getproctitle()
         servers = pool_servers(self.server)
-        timeouts = [server.socket.gettimeout() for server in servers]
-        self.upgrade_from = upgrade.old_master()
+        process = MasterProcess(servers, self.name, self.scoreboard)
+        self.signals.install()
         try:
-            self.start_serving(servers)
+            process.start()
+            if self.server.accept == "reuseport":
+                self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
+            log.info(
+                "Listening at %s with %d %s workers (master pid %d)",
+                ", ".join(sockets.describe(s) for s in servers),
+                self.size,
+                self.server.worker_class,
+                os.getpid(),
+            )
             while self.stop_mode is None:
                 self.server.service_actions()
                 self.wait(self.timeout())
                 self.dispatch_signals()
             self.stop_pool()
         finally:
-            if not self.upgrade_pid:  # else the new master shares the sockets' O_NONBLOCK flag
-                for server, timeout in zip(servers, timeouts, strict=True):
-                    server.socket.settimeout(timeout)  # e.g. for handle_request() after this
-            setproctitle.setproctitle(title)
+            process.stop(restore_sockets=not self.upgrade.new_pid)
             self.signals.restore()
-            if self.pidfile is not None:
-                self.pidfile.remove()
-            for server in servers:
-                server.scoreboard = None
             self.close()
         if self.halt_reason is not None:
             raise WorkerBootError(self.halt_reason)
-
-    def start_serving(self, servers: list[PoolServer]) -> None:
-        """Set the umask, write the pid file, make the listening sockets non-blocking, set
-        up reuseport sockets, title the process and log where it listens. Raises
-        :class:`~prefork.errors.PreforkError` when the pid file cannot be written."""
-        if self.server.umask is not None:
-            os.umask(self.server.umask)
-        if self.pidfile is not None:
-            try:
-                self.pidfile.create()
-            except OSError as exc:
-                raise PreforkError(
-                    f"cannot write pid file {self.pidfile.path}: {exc.strerror or exc}"
-                ) from None
-        for server in servers:
-            server.socket.setblocking(False)  # workers accept without blocking
-            server.scoreboard = self.scoreboard
-        if self.server.accept == "reuseport":
-            self.reuseport = sockets.ReuseportSockets.create(servers)
-        setproctitle.setproctitle(f"prefork: master [{self.name}]")
-        log.info(
-            "Listening at %s with %d %s workers (master pid %d)",
-            ", ".join(sockets.describe(s) for s in servers),
-            self.size,
-            self.server.worker_class,
-            os.getpid(),
-        )
 
     def maintain(self) -> None:
         """Reap exited workers, fork missing ones, retire excess ones, stop those the
@@ -236,17 +130,12 @@ class Master:
             self.spawn_missing()
             self.retire_excess()
             self.announce_ready()
-        self.abort_timed_out()
-        self.recycle_large()
+        self.enforce_limits()
         self.kill_late()
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for a signal, a worker message or a worker's exit."""
-        for key, _ in self._selector.select(timeout):
-            if key.fileobj is self._wake_r:
-                drain(self._wake_r.fileno())
-            elif key.fileobj == self._notify_r:
-                self.read_notifications()
+        self.handle_messages(self.events.wait(timeout))
 
     def timeout(self) -> float:
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
@@ -298,8 +187,8 @@ class Master:
         """TTOU: one worker fewer (the highest-numbered retires), never below 1."""
         if self.size > 1:
             self.size -= 1
-            if self.reuseport is not None:
-                self.reuseport.close_from(self.size)  # the retiring worker's copy stays open
+            if self.spawner.reuseport is not None:
+                self.spawner.reuseport.close_from(self.size)  # the retiring worker's copy stays open
             log.info("Received SIGTTOU, decreasing the pool to %d worker(s).", self.size)
         else:
             log.info("Received SIGTTOU, but the pool is at its minimum of 1 worker.")
@@ -317,19 +206,11 @@ class Master:
     def handle_usr2(self) -> None:
         """USR2: zero-downtime upgrade; a new master, started with our listening sockets,
         boots its pool, then stops this master (TERM). See :mod:`prefork.upgrade`."""
-        if self.upgrade_pid:
-            log.warning(
-                "Received SIGUSR2, but an upgrade (new master pid %d) is in progress.", self.upgrade_pid
-            )
-        elif os.getpid() == 1:
-            log.warning("Received SIGUSR2, but a master running as PID 1 cannot be replaced; ignored.")
-        else:
-            self.upgrade_pid = upgrade.start_new_master([s.fileno() for s in pool_servers(self.server)])
-            log.info("Received SIGUSR2, upgrading: started a new master (pid %d).", self.upgrade_pid)
+        self.upgrade.start([server.fileno() for server in pool_servers(self.server)])
 
     def stop(self, mode: StopMode) -> None:
         """Ask for the pool to stop; FAST overrides a GRACEFUL stop in progress."""
-        if self.stop_mode is None and not self.upgrade_pid:  # else the new master is the service
+        if self.stop_mode is None and not self.upgrade.new_pid:  # else the new master is the service
             systemd.notify("STOPPING=1", "STATUS=Stopping")
         if self.stop_mode is None or mode is StopMode.FAST:
             self.stop_mode = mode
@@ -337,14 +218,7 @@ class Master:
     def request_shutdown(self) -> None:
         """Stop gracefully, as TERM does. Thread-safe: called by ``server.shutdown()``."""
         self.stop(StopMode.GRACEFUL)
-        self.wakeup()
-
-    def wakeup(self) -> None:
-        """Wake the loop from another thread."""
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (the loop will wake anyway) or closed (the loop is over)
-            pass
+        self.events.wakeup()
 
     # -- who is in the pool ------------------------------------------------------------------
 
@@ -354,81 +228,7 @@ class Master:
         if self.boot_backoff.waiting(time.monotonic()):
             return
         for number in self.pool.missing(self.size, self.generation):
-            self.spawn(number)
-
-    def spawn(self, number: int) -> WorkerRecord:
-        """Fork worker ``number`` of the current generation; return the master's record of it.
-
-        The worker object is built in the child, after the fork; the child runs it and
-        leaves with ``os._exit``: it never returns here.
-        """
-        slot = self.scoreboard.assign(number, self.generation)
-        if slot is None:  # cannot happen while TTIN keeps the pool within capacity / 4
-            raise RuntimeError("no free scoreboard slot")
-        max_requests = self.server.max_requests
-        if max_requests:
-            import random  # here: importing it costs a reseed in every forked worker
-
-            max_requests += random.randint(0, self.server.max_requests_jitter)
-        flush_std_streams()  # else the child inherits unwritten output
-        own = self.reuseport.for_worker(number) if self.reuseport is not None else None
-        record = WorkerRecord(number, self.generation, slot, spawned_at=time.monotonic())
-        pid = os.fork()
-        if pid == 0:  # the worker
-            status = WORKER_EXIT_ERROR
-            try:
-                self.close_in_worker(own)
-                worker = self.worker_class(
-                    self.server,
-                    number,
-                    record.generation,
-                    self.name,
-                    self._notify_w,
-                    self._master_r,
-                    self.scoreboard,
-                    slot,
-                    max_requests,
-                )
-                status = worker.run()
-            except SystemExit as exc:
-                status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
-            except BaseException:
-                log.exception("Worker %d (pid %d) crashed", number, os.getpid())
-            finally:
-                flush_std_streams()
-                os._exit(status)
-        record.pid = pid
-        self.scoreboard.set_pid(slot, pid)
-        if hasattr(os, "pidfd_open"):
-            try:
-                record.pidfd = os.pidfd_open(pid)
-                self._selector.register(record.pidfd, selectors.EVENT_READ, None)
-            except OSError:  # kernel < 5.3: SIGCHLD and poll_interval wake the loop instead
-                record.pidfd = -1
-        self.pool.add(record)
-        log.debug("Booting worker %d (pid %d, generation %d)", number, pid, self.generation)
-        return record
-
-    def close_in_worker(self, own: list[socket.socket] | None = None) -> None:
-        """In a freshly forked worker, drop what belongs to the master. With ``own`` (the
-        worker's reuseport sockets, one per server), each server's ``socket`` becomes its
-        own one, and the copies of the other sockets are closed."""
-        if own is not None:
-            for server, sock in zip(pool_servers(self.server), own, strict=True):
-                if server.socket is not sock:
-                    server.socket.close()
-                    server.socket = sock
-        if self.reuseport is not None:
-            self.reuseport.close_others(own)
-        signal.set_wakeup_fd(-1)
-        self._selector.close()
-        for record in self.pool:
-            if record.pidfd >= 0:
-                os.close(record.pidfd)
-        self._wake_r.close()
-        self._wake_w.close()
-        os.close(self._notify_r)
-        os.close(self._master_w)
+            self.pool.add(self.spawner.spawn(number, self.generation))
 
     def retire_excess(self) -> None:
         """Gracefully stop workers of an old generation once their replacement is ready
@@ -449,26 +249,20 @@ class Master:
             _kill(record.pid, signal.SIGKILL)
             record.killed = True
 
-    def abort_timed_out(self) -> None:
-        """SIGABRT each worker the watchdog finds over ``request_timeout`` (busy on one
-        request, or booting); faulthandler dumps its stack, and it gets SIGKILL
-        ``ABORT_GRACE`` seconds later if still alive. Idle workers are never killed."""
-        for record, reason in self.watchdog.timed_out(self.pool, time.monotonic()):
+    def enforce_limits(self) -> None:
+        """Stop the workers the watchdog names. Over ``request_timeout`` (busy on one
+        request, or booting): SIGABRT, so faulthandler dumps its stack, and SIGKILL
+        ``ABORT_GRACE`` seconds later if still alive. Over ``max_worker_memory``: a graceful
+        stop (it finishes its request). Idle workers are never killed."""
+        now = time.monotonic()
+        for record, reason in self.watchdog.timed_out(self.pool, now):
             if not record.booted:
                 record.boot_error = f"worker {reason} (request_timeout)"
-            log.error(
-                "Worker %d (pid %d) %s; aborting it (SIGABRT dumps its stack)",
-                record.number,
-                record.pid,
-                reason,
-            )
+            number, pid = record.number, record.pid
+            log.error("Worker %d (pid %d) %s; aborting it (SIGABRT dumps its stack)", number, pid, reason)
             record.aborted = True
             self.stop_worker(record, signal.SIGABRT, ABORT_GRACE)
-
-    def recycle_large(self) -> None:
-        """Gracefully replace the workers the watchdog finds over ``max_worker_memory``
-        (checked about once a second): each finishes its request."""
-        for record, reason in self.watchdog.too_large(self.pool, time.monotonic()):
+        for record, reason in self.watchdog.too_large(self.pool, now):
             log.warning("Worker %d (pid %d) %s; recycling it", record.number, record.pid, reason)
             self.stop_worker(record, signal.SIGTERM, self.server.graceful_timeout)
 
@@ -477,8 +271,7 @@ class Master:
     def reap(self) -> None:
         """Collect our exited workers (and a new master of USR2 that exited), by pid, and
         account for boot failures."""
-        if self.upgrade_pid:
-            self.reap_new_master()
+        self.upgrade.reap()
         for record in self.pool:
             try:
                 pid, status = os.waitpid(record.pid, os.WNOHANG)
@@ -486,7 +279,7 @@ class Master:
                 pid, status = record.pid, 0
             if pid:
                 # What the worker wrote before it exited (READY, BOOT_ERROR) is in the pipe now.
-                self.read_notifications()
+                self.handle_messages(self.events.read_messages())
                 stats = self.scoreboard.read(record.slot)
                 self.forget(record)
                 self.exited(record, os.waitstatus_to_exitcode(status), stats.state, stats.requests)
@@ -506,34 +299,15 @@ class Master:
         else:
             log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
 
-    def reap_new_master(self) -> None:
-        """Collect the new master of a USR2 upgrade if it exited before taking over."""
-        try:
-            pid, status = os.waitpid(self.upgrade_pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = self.upgrade_pid, 0
-        if pid:
-            how = describe_exit(os.waitstatus_to_exitcode(status))
-            log.error("The new master (pid %d) %s before taking over; still serving.", pid, how)
-            self.upgrade_pid = 0
-
     def forget(self, record: WorkerRecord) -> None:
         """Drop a reaped worker's record, its pidfd and its scoreboard slot."""
         self.pool.remove(record)
         self.scoreboard.release(record.slot)
-        if record.pidfd >= 0:
-            self._selector.unregister(record.pidfd)
-            os.close(record.pidfd)
-            record.pidfd = -1
+        self.events.unwatch(record.pidfd)
+        record.pidfd = -1
 
-    def read_notifications(self) -> None:
-        """Read the workers' messages: READY marks a worker booted, BOOT_ERROR its cause."""
-        try:
-            while chunk := os.read(self._notify_r, 65536):
-                self._notify_buffer += chunk
-        except BlockingIOError:
-            pass
-        messages, self._notify_buffer = decode_messages(self._notify_buffer)
+    def handle_messages(self, messages: list[Message]) -> None:
+        """Act on the workers' messages: READY marks a worker booted, BOOT_ERROR its cause."""
         for kind, pid, text in messages:
             record = self.pool.get(pid)
             if record is None:
@@ -581,12 +355,7 @@ class Master:
         status = f"STATUS=Serving with {self.size} workers"
         if self.generation:
             log.info("Reload complete: %d new workers are serving.", self.size)
-        if self.upgrade_from:
-            log.info("Upgrade: the pool is ready; stopping the old master (pid %d).", self.upgrade_from)
-            systemd.notify(f"MAINPID={os.getpid()}", "READY=1", status)
-            _kill(self.upgrade_from, signal.SIGTERM)
-            self.upgrade_from = 0
-        else:
+        if not self.upgrade.take_over(status):
             systemd.notify("READY=1", status)
 
     # -- stopping ----------------------------------------------------------------------------
@@ -615,13 +384,9 @@ class Master:
     def close(self) -> None:
         """Release the master's descriptors and the scoreboard (the pool must be stopped)."""
         self.scoreboard.close()
-        if self.reuseport is not None:
-            self.reuseport.close()
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        for fd in (self._notify_r, self._notify_w, self._master_r, self._master_w):
-            os.close(fd)
+        if self.spawner.reuseport is not None:
+            self.spawner.reuseport.close()
+        self.events.close()
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:

@@ -31,8 +31,12 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from prefork.errors import PreforkError
+
 #: Bytes per worker slot, and of the header before the first slot.
 SLOT_SIZE = 64
+#: Fewest slots of a pool's scoreboard (:meth:`Scoreboard.for_pool`).
+POOL_MIN_SLOTS = 1024
 HEADER_SIZE = 64
 MAGIC = b"PFSB"
 VERSION = 1
@@ -128,6 +132,17 @@ class Scoreboard:
             finally:
                 os.close(fd)
         _HEADER.pack_into(self._memory, 0, MAGIC, VERSION, SLOT_SIZE, capacity)
+
+    @classmethod
+    def for_pool(cls, workers: int, path: str | None = None) -> Scoreboard:
+        """A new scoreboard for a pool of ``workers``: :data:`POOL_MIN_SLOTS` slots, or 4 per
+        worker if more (a reload doubles the pool for a while; TTIN grows it up to a quarter
+        of the slots). ``path`` as for the constructor. Runs in the master. Raises
+        :class:`~prefork.errors.PreforkError` when the file cannot be created."""
+        try:
+            return cls(max(POOL_MIN_SLOTS, 4 * workers), path)
+        except OSError as exc:
+            raise PreforkError(f"cannot create scoreboard file {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def open(cls, path: str) -> Scoreboard:

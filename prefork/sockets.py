@@ -315,9 +315,15 @@ class ReuseportSockets:
         """Close every copy (the pool stopped)."""
         self.close_from(0)
 
-    def close_others(self, own: list[socket.socket] | None) -> None:
-        """In a freshly forked worker: close the copies that are not ``own`` (its own
-        sockets, or None for a worker sharing worker 0's)."""
+    def use_in_worker(self, own: list[socket.socket] | None) -> None:
+        """In a freshly forked worker: with ``own`` (its sockets, one per server, from
+        :meth:`for_worker`), each server's ``socket`` becomes its own one; the copies that
+        are not its own are closed (all of them for a worker sharing worker 0's: None)."""
+        if own is not None:
+            for server, sock in zip(self.servers, own, strict=True):
+                if server.socket is not sock:
+                    server.socket.close()
+                    server.socket = sock
         for socks in self._copies.values():
             for sock in socks:
                 if own is None or sock not in own:

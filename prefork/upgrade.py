@@ -13,12 +13,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from prefork import systemd
 from prefork.logs import flush_std_streams
-from prefork.messages import WORKER_EXIT_ERROR
+from prefork.messages import WORKER_EXIT_ERROR, describe_exit
 
 log = logging.getLogger("prefork")
 
@@ -68,3 +69,56 @@ def upgrading() -> bool:
     """Whether this process is a new master started by USR2 (before :func:`old_master`
     consumed the variable): its listening sockets are the old master's, not ``--bind``'s."""
     return UPGRADE_FROM_ENV in os.environ
+
+
+class Upgrade:
+    """The master's side of USR2 upgrades. Created and used in the master.
+
+    :attr:`new_pid` is the new master this one started, while it is our child (0: none);
+    :attr:`old_pid` the old master that started this one, to stop once our pool is ready
+    (0: none; read by :func:`old_master` when created).
+    """
+
+    def __init__(self) -> None:
+        self.new_pid = 0
+        self.old_pid = old_master()
+
+    def start(self, fds: Sequence[int]) -> None:
+        """USR2: start a new master with the listening sockets ``fds``, unless an upgrade is
+        in progress or this master is PID 1 (which cannot be replaced); logs what it does."""
+        if self.new_pid:
+            log.warning("Received SIGUSR2, but an upgrade (new master pid %d) is in progress.", self.new_pid)
+        elif os.getpid() == 1:
+            log.warning("Received SIGUSR2, but a master running as PID 1 cannot be replaced; ignored.")
+        else:
+            self.new_pid = start_new_master(fds)
+            log.info("Received SIGUSR2, upgrading: started a new master (pid %d).", self.new_pid)
+
+    def reap(self) -> None:
+        """Collect the new master if it exited before taking over (logged: this master
+        serves on). It is waited for by pid only."""
+        if not self.new_pid:
+            return
+        try:
+            pid, status = os.waitpid(self.new_pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.new_pid, 0
+        if pid:
+            how = describe_exit(os.waitstatus_to_exitcode(status))
+            log.error("The new master (pid %d) %s before taking over; still serving.", pid, how)
+            self.new_pid = 0
+
+    def take_over(self, status: str) -> bool:
+        """Our pool is ready: tell the service manager this process is the main one
+        (``MAINPID``, ``READY=1``, ``status``) and stop the old master (TERM). False when
+        this master was not started by an upgrade (nothing done)."""
+        if not self.old_pid:
+            return False
+        log.info("Upgrade: the pool is ready; stopping the old master (pid %d).", self.old_pid)
+        systemd.notify(f"MAINPID={os.getpid()}", "READY=1", status)
+        try:
+            os.kill(self.old_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.old_pid = 0
+        return True

@@ -20,15 +20,23 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from time import monotonic
 from types import FrameType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import setproctitle
 
 from prefork.contract import pool_servers
-from prefork.logs import reopen_log_files
-from prefork.messages import BOOT_ERROR, READY, WORKER_BOOT_ERROR, WORKER_EXIT_OK, send_message
+from prefork.logs import flush_std_streams, reopen_log_files
+from prefork.messages import (
+    BOOT_ERROR,
+    READY,
+    WORKER_BOOT_ERROR,
+    WORKER_EXIT_ERROR,
+    WORKER_EXIT_OK,
+    send_message,
+)
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.workers.waiting import ListenerWaiter
 
@@ -126,6 +134,41 @@ class Worker:
         # The scoreboard writes of the request path, bound to the slot.
         self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
 
+    @classmethod
+    def run_forked(
+        cls,
+        prepare: Callable[[], object],
+        server: PoolServer,
+        number: int,
+        generation: int,
+        name: str,
+        notify_fd: int,
+        master_fd: int,
+        scoreboard: Scoreboard,
+        slot: int,
+        max_requests: int = 0,
+    ) -> NoReturn:
+        """The worker process's entry point, called by the master in the child right after
+        the fork: ``prepare()`` (drop the master's descriptors), then build the worker (the
+        other arguments are :class:`Worker`'s) and :meth:`run` it. Never returns: the child
+        leaves with ``os._exit`` and the status of :meth:`run` (an int ``SystemExit`` code;
+        :data:`~prefork.messages.WORKER_EXIT_ERROR` after an exception, which is logged), as
+        ``ForkingMixIn.process_request``'s child does."""
+        status = WORKER_EXIT_ERROR
+        try:
+            prepare()
+            worker = cls(
+                server, number, generation, name, notify_fd, master_fd, scoreboard, slot, max_requests
+            )
+            status = worker.run()
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
+        except BaseException:
+            log.exception("Worker %d (pid %d) crashed", number, os.getpid())
+        finally:
+            flush_std_streams()
+            os._exit(status)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.number} pid={self.pid} gen={self.generation}>"
 
@@ -170,22 +213,8 @@ class Worker:
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}] booting")
         for server in self.servers:
             server.worker = self
-        self.switch_user()
+        switch_user(self.server.user, self.server.group)
         self.server.post_fork(self)
-
-    def switch_user(self) -> None:
-        """Switch to the server's ``group`` and ``user`` settings (gid first, with the user's
-        supplementary groups). Runs in the worker. Raises PermissionError if not allowed."""
-        user, group = self.server.user, self.server.group
-        if group is not None:
-            os.setgid(group)
-        if user is not None:
-            if group is None:
-                group = pwd_gid(user)
-                os.setgid(group)
-            name = pwd_name(user)
-            os.setgroups(os.getgrouplist(name, group) if name is not None else [group])
-            os.setuid(user)
 
     def init_signals(self) -> None:
         """Install the worker's signal handlers. Runs in the worker. May be extended.
@@ -366,6 +395,21 @@ class Worker:
                 self.requests,
             )
             self.alive = False
+
+
+def switch_user(user: int | None, group: int | None) -> None:
+    """Switch this process to ``group`` and ``user`` (ids; None: keep), gid first, with the
+    user's supplementary groups (as gunicorn's user and group settings). Runs in a worker,
+    after the fork. Raises PermissionError if not allowed."""
+    if group is not None:
+        os.setgid(group)
+    if user is not None:
+        if group is None:
+            group = pwd_gid(user)
+            os.setgid(group)
+        name = pwd_name(user)
+        os.setgroups(os.getgrouplist(name, group) if name is not None else [group])
+        os.setuid(user)
 
 
 def pwd_gid(uid: int) -> int:

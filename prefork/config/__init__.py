@@ -3,25 +3,38 @@
 Every setting of a prefork server is one :class:`Setting` in :data:`SETTINGS`. That one
 declaration gives the server class attribute's default, the keyword-only constructor argument
 (validated by :meth:`Setting.convert`), the ``prefork`` command-line flag and the reference
-table in the docs (``python -m prefork.config`` prints it as Markdown).
+table in the docs (``python -m prefork.config`` prints it as Markdown). The converters that
+validate the values are in :mod:`prefork.config.convert`.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-if TYPE_CHECKING:
-    import ipaddress
+from prefork.config.convert import (
+    WORKER_CLASS_NAMES,
+    byte_size,
+    choice,
+    networks,
+    non_negative_float,
+    non_negative_int,
+    optional_group,
+    optional_octal,
+    optional_positive_int,
+    optional_str,
+    optional_user,
+    positive_int,
+    worker_class_name,
+)
 
-    #: An IPv4 or IPv6 network, as in the allow and deny settings.
-    Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+if TYPE_CHECKING:
+    from prefork.config.convert import Network
 
 T = TypeVar("T")
+
+__all__ = ["SETTINGS", "WORKER_CLASS_NAMES", "Network", "Setting", "reference_markdown", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -30,147 +43,6 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def positive_int(value: Any) -> int:
-    """Convert ``value`` to an int >= 1; raise ValueError otherwise."""
-    number = _number(value, int)
-    if number < 1:
-        raise ValueError(f"must be a positive integer, got {value!r}")
-    return number
-
-
-def optional_positive_int(value: Any) -> int | None:
-    """Like :func:`positive_int`, but None (or the string ``auto``) passes as None."""
-    if value is None or value == "auto":
-        return None
-    return positive_int(value)
-
-
-def non_negative_float(value: Any) -> float:
-    """Convert ``value`` to a float >= 0; raise ValueError otherwise."""
-    number = _number(value, float)
-    if not number >= 0:  # also rejects NaN
-        raise ValueError(f"must be a number >= 0, got {value!r}")
-    return number
-
-
-def non_negative_int(value: Any) -> int:
-    """Convert ``value`` to an int >= 0; raise ValueError otherwise."""
-    number = _number(value, int)
-    if number < 0:
-        raise ValueError(f"must be an integer >= 0, got {value!r}")
-    return number
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def byte_size(value: Any) -> int:
-    """Convert a size in bytes to an int >= 0: an int, or a string with an optional binary
-    suffix (``512M``, ``1G``, ``64KiB``: K = 1024 bytes); raise ValueError otherwise."""
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match is None:
-            raise ValueError(f"must be a size in bytes such as 1073741824 or 1G, got {value!r}")
-        return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))
-    return non_negative_int(value)
-
-
-def optional_octal(value: Any) -> int | None:
-    """Pass None through; convert an int or an octal string (``0o660``, ``660``) to an int in
-    0..0o777; raise ValueError otherwise."""
-    if value is None:
-        return None
-    try:
-        number = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value), 8)
-    except ValueError:
-        raise ValueError(f"must be an octal mode such as 0o660, got {value!r}") from None
-    if not 0 <= number <= 0o777:
-        raise ValueError(f"must be an octal mode in 0..0o777, got {value!r}")
-    return number
-
-
-def networks(value: Any) -> tuple[Network, ...]:
-    """Convert CIDR networks (a comma-separated string, or an iterable of strings or
-    networks; a bare address is a /32 or /128) to a tuple; raise ValueError otherwise."""
-    import ipaddress  # here: only servers with allow or deny pay for importing it
-
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        return tuple(
-            ipaddress.ip_network(str(item).strip(), strict=False) for item in items if str(item).strip()
-        )
-    except ValueError as exc:
-        raise ValueError(f"must be CIDR networks such as 10.0.0.0/8,::1, got {value!r} ({exc})") from None
-
-
-def optional_user(value: Any) -> int | None:
-    """Pass None through; convert a user name or numeric uid to a uid; raise ValueError for
-    an unknown user."""
-    if value is None:
-        return None
-    return _id(value, pwd.getpwnam, "user")
-
-
-def optional_group(value: Any) -> int | None:
-    """Pass None through; convert a group name or numeric gid to a gid; raise ValueError for
-    an unknown group."""
-    if value is None:
-        return None
-    return _id(value, grp.getgrnam, "group")
-
-
-def _id(value: Any, lookup: Callable[[str], Any], kind: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif str(value).isdigit():
-        number = int(str(value))
-    else:
-        try:
-            return int(lookup(str(value))[2])
-        except KeyError:
-            raise ValueError(f"must name an existing {kind}, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"must be a {kind} name or a numeric id >= 0, got {value!r}")
-    return number
-
-
-def optional_str(value: Any) -> str | None:
-    """Pass None through; convert anything else to a non-empty str."""
-    if value is None:
-        return None
-    text = str(value)
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def choice(value: Any, choices: tuple[str, ...]) -> str:
-    """Check that ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-#: The names the ``worker_class`` setting takes: the keys of
-#: :data:`prefork.workers.WORKER_CLASSES` (a test keeps them equal; this module imports
-#: nothing of prefork, so the names are listed here).
-WORKER_CLASS_NAMES = ("sync", "thread")
-
-
-def worker_class_name(value: Any) -> str:
-    """Check that ``value`` names a worker class (:data:`WORKER_CLASS_NAMES`)."""
-    return choice(value, WORKER_CLASS_NAMES)
-
-
-def _number(value: Any, kind: Callable[[Any], T]) -> T:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be a number, got {value!r}") from None
 
 
 class Setting(NamedTuple, Generic[T]):
@@ -470,7 +342,3 @@ def reference_markdown() -> str:
                 lines.append(f"| `{s.name}` | {flags} | `{s.default!r}` | {s.help} |")
         lines.append("")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(reference_markdown())

@@ -1,0 +1,69 @@
+"""The master process around the pool: what it sets up to serve, and puts back after.
+
+Its title (``prefork: master [NAME]``), the umask, the pid file, and the listening sockets
+(non-blocking, so that workers accept without blocking, with the pool's scoreboard on each
+server). :class:`MasterProcess` does it when the pool starts and undoes it when it stops, so
+that a server can serve again, or handle a request with ``handle_request()``, after
+``serve_forever()`` returned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import setproctitle
+
+from prefork.contract import PoolServer
+from prefork.errors import PreforkError
+from prefork.pidfile import Pidfile
+from prefork.scoreboard import Scoreboard
+
+
+class MasterProcess:
+    """Sets up and puts back the master process's surroundings for ``servers`` (the pool's
+    servers, the first one's settings apply: ``umask``, ``pidfile``), titled with ``name``,
+    sharing ``scoreboard``. Used by the master, in the master."""
+
+    def __init__(self, servers: Sequence[PoolServer], name: str, scoreboard: Scoreboard) -> None:
+        self.servers = list(servers)
+        self.name = name
+        self.scoreboard = scoreboard
+        self.pidfile = Pidfile(servers[0].pidfile) if servers[0].pidfile else None
+        self._title = ""
+        self._timeouts: list[float | None] = []
+
+    def start(self) -> None:
+        """Set the umask, write the pid file, make the listening sockets non-blocking, give
+        each server the scoreboard and title the process. Raises
+        :class:`~prefork.errors.PreforkError` when the pid file cannot be written."""
+        self._title = setproctitle.getproctitle()
+        self._timeouts = [server.socket.gettimeout() for server in self.servers]
+        umask = self.servers[0].umask
+        if umask is not None:
+            os.umask(umask)
+        if self.pidfile is not None:
+            try:
+                self.pidfile.create()
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise PreforkError(f"cannot write pid file {self.pidfile.path}: {reason}") from None
+        for server in self.servers:
+            server.socket.setblocking(False)  # workers accept without blocking
+            server.scoreboard = self.scoreboard
+        setproctitle.setproctitle(f"prefork: master [{self.name}]")
+
+    def stop(self, *, restore_sockets: bool = True) -> None:
+        """Put back the title, the sockets' timeouts (unless ``restore_sockets`` is False:
+        after a USR2 upgrade the new master shares their O_NONBLOCK flag), remove the pid
+        file (if it still holds our pid) and take the scoreboard off the servers. Safe to
+        call after a :meth:`start` that raised."""
+        if restore_sockets and self._timeouts:
+            for server, timeout in zip(self.servers, self._timeouts, strict=True):
+                server.socket.settimeout(timeout)  # e.g. for handle_request() after this
+        if self._title:
+            setproctitle.setproctitle(self._title)
+        if self.pidfile is not None:
+            self.pidfile.remove()
+        for server in self.servers:
+            server.scoreboard = None

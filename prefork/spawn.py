@@ -1,0 +1,105 @@
+"""Forking a worker: the master's side of a worker's birth.
+
+The master decides which workers to fork (:meth:`Master.spawn_missing
+<prefork.master.Master.spawn_missing>`); :class:`Spawner` forks one: a scoreboard slot, the
+``max_requests`` jitter, the fork itself, the child's entry (it drops the master's
+descriptors, then builds and runs the worker object: :meth:`Worker.run_forked
+<prefork.workers.base.Worker.run_forked>`, which never returns) and, in the master, the
+record of the new process and the pidfd that wakes the loop when it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+
+from prefork.contract import PoolServer
+from prefork.events import MasterEvents
+from prefork.logs import flush_std_streams
+from prefork.pool import WorkerRecord
+from prefork.scoreboard import Scoreboard
+from prefork.sockets import ReuseportSockets
+from prefork.workers import WORKER_CLASSES, Worker
+
+log = logging.getLogger("prefork")
+
+
+class Spawner:
+    """Forks the workers of ``server``'s pool, titled with ``name``, sharing ``scoreboard``
+    and reporting through ``events``. ``records`` are the master's records of the live
+    workers (their pidfds are closed in each new worker). Used by the master, in the master.
+    """
+
+    def __init__(
+        self,
+        server: PoolServer,
+        name: str,
+        scoreboard: Scoreboard,
+        events: MasterEvents,
+        records: Iterable[WorkerRecord],
+    ) -> None:
+        self.server = server
+        #: The worker class of the ``worker_class`` setting.
+        self.worker_class: type[Worker] = WORKER_CLASSES[server.worker_class]
+        self.name = name
+        self.scoreboard = scoreboard
+        self.events = events
+        self.records = records
+        #: The per-worker sockets of ``accept = "reuseport"`` (set by the master), or None.
+        self.reuseport: ReuseportSockets | None = None
+
+    def spawn(self, number: int, generation: int) -> WorkerRecord:
+        """Fork worker ``number`` of ``generation``; return the master's record of it (its
+        pid and pidfd set). Raises RuntimeError when the scoreboard has no free slot (the
+        master keeps the pool within a quarter of the slots, so it cannot happen) and
+        OSError when fork() fails.
+
+        The worker object is built in the child, after the fork; the child runs it and
+        leaves with ``os._exit``: it never returns here.
+        """
+        slot = self.scoreboard.assign(number, generation)
+        if slot is None:
+            raise RuntimeError("no free scoreboard slot")
+        max_requests = self.server.max_requests
+        if max_requests:
+            import random  # here: importing it costs a reseed in every forked worker
+
+            max_requests += random.randint(0, self.server.max_requests_jitter)
+        flush_std_streams()  # else the child inherits unwritten output
+        reuseport = self.reuseport
+        own = reuseport.for_worker(number) if reuseport is not None else None
+        record = WorkerRecord(number, generation, slot, spawned_at=time.monotonic())
+        events = self.events
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            self.worker_class.run_forked(
+                lambda: self.close_in_worker(own),
+                self.server,
+                number,
+                generation,
+                self.name,
+                events.notify_w,
+                events.master_r,
+                self.scoreboard,
+                slot,
+                max_requests,
+            )
+        record.pid = pid
+        record.pidfd = events.watch(pid)
+        self.scoreboard.set_pid(slot, pid)
+        log.debug("Booting worker %d (pid %d, generation %d)", number, pid, generation)
+        return record
+
+    def close_in_worker(self, own: list[socket.socket] | None) -> None:
+        """In a freshly forked worker, drop what belongs to the master: its signal wake-up
+        fd, its descriptors (:meth:`MasterEvents.close_in_worker
+        <prefork.events.MasterEvents.close_in_worker>`) and the other workers' reuseport
+        sockets; with reuseport, the worker accepts on ``own``, its sockets."""
+        if self.reuseport is not None:
+            self.reuseport.use_in_worker(own)
+        signal.set_wakeup_fd(-1)
+        self.events.close_in_worker(record.pidfd for record in self.records)
