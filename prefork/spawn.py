@@ -3,8 +3,8 @@
 The master decides which workers to fork (:meth:`Master.spawn_missing
 <prefork.master.Master.spawn_missing>`); :class:`Spawner` forks one: a scoreboard slot, the
 ``max_requests`` jitter, the fork itself, the child's entry (it drops the master's
-descriptors, then builds and runs the worker object: :meth:`Worker.run_forked
-<prefork.workers.base.Worker.run_forked>`, which never returns) and, in the master, the
+descriptors, then builds and runs the worker object in
+:func:`~prefork.workers.base.run_forked`, which never returns) and, in the master, the
 record of the new process and the pidfd that wakes the loop when it exits.
 """
 
@@ -24,6 +24,7 @@ from prefork.pool import WorkerRecord
 from prefork.scoreboard import Scoreboard
 from prefork.sockets import ReuseportSockets
 from prefork.workers import WORKER_CLASSES, Worker
+from prefork.workers.base import run_forked
 
 log = logging.getLogger("prefork")
 
@@ -76,17 +77,20 @@ class Spawner:
         events = self.events
         pid = os.fork()
         if pid == 0:  # the worker: never returns
-            self.worker_class.run_forked(
-                lambda: self.close_in_worker(own),
-                self.server,
+            run_forked(
                 number,
-                generation,
-                self.name,
-                events.notify_w,
-                events.master_r,
-                self.scoreboard,
-                slot,
-                max_requests,
+                lambda: self.close_in_worker(own),
+                lambda: self.worker_class(
+                    self.server,
+                    number,
+                    generation,
+                    self.name,
+                    events.notify_w,
+                    events.master_r,
+                    self.scoreboard,
+                    slot,
+                    max_requests,
+                ),
             )
         record.pid = pid
         record.pidfd = events.watch(pid)

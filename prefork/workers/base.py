@@ -134,41 +134,6 @@ class Worker:
         # The scoreboard writes of the request path, bound to the slot.
         self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
 
-    @classmethod
-    def run_forked(
-        cls,
-        prepare: Callable[[], object],
-        server: PoolServer,
-        number: int,
-        generation: int,
-        name: str,
-        notify_fd: int,
-        master_fd: int,
-        scoreboard: Scoreboard,
-        slot: int,
-        max_requests: int = 0,
-    ) -> NoReturn:
-        """The worker process's entry point, called by the master in the child right after
-        the fork: ``prepare()`` (drop the master's descriptors), then build the worker (the
-        other arguments are :class:`Worker`'s) and :meth:`run` it. Never returns: the child
-        leaves with ``os._exit`` and the status of :meth:`run` (an int ``SystemExit`` code;
-        :data:`~prefork.messages.WORKER_EXIT_ERROR` after an exception, which is logged), as
-        ``ForkingMixIn.process_request``'s child does."""
-        status = WORKER_EXIT_ERROR
-        try:
-            prepare()
-            worker = cls(
-                server, number, generation, name, notify_fd, master_fd, scoreboard, slot, max_requests
-            )
-            status = worker.run()
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
-        except BaseException:
-            log.exception("Worker %d (pid %d) crashed", number, os.getpid())
-        finally:
-            flush_std_streams()
-            os._exit(status)
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.number} pid={self.pid} gen={self.generation}>"
 
@@ -395,6 +360,26 @@ class Worker:
                 self.requests,
             )
             self.alive = False
+
+
+def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:
+    """The entry point of worker ``number``'s process, called by the master in the child right
+    after the fork: ``prepare()`` (drop the master's descriptors), then ``build()`` the worker
+    object and :meth:`~Worker.run` it. Never returns: the child leaves with ``os._exit`` and the
+    status of :meth:`~Worker.run` (an int ``SystemExit`` code;
+    :data:`~prefork.messages.WORKER_EXIT_ERROR` after an exception, which is logged), as
+    ``ForkingMixIn.process_request``'s child does, so it never unwinds into master code."""
+    status = WORKER_EXIT_ERROR
+    try:
+        prepare()
+        status = build().run()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
+    except BaseException:
+        log.exception("Worker %d (pid %d) crashed", number, os.getpid())
+    finally:
+        flush_std_streams()
+        os._exit(status)
 
 
 def switch_user(user: int | None, group: int | None) -> None:
