@@ -1,6 +1,6 @@
-"""``signal-table`` directive: the master's signals, checked against ``prefork.master``.
+"""``signal-table`` directive: the master's signals, checked against ``prefork.signals`` and ``prefork.master``.
 
-The rows come from :data:`prefork.master.SIGNALS` (signal -> ``Master.handle_<name>``), in its
+The rows come from :data:`prefork.signals.SIGNALS` (signal -> ``Master.handle_<name>``), in its
 order. The effect column is the directive's content, one line per signal, ``NAME: text``
 (inline Markdown allowed); it is written in the docs because most ``handle_*`` methods have no
 docstring. The build warns (an error under ``-W``) when a signal of ``SIGNALS`` has no
@@ -20,6 +20,7 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
 from prefork import master
+from prefork.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ class SignalTable(SphinxDirective):
             effects[name.strip().upper().removeprefix("SIG")] = text.strip()
 
         rows: list[tuple[str, str, str]] = []
-        for sig, method in master.SIGNALS.items():
+        for sig, method in SIGNALS.items():
             short = sig.name.removeprefix("SIG")
             if short not in effects:
-                self._warn(f"signal-table: {sig.name} is in prefork.master.SIGNALS but not described")
+                self._warn(f"signal-table: {sig.name} is in prefork.signals.SIGNALS but not described")
             if not hasattr(master.Master, f"handle_{method}"):
                 self._warn(f"signal-table: Master has no handle_{method} for {sig.name}")
             rows.append((short, f"handle_{method}", effects.pop(short, "")))
@@ -53,7 +54,7 @@ class SignalTable(SphinxDirective):
             if not hasattr(signal, "SIG" + short):
                 self._warn(f"signal-table: {short} is not a signal")
             elif not text.lower().startswith("planned"):
-                self._warn(f"signal-table: SIG{short} is not in prefork.master.SIGNALS; mark it Planned")
+                self._warn(f"signal-table: SIG{short} is not in prefork.signals.SIGNALS; mark it Planned")
             rows.append((short, "", text))
         return [self._table(rows)]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from prefork.messages import WORKER_BOOT_ERROR, WORKER_EXIT_ERROR, WORKER_EXIT_OK
 from prefork.workers.base import Worker
 from prefork.workers.sync import SyncWorker
 from prefork.workers.thread import ThreadWorker
@@ -15,7 +16,10 @@ from prefork.workers.thread import ThreadWorker
 WORKER_CLASSES: Mapping[str, type[Worker]] = MappingProxyType({"sync": SyncWorker, "thread": ThreadWorker})
 
 __all__ = [
+    "WORKER_BOOT_ERROR",
     "WORKER_CLASSES",
+    "WORKER_EXIT_ERROR",
+    "WORKER_EXIT_OK",
     "SyncWorker",
     "ThreadWorker",
     "Worker",
