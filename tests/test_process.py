@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -165,3 +167,46 @@ def test_a_pidfile_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> No
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prefork: error: "), done.stderr
     assert "pid" in lines[0]
+
+
+@needs_root
+def test_a_worker_that_cannot_import_as_its_user_tells_the_master_why() -> None:
+    """A module the worker's user cannot read (a directory of mode 0700): the master's log
+    names the module, the user and the directory, and no "Logging error" is printed."""
+    try:
+        import pwd
+
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody on this machine")
+    base = Path(tempfile.mkdtemp(prefix="prefork-user-"))
+    try:
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        helper = f"secret_helper_{os.getpid()}"
+        (private / f"{helper}.py").write_text("VALUE = 1\n")
+        app = base / f"user_app_{os.getpid()}.py"
+        app.write_text(
+            "import os, socketserver, sys\n"
+            "sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'private'))\n"
+            f"import {helper}\n\n\n"
+            "class Handler(socketserver.StreamRequestHandler):\n"
+            "    def handle(self):\n"
+            "        self.wfile.write(b'hello')\n"
+        )
+        app.chmod(0o644)
+        done = subprocess.run(
+            [sys.executable, "-m", "prefork", f"{app}:Handler", "--bind", "127.0.0.1:0", "--user", "nobody"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 3, done.stderr  # workers kept failing to boot
+    assert f"cannot import {helper} as user nobody: Permission denied" in done.stderr, done.stderr
+    assert f"not readable as nobody: {private}" in done.stderr
+    assert "Logging error" not in done.stderr

@@ -15,7 +15,6 @@ import errno
 import faulthandler
 import logging
 import os
-import pwd
 import signal
 import socket
 import sys
@@ -38,6 +37,7 @@ from prefork.messages import (
     send_message,
 )
 from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
 from prefork.workers.waiting import ListenerWaiter
 
 if TYPE_CHECKING:
@@ -149,7 +149,8 @@ class Worker:
         try:
             self.init_process()
         except Exception as exc:
-            self.notify(BOOT_ERROR, f"{type(exc).__name__}: {exc}")  # first: logging may fail too
+            # The master hears the cause first: logging may fail too (e.g. after the user switch).
+            self.notify(BOOT_ERROR, boot_error_text(exc, self.server.user))
             log.exception("Worker %d (pid %d) failed to boot", self.number, self.pid)
             return WORKER_BOOT_ERROR
         self.notify(READY)  # then the title: a worker titled ready has told the master so
@@ -165,8 +166,10 @@ class Worker:
         Sets the signal handlers, makes ``faulthandler`` dump the Python stack to stderr on
         SIGABRT (the request timeout) and fatal signals, sets the process title
         (``prefork: worker K [NAME] booting``; without "booting" once ready) and the server's
-        ``worker`` attribute, switches to the ``group`` and ``user`` settings (as gunicorn's),
-        then calls the server's ``post_fork`` hook. May be extended (call this first).
+        ``worker`` attribute, switches to the ``group`` and ``user`` settings (as gunicorn's;
+        first importing what logging a traceback needs, see
+        :func:`~prefork.workers.user.prepare_user_switch`), then calls the server's
+        ``post_fork`` hook. May be extended (call this first).
 
         Raises PermissionError when the user or group cannot be switched to.
         """
@@ -178,7 +181,9 @@ class Worker:
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}] booting")
         for server in self.servers:
             server.worker = self
-        switch_user(self.server.user, self.server.group)
+        if self.server.user is not None or self.server.group is not None:
+            prepare_user_switch()
+            switch_user(self.server.user, self.server.group)
         self.server.post_fork(self)
 
     def init_signals(self) -> None:
@@ -380,37 +385,6 @@ def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], W
     finally:
         flush_std_streams()
         os._exit(status)
-
-
-def switch_user(user: int | None, group: int | None) -> None:
-    """Switch this process to ``group`` and ``user`` (ids; None: keep), gid first, with the
-    user's supplementary groups (as gunicorn's user and group settings). Runs in a worker,
-    after the fork. Raises PermissionError if not allowed."""
-    if group is not None:
-        os.setgid(group)
-    if user is not None:
-        if group is None:
-            group = pwd_gid(user)
-            os.setgid(group)
-        name = pwd_name(user)
-        os.setgroups(os.getgrouplist(name, group) if name is not None else [group])
-        os.setuid(user)
-
-
-def pwd_gid(uid: int) -> int:
-    """The primary group of user ``uid`` (``uid`` itself when the user is not in passwd)."""
-    try:
-        return int(pwd.getpwuid(uid).pw_gid)
-    except KeyError:
-        return uid
-
-
-def pwd_name(uid: int) -> str | None:
-    """The name of user ``uid``, or None when the user is not in passwd."""
-    try:
-        return str(pwd.getpwuid(uid).pw_name)
-    except KeyError:
-        return None
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
