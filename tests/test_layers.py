@@ -51,6 +51,7 @@ ORDER = (
     "prefork.workers.sync",
     "prefork.workers.base",
     "prefork.workers.waiting",
+    "prefork.workers.user",
     # Low level: each imports nothing above it.
     "prefork.pool",
     "prefork.messages",
