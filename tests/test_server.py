@@ -35,6 +35,7 @@ from prefork import (
     config,
     sockets,
 )
+from prefork.workers import SyncWorker
 from tests.conftest import address, live_children, request_line, wait_for
 from tests.handlers import CrashHandler, HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
 
@@ -447,3 +448,24 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
             sorted((name, type(v).__name__, v) for name, v in expected.items())
         )
         assert expected["max_worker_memory"] == 512 * 2**20 and expected["workers"] == 2
+
+
+def test_a_worker_stops_on_term_even_when_its_python_handler_does_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPython 3.13.0 sometimes leaves a worker's Python-level TERM handler uncalled (seen in
+    workers forked by ``serve_forever()`` in a thread: ``shutdown()`` then waited the whole
+    graceful_timeout); the signal's wake-up byte still arrives, and the worker acts on it."""
+    monkeypatch.setattr(SyncWorker, "handle_term", lambda self, signum, frame: None)
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        wait_for(lambda: len(worker_pids()) == 2)
+        assert request_line(address(server), b"ping\n").endswith(b"ping\n")
+    finally:
+        started = time.monotonic()
+        server.shutdown()
+        thread.join(40)
+        server.server_close()
+    assert time.monotonic() - started < 5.0  # not graceful_timeout (30 s)

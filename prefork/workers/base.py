@@ -238,9 +238,22 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def act_on_signals(self) -> None:
-        """Act on what the signal handlers recorded (USR1: reopen log files), after the wake-up
-        pipe was drained. Runs in the worker. May be extended."""
+    def act_on_signals(self, signals: bytes = b"") -> None:
+        """Act on the signals that arrived: ``signals`` are their numbers as read from the
+        wake-up pipe, and the handlers' records (USR1: reopen log files). Runs in the worker,
+        after a wait. May be extended.
+
+        The numbers are acted on as the handlers would (TERM: stop after this request; INT,
+        QUIT: exit now; USR1: reopen log files), since a handler may not have run: CPython
+        3.13 forked from a thread other than the main one can leave the child's Python-level
+        handlers uncalled while the wake-up byte arrives."""
+        for number in signals:
+            if number == signal.SIGTERM:
+                self.alive = False
+            elif number in (signal.SIGINT, signal.SIGQUIT):
+                os._exit(WORKER_EXIT_OK)
+            elif number == signal.SIGUSR1:
+                self.reopen_logs = True
         if self.reopen_logs:
             self.reopen_logs = False
             reopen_log_files()
@@ -264,9 +277,9 @@ class Worker:
                 self.servers, self.accept_wait, self.wakeup_fd, self.master_fd
             )
             self.blocking_accept = waiter.blocking
-        ready, signalled, master_gone = waiter.wait(timeout, listen)
-        if signalled:
-            self.act_on_signals()
+        ready, signals, master_gone = waiter.wait(timeout, listen)
+        if signals:
+            self.act_on_signals(signals)
         if master_gone:
             log.warning("Worker %d: the master died; exiting", self.number)
             self.alive = False

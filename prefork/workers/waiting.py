@@ -9,13 +9,15 @@ signal or a wake-up arrived, whether the master is gone); the worker acts on it.
 
 from __future__ import annotations
 
+import os
 import select
 import selectors
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from prefork.messages import drain
+#: Most bytes read from the wake-up pipe in one wait (the pipe holds at most 64 KiB).
+_MAX_WAKEUP_BYTES = 65536
 
 if TYPE_CHECKING:
     from prefork.contract import PoolServer
@@ -29,9 +31,10 @@ class Wakeup(NamedTuple):
 
     #: The servers whose listening socket is readable (a connection may be waiting).
     ready: list[PoolServer]
-    #: The wake-up pipe had data (a signal arrived, or another thread woke the worker); it
-    #: has been drained.
-    signalled: bool
+    #: What the wake-up pipe held, now drained: the number of each signal that arrived (as
+    #: ``signal.set_wakeup_fd`` writes it) and a 0 for each :meth:`Worker.wake
+    #: <prefork.workers.base.Worker.wake>`; empty when nothing came.
+    signals: bytes
     #: The master pipe reads end-of-file: the master has died.
     master_gone: bool
 
@@ -120,11 +123,11 @@ class ListenerWaiter:
             fds = [fd for fd, _ in poller.poll(-1 if timeout is None else timeout)]
         else:
             if listen and self.blocking:  # accept() itself waits
-                drain(self.wakeup_fd)
-                return Wakeup(list(self.servers.values()), True, False)
+                return Wakeup(list(self.servers.values()), self.read_wakeups(), False)
             fds = [key.fd for key, _ in poller.select(timeout)]
         ready = []
-        signalled = master_gone = False
+        signals = b""
+        master_gone = False
         for fd in fds:
             server = self.servers.get(fd)
             if server is not None:
@@ -133,9 +136,18 @@ class ListenerWaiter:
                 master_gone = True
                 poller.unregister(fd)  # at EOF: readable for good
             else:
-                drain(self.wakeup_fd)
-                signalled = True
-        return Wakeup(ready, signalled, master_gone)
+                signals = self.read_wakeups()
+        return Wakeup(ready, signals, master_gone)
+
+    def read_wakeups(self) -> bytes:
+        """Drain the wake-up pipe (non-blocking; at most 64 KiB) and return what it held."""
+        data = b""
+        try:
+            while len(data) < _MAX_WAKEUP_BYTES and (chunk := os.read(self.wakeup_fd, 4096)):
+                data += chunk
+        except OSError:  # empty (BlockingIOError), or closed
+            pass
+        return data
 
     def close(self) -> None:
         """Close the epoll instance or selector."""
