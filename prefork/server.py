@@ -99,6 +99,12 @@ class PreforkMixIn(_Base):
     umask: int | None = config.UMASK.default
     #: As ForkingMixIn's: server_close() waits for the children of handle_request().
     block_on_close: bool = True
+    #: As ForkingMixIn's: at most this many children of handle_request() at once; forking
+    #: another first waits for the oldest to exit.
+    max_children: int = 40
+    #: As ForkingMixIn's: the seconds ``handle_request()`` waits for a request before calling
+    #: ``handle_timeout()`` (BaseServer's default is None, no limit).
+    timeout: float | None = 300
     #: The Worker serving, set in each worker process; None in the master.
     worker: Worker | None = None
     #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
@@ -118,6 +124,18 @@ class PreforkMixIn(_Base):
         super().__init__(*args, **kwargs)
 
     # -- for the caller, in the master -------------------------------------------------------
+
+    @property
+    def active_children(self) -> set[int]:
+        """The pids of the live children of this server, as ForkingMixIn's attribute: the
+        pool's workers while ``serve_forever()`` runs, and the children of
+        ``handle_request()`` not yet reaped. Empty in a worker and after ``server_close()``.
+        (ForkingMixIn's is None before its first child; this one is always a set.)"""
+        if self.worker is not None:
+            return set()
+        master = self._master
+        workers = {record.pid for record in master.pool} if master is not None else set()
+        return workers | self._children
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Fork the pool and supervise it until ``shutdown()`` or a stop signal. Runs in the master.
@@ -270,7 +288,16 @@ class PreforkMixIn(_Base):
         (the ``socket_timeout`` expired) at INFO. Runs in the worker that processed the
         request (BaseServer's prints every traceback to stderr instead). The worker goes on
         serving. May be overridden.
+
+        A ``handle_error`` defined by a server class after this mixin in the MRO (``class
+        S(PreforkMixIn, MyServer)``) wins: it is called instead, as it would be with
+        ForkingMixIn, which defines none; this default applies only where the next one is
+        BaseServer's.
         """
+        base = super().handle_error
+        if getattr(base, "__func__", None) is not socketserver.BaseServer.handle_error:
+            base(request, client_address)
+            return
         error = sys.exc_info()[1]
         if isinstance(error, ConnectionError):
             log.debug("Connection from %s lost: %s", client_address, error)
@@ -322,6 +349,13 @@ class PreforkMixIn(_Base):
                 done = pid
             if done:
                 self._children.discard(pid)
+        while len(self._children) >= self.max_children:  # as ForkingMixIn: wait for room
+            oldest = next(iter(self._children))
+            try:
+                os.waitpid(oldest, 0)
+            except ChildProcessError:
+                pass
+            self._children.discard(oldest)
 
 
 class PreforkTCPServer(PreforkMixIn, socketserver.TCPServer):

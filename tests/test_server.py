@@ -469,3 +469,73 @@ def test_a_worker_stops_on_term_even_when_its_python_handler_does_not_run(
         thread.join(40)
         server.server_close()
     assert time.monotonic() - started < 5.0  # not graceful_timeout (30 s)
+
+
+# -- the ForkingMixIn contract -------------------------------------------------------------------
+
+
+def test_active_children_are_the_pool_and_empty_after_server_close() -> None:
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
+    assert server.active_children == set()
+    with serving(server, workers=2):
+        assert server.active_children == worker_pids()
+    assert server.active_children == set()
+
+
+def test_handle_request_children_count_in_active_children_and_max_children_bounds_them() -> None:
+    class Slow(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            time.sleep(0.5)
+
+    with PreforkTCPServer(("127.0.0.1", 0), Slow) as server:
+        assert (server.max_children, server.block_on_close) == (40, True)  # as ForkingMixIn's
+        server.max_children = 1
+        server.timeout = 5
+        clients = [socket.create_connection(address(server), timeout=5) for _ in range(2)]
+        server.handle_request()
+        (first,) = server.active_children
+        started = time.monotonic()
+        server.handle_request()  # waits for the first child: at most 1 at once
+        assert time.monotonic() - started >= 0.3
+        assert first not in server.active_children and len(server.active_children) == 1
+        for client in clients:
+            client.close()
+    assert server.active_children == set()
+
+
+def test_timeout_is_forking_mixins_and_handle_request_times_out() -> None:
+    assert PreforkTCPServer.timeout == socketserver.ForkingMixIn.timeout == 300
+    timed_out: list[bool] = []
+
+    class Waiting(PreforkTCPServer):
+        def handle_timeout(self) -> None:
+            timed_out.append(True)
+            super().handle_timeout()
+
+    with Waiting(("127.0.0.1", 0), PidEchoHandler) as server:
+        server.timeout = 0.1
+        server.handle_request()
+    assert timed_out == [True]
+
+
+def test_a_base_class_handle_error_is_not_shadowed_by_the_mixin(tmp_path: Path) -> None:
+    errors = tmp_path / "errors"
+
+    class Base(socketserver.TCPServer):
+        allow_reuse_address = True
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            with errors.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    class Server(PreforkMixIn, Base):
+        pass
+
+    forking: Any = type("Forking", (socketserver.ForkingMixIn, Base), {})
+    assert forking.handle_error is Base.handle_error  # what ForkingMixIn users get
+    server = Server(("127.0.0.1", 0), CrashHandler, workers=1)
+    with serving(server, workers=1):
+        (worker,) = worker_pids()
+        assert request_line(address(server), b"raise\n") == b""
+        wait_for(errors.exists)
+        assert errors.read_text() == f"{worker}\n"
