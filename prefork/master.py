@@ -140,8 +140,8 @@ class Master:
     def timeout(self) -> float:
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
         deadlines = self.pool.stop_deadlines() + self.watchdog.deadlines(self.pool)
-        if self.boot_backoff.failures and self.stop_mode is None:
-            deadlines.append(self.boot_backoff.next_attempt())
+        if self.stop_mode is None:
+            deadlines += [b.next_attempt() for b in (self.boot_backoff, self.spawner.backoff) if b.failures]
         soonest = min(deadlines, default=math.inf) - time.monotonic()
         return max(0.0, min(soonest, self.poll_interval))
 
@@ -224,11 +224,17 @@ class Master:
 
     def spawn_missing(self) -> None:
         """Fork a worker for each number 0..size-1 that has none of this generation (unless
-        waiting out the boot backoff)."""
-        if self.boot_backoff.waiting(time.monotonic()):
+        waiting out the boot backoff). When fork() fails (a pid limit, no memory), the pool
+        serves on with the workers it has and forking is tried again after a delay doubling
+        from 0.1 s to 5 s; the first failure and the recovery are logged."""
+        now = time.monotonic()
+        if self.boot_backoff.waiting(now) or self.spawner.backoff.waiting(now):
             return
         for number in self.pool.missing(self.size, self.generation):
-            self.pool.add(self.spawner.spawn(number, self.generation))
+            record = self.spawner.spawn(number, self.generation, serving=len(self.pool.serving()))
+            if record is None:  # fork() failed: logged, retried later
+                return
+            self.pool.add(record)
 
     def retire_excess(self) -> None:
         """Gracefully stop workers of an old generation once their replacement is ready

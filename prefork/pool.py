@@ -224,6 +224,12 @@ class BootBackoff:
             self.failures += 1
         self.last_failure = now
 
+    def failed_now(self, now: float) -> None:
+        """Count one failure at ``now`` (monotonic seconds), whatever the round: for failures
+        that are not a worker's, such as fork() failing."""
+        self.failures += 1
+        self.last_failure = now
+
     def succeeded(self) -> None:
         """A worker booted: failures in a row start again from 0."""
         self.failures = 0

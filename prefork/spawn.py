@@ -14,13 +14,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable
 
 from prefork.contract import PoolServer
 from prefork.events import MasterEvents
 from prefork.logs import flush_std_streams
-from prefork.pool import WorkerRecord
+from prefork.pool import BootBackoff, WorkerRecord
 from prefork.scoreboard import Scoreboard
 from prefork.sockets import ReuseportSockets
 from prefork.workers import WORKER_CLASSES, Worker
@@ -50,14 +51,18 @@ class Spawner:
         self.scoreboard = scoreboard
         self.events = events
         self.records = records
+        #: fork() failures in a row (no limit: the pool serves on with the workers it has).
+        self.backoff = BootBackoff(limit=sys.maxsize)
         #: The per-worker sockets of ``accept = "reuseport"`` (set by the master), or None.
         self.reuseport: ReuseportSockets | None = None
 
-    def spawn(self, number: int, generation: int) -> WorkerRecord:
+    def spawn(self, number: int, generation: int, serving: int = 0) -> WorkerRecord | None:
         """Fork worker ``number`` of ``generation``; return the master's record of it (its
-        pid and pidfd set). Raises RuntimeError when the scoreboard has no free slot (the
-        master keeps the pool within a quarter of the slots, so it cannot happen) and
-        OSError when fork() fails.
+        pid and pidfd set), or None when fork() failed (EAGAIN under a pid limit, ENOMEM):
+        that is logged (the first failure of a streak, then every 10th, saying that
+        ``serving`` workers serve on), and :attr:`backoff` says when to try again (a delay
+        doubling from 0.1 s to 5 s). Raises RuntimeError when the scoreboard has no free slot
+        (the master keeps the pool within a quarter of the slots, so it cannot happen).
 
         The worker object is built in the child, after the fork; the child runs it and
         leaves with ``os._exit``: it never returns here.
@@ -75,7 +80,12 @@ class Spawner:
         own = reuseport.for_worker(number) if reuseport is not None else None
         record = WorkerRecord(number, generation, slot, spawned_at=time.monotonic())
         events = self.events
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.scoreboard.release(slot)
+            self.fork_failed(number, exc, serving)
+            return None
         if pid == 0:  # the worker: never returns
             run_forked(
                 number,
@@ -96,7 +106,25 @@ class Spawner:
         record.pidfd = events.watch(pid)
         self.scoreboard.set_pid(slot, pid)
         log.debug("Booting worker %d (pid %d, generation %d)", number, pid, generation)
+        if self.backoff.failures:
+            log.info("fork() works again after %d failures.", self.backoff.failures)
+            self.backoff.succeeded()
         return record
+
+    def fork_failed(self, number: int, error: OSError, serving: int) -> None:
+        """Count a failed fork() of worker ``number`` and log it: the first of a streak,
+        then every 10th (``serving`` workers go on serving meanwhile)."""
+        backoff = self.backoff
+        backoff.failed_now(time.monotonic())
+        if backoff.failures == 1 or backoff.failures % 10 == 0:
+            log.error(
+                "Cannot fork worker %d (%s); %d workers serve on, retrying in %.1f s (%d failures so far)",
+                number,
+                error.strerror or error,
+                serving,
+                backoff.next_attempt() - time.monotonic(),
+                backoff.failures,
+            )
 
     def close_in_worker(self, own: list[socket.socket] | None) -> None:
         """In a freshly forked worker, drop what belongs to the master: its signal wake-up

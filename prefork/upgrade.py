@@ -32,7 +32,8 @@ def start_new_master(fds: Sequence[int]) -> int:
     (``sys.orig_argv``), with the listening sockets ``fds`` as fds 3.. and ``LISTEN_FDS`` /
     ``LISTEN_PID`` set (systemd's socket-activation protocol, so its servers adopt them) and
     ``PREFORK_UPGRADE_FROM`` naming this master. Returns its pid. Runs in the master; the
-    child never returns (exec, or ``os._exit(1)`` when exec fails, which is logged)."""
+    child never returns (exec, or ``os._exit(1)`` when exec fails, which is logged). Raises
+    OSError when fork() fails."""
     flush_std_streams()
     pid = os.fork()
     if pid:
@@ -91,7 +92,11 @@ class Upgrade:
         elif os.getpid() == 1:
             log.warning("Received SIGUSR2, but a master running as PID 1 cannot be replaced; ignored.")
         else:
-            self.new_pid = start_new_master(fds)
+            try:
+                self.new_pid = start_new_master(fds)
+            except OSError as exc:  # fork() failed: a pid limit, no memory
+                log.error("Received SIGUSR2, but cannot fork a new master (%s); still serving.", exc)
+                return
             log.info("Received SIGUSR2, upgrading: started a new master (pid %d).", self.new_pid)
 
     def reap(self) -> None:

@@ -41,6 +41,11 @@ def test_valid_values(setting: config.Setting[object], value: object, expected: 
         (config.REQUEST_QUEUE_SIZE, 0),
         (config.PROC_NAME, ""),
         (config.WORKER_CLASS, "eventlet"),
+        (config.SOCKET_TIMEOUT, "inf"),
+        (config.SOCKET_TIMEOUT, 1e12),
+        (config.REQUEST_TIMEOUT, float("inf")),
+        (config.GRACEFUL_TIMEOUT, "1e7"),
+        (config.WORKERS, 1025),
     ],
 )
 def test_invalid_values_name_the_setting(setting: config.Setting[object], value: object) -> None:

@@ -18,15 +18,15 @@ from prefork.config.convert import (
     byte_size,
     choice,
     networks,
-    non_negative_float,
     non_negative_int,
     optional_group,
     optional_octal,
-    optional_positive_int,
     optional_str,
     optional_user,
     positive_int,
+    seconds,
     worker_class_name,
+    workers_count,
 )
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ WORKERS: Setting[int | None] = Setting(
     name="workers",
     section="Pool",
     default=None,
-    convert=optional_positive_int,
+    convert=workers_count,
     flags=("-w", "--workers"),
     metavar="N",
     help="Number of worker processes in the pool. Default (None): the number of usable CPUs.",
@@ -114,7 +114,7 @@ GRACEFUL_TIMEOUT: Setting[float] = Setting(
     name="graceful_timeout",
     section="Pool",
     default=30.0,
-    convert=non_negative_float,
+    convert=seconds,
     flags=("--graceful-timeout",),
     metavar="SECONDS",
     help=(
@@ -126,7 +126,7 @@ REQUEST_TIMEOUT: Setting[float] = Setting(
     name="request_timeout",
     section="Pool",
     default=30.0,
-    convert=non_negative_float,
+    convert=seconds,
     flags=("-t", "--timeout"),
     metavar="SECONDS",
     help=(
@@ -202,7 +202,7 @@ SOCKET_TIMEOUT: Setting[float] = Setting(
     name="socket_timeout",
     section="Server",
     default=10.0,
-    convert=non_negative_float,
+    convert=seconds,
     flags=("--socket-timeout",),
     metavar="SECONDS",
     help=(

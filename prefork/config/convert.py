@@ -44,6 +44,31 @@ def non_negative_float(value: Any) -> float:
     return number
 
 
+#: The longest timeout a setting takes (seconds): ``socket.settimeout`` and ``poll()`` take
+#: milliseconds in a C int (at most 24.8 days), and ``inf`` made every connection fail.
+MAX_SECONDS = 1_000_000.0
+#: The largest pool (``workers``): each worker is a process, and the scoreboard has 4 slots
+#: per worker.
+MAX_WORKERS = 1024
+
+
+def seconds(value: Any) -> float:
+    """Convert ``value`` to a number of seconds from 0 to :data:`MAX_SECONDS`; raise
+    ValueError otherwise (``inf``, NaN, negative)."""
+    number = non_negative_float(value)
+    if number > MAX_SECONDS:
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_SECONDS:g}, got {value!r}")
+    return number
+
+
+def workers_count(value: Any) -> int | None:
+    """Like :func:`optional_positive_int`, at most :data:`MAX_WORKERS`."""
+    number = optional_positive_int(value)
+    if number is not None and number > MAX_WORKERS:
+        raise ValueError(f"must be 1 to {MAX_WORKERS} (or auto), got {value!r}")
+    return number
+
+
 def non_negative_int(value: Any) -> int:
     """Convert ``value`` to an int >= 0; raise ValueError otherwise."""
     number = _number(value, int)
