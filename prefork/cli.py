@@ -205,7 +205,7 @@ def _remove_stale_socket(path: str, text: str) -> None:
     """Unlink a Unix socket file nobody listens on (left by a crash); refuse a live one."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return  # bind() will report it
+            raise UsageError(f"cannot bind unix:{path}: a file that is not a socket is there")
     except OSError:
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -219,6 +219,15 @@ def _remove_stale_socket(path: str, text: str) -> None:
                 os.unlink(path)
             return
     raise UsageError(f"cannot bind unix:{path}: a server is already listening there")
+
+
+def check_user_switch(user: int | None, group: int | None) -> None:
+    """Raise UsageError when workers are to switch to another ``user`` or ``group`` (ids)
+    and this process may not (it is not root): say it at start, not as a boot failure."""
+    if os.geteuid() == 0:
+        return
+    if (user is not None and user != os.geteuid()) or (group is not None and group != os.getegid()):
+        raise UsageError("--user and --group need the master to run as root (or as that user)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler = DemoHandler
         settings.setdefault("proc_name", args.target or "demo")
         datagram = args.udp or issubclass(handler, socketserver.DatagramRequestHandler)
+        if datagram and issubclass(handler, socketserver.StreamRequestHandler):
+            raise UsageError(f"{handler.__name__} is a stream handler: it cannot serve datagrams (--udp)")
+        check_user_switch(settings.get("user"), settings.get("group"))
         listening = [(address, text, True) for address, text in inherited_addresses()]
         if listening and args.bind and not upgrade.upgrading():  # an upgrade's are --bind's
             log.info("Listening on %d inherited socket(s): --bind is ignored", len(listening))

@@ -103,10 +103,11 @@ class Master:
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
             log.info(
-                "Listening at %s with %d %s workers (master pid %d)",
+                "Listening at %s with %d %s worker%s (master pid %d)",
                 ", ".join(sockets.describe(s) for s in servers),
                 self.size,
                 self.server.worker_class,
+                "" if self.size == 1 else "s",
                 os.getpid(),
             )
             while self.stop_mode is None:
@@ -118,6 +119,7 @@ class Master:
             process.stop(restore_sockets=not self.upgrade.new_pid)
             self.signals.restore()
             self.close()
+            log.info("Master (pid %d): the pool is stopped.", os.getpid())
         if self.halt_reason is not None:
             raise WorkerBootError(self.halt_reason)
 
@@ -327,6 +329,8 @@ class Master:
     def boot_failed(self, record: WorkerRecord, how: str) -> None:
         """Count a worker that exited before it was ready; after too many in a row, give up
         the reload (old workers serve on) or stop the pool."""
+        if self.halt_reason is not None:  # another worker of the round that failed: said once
+            return
         cause = record.boot_error or f"worker {how}"
         backoff = self.boot_backoff
         backoff.failed(record, time.monotonic())

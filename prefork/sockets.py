@@ -72,8 +72,12 @@ def describe(server: PoolServer) -> str:
     host, port = name[0], name[1]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
-    http = sys.modules.get("http.server")  # imported if server is an HTTPServer; else not needed
-    scheme = "udp" if datagram else "http" if http and isinstance(server, http.HTTPServer) else "tcp"
+    # Imported if server is one of their servers; else not needed.
+    http, xmlrpc = sys.modules.get("http.server"), sys.modules.get("xmlrpc.server")
+    speaks_http = (http and isinstance(server, http.HTTPServer)) or (
+        xmlrpc and isinstance(server, xmlrpc.SimpleXMLRPCServer)
+    )
+    scheme = "udp" if datagram else "http" if speaks_http else "tcp"
     return f"{scheme}://{host}:{port}"
 
 

@@ -176,6 +176,9 @@ def test_console_script_and_python_m_agree() -> None:
         (["--bind", "127.0.0.1:99999"], ["out of range"]),
         (["--bind", "ftp://127.0.0.1:1"], ["unknown scheme"]),
         (["--bind", "unix:"], ["needs a path"]),
+        (["--allow", "10.0.0.1/8"], ["--allow", "host bits set; did you mean 10.0.0.0/8?"]),
+        (["tests.handlers:PidEchoHandler", "--udp"], ["PidEchoHandler is a stream handler", "datagrams"]),
+        (["--bind", "unix:README.md"], ["cannot bind unix:README.md", "not a socket"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], words: list[str]) -> None:
@@ -380,3 +383,25 @@ def test_usr2_upgrade_keeps_the_unix_socket_file_until_the_last_master_stops(
     new_master.send_signal(signal.SIGTERM)
     new_master.wait(20)
     assert not os.path.exists(unix_path)
+
+
+def test_user_switch_without_root_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefork.cli import check_user_switch
+    from prefork.command import UsageError
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    check_user_switch(None, None)
+    check_user_switch(1000, 1000)  # already that user: nothing to switch
+    with pytest.raises(UsageError, match="need the master to run as root"):
+        check_user_switch(0, None)
+    with pytest.raises(UsageError, match="need the master to run as root"):
+        check_user_switch(None, 0)
+
+
+def test_the_log_says_how_many_workers_and_when_the_master_is_done(serve_cli: Serve) -> None:
+    server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "1")
+    server.wait_logged("with 1 sync worker (master pid")
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    server.wait_logged(f"Master (pid {server.pid}): the pool is stopped.")

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from prefork import PreforkHTTPServer, PreforkTCPServer, PreforkUDPServer, PreforkUnixStreamServer, sockets
+from prefork import (
+    PreforkHTTPServer,
+    PreforkMixIn,
+    PreforkTCPServer,
+    PreforkUDPServer,
+    PreforkUnixStreamServer,
+    sockets,
+)
 from prefork.sockets import Address, RequestSocket, describe, parse_address
 from tests.conftest import address
 from tests.handlers import HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
@@ -47,6 +54,16 @@ def test_datagram_flag_applies_to_every_form() -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="bad address"):
         parse_address(text)
+
+
+def test_describe_an_xmlrpc_server_as_http() -> None:
+    import xmlrpc.server
+
+    class RPC(PreforkMixIn, xmlrpc.server.SimpleXMLRPCServer):
+        pass
+
+    with RPC(("127.0.0.1", 0), logRequests=False) as server:
+        assert describe(server) == f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_describe(unix_path: str) -> None:

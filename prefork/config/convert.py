@@ -107,16 +107,25 @@ def optional_octal(value: Any) -> int | None:
 
 def networks(value: Any) -> tuple[Network, ...]:
     """Convert CIDR networks (a comma-separated string, or an iterable of strings or
-    networks; a bare address is a /32 or /128) to a tuple; raise ValueError otherwise."""
+    networks; a bare address is a /32 or /128) to a tuple; raise ValueError otherwise, also
+    for a network with host bits set (``10.0.0.1/8``), which would silently mean another."""
     import ipaddress  # here: only servers with allow or deny pay for importing it
 
     items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        return tuple(
-            ipaddress.ip_network(str(item).strip(), strict=False) for item in items if str(item).strip()
-        )
-    except ValueError as exc:
-        raise ValueError(f"must be CIDR networks such as 10.0.0.0/8,::1, got {value!r} ({exc})") from None
+    found = []
+    for text in (str(item).strip() for item in items):
+        if not text:
+            continue
+        try:
+            found.append(ipaddress.ip_network(text))
+        except ValueError as exc:
+            hint = ""
+            if "host bits set" in str(exc):  # 10.0.0.1/8: a typo for 10.0.0.0/8, or for /32?
+                hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
+            raise ValueError(
+                f"must be CIDR networks such as 10.0.0.0/8,::1, got {value!r} ({exc}{hint})"
+            ) from None
+    return tuple(found)
 
 
 def optional_user(value: Any) -> int | None:

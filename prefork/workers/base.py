@@ -52,6 +52,9 @@ log = logging.getLogger("prefork")
 #: beats spinning on them (as trio's serve_listeners does).
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
+#: Seconds between two warnings of a worker that cannot accept (EMFILE & co.).
+ACCEPT_WARNING_INTERVAL = 10.0
+
 #: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
 #: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
 _SOCKET_ACCEPT_CODE = socket.socket.accept.__code__
@@ -129,6 +132,8 @@ class Worker:
         #: wake-ups. Counted off the request path (only when accept fails).
         self.empty_accepts = 0
         self._waiter: ListenerWaiter | None = None
+        self._accept_errors = 0  # EMFILE & co. since the last warning
+        self._next_accept_warning = 0.0
         #: The ``blocking`` accept wait is in use: TERM must interrupt accept().
         self.blocking_accept = False
         # The scoreboard writes of the request path, bound to the slot.
@@ -359,10 +364,20 @@ class Worker:
 
     def accept_failed(self, error: OSError, woken: bool) -> None:
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
-        in ``empty_accepts`` when ``woken``), with a log line and a 0.1 s pause for EMFILE,
-        ENFILE, ENOMEM and ENOBUFS. Runs in the worker."""
+        in ``empty_accepts`` when ``woken``), with a 0.1 s pause for EMFILE, ENFILE, ENOMEM and
+        ENOBUFS, logged at most once per 10 s with the count. Runs in the worker."""
         if error.errno in ACCEPT_RESOURCE_ERRNOS:
-            log.warning("Worker %d cannot accept: %s; pausing 0.1 s", self.number, error)
+            now = monotonic()
+            self._accept_errors += 1
+            if now >= self._next_accept_warning:  # at most one line per 10 s
+                log.warning(
+                    "Worker %d cannot accept: %s; pausing 0.1 s after each (%d times since the last line)",
+                    self.number,
+                    error,
+                    self._accept_errors,
+                )
+                self._next_accept_warning = now + ACCEPT_WARNING_INTERVAL
+                self._accept_errors = 0
             time.sleep(0.1)
         elif woken:
             self.empty_accepts += 1

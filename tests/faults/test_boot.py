@@ -65,6 +65,7 @@ def test_a_post_fork_hook_that_always_raises_exits_3_from_the_cli(serve_cli: Ser
     )
     assert code == 3
     assert "Workers failed to boot 5 times in a row: ConnectionRefusedError: database at" in server.log
+    assert server.log.count("Workers failed to boot") == 1  # two workers failed in the last round
     assert took <= BOOT_EXIT_LIMIT
     assert not group_processes(server.pid)
 
