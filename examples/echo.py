@@ -30,12 +30,19 @@ from collections.abc import Sequence
 
 from prefork import PreforkTCPServer
 
+#: The longest line echoed (bytes): every read from the network is bounded.
+MAX_LINE = 65536
+
 
 class EchoHandler(socketserver.StreamRequestHandler):
-    """Write back each line read, as soon as it is complete, until EOF."""
+    """Write back each line read, as soon as it is complete, until EOF. A line longer than
+    ``MAX_LINE`` bytes ends the connection (a client must not grow the worker without bound)."""
 
     def handle(self) -> None:
-        for line in self.rfile:
+        while line := self.rfile.readline(MAX_LINE + 1):
+            if len(line) > MAX_LINE:
+                self.wfile.write(b"error: line too long\n")
+                return
             self.wfile.write(line)
 
 

@@ -13,8 +13,9 @@ log = logging.getLogger("prefork.demo")
 class DemoHandler(BaseHTTPRequestHandler):
     """GET or HEAD any path: ``Hello from prefork worker K (pid P)``, so you can see the pool.
 
-    Try ``curl http://127.0.0.1:8000/`` a few times: any idle worker may answer, so the
-    answers name the workers of the pool.
+    Try ``curl http://127.0.0.1:8000/``: one request at a time is usually answered by the
+    same worker (the kernel wakes one idle worker per connection); requests sent at once
+    are answered by several workers of the pool.
     """
 
     server_version = "prefork-demo"

@@ -26,7 +26,15 @@ from typing import cast
 import psutil
 import pytest
 
-from tests.conftest import ROOT, CLIServer, ServerProcess, group_processes, live_children, wait_for
+from tests.conftest import (
+    ROOT,
+    CLIServer,
+    ServerProcess,
+    group_processes,
+    live_children,
+    request_line,
+    wait_for,
+)
 
 EXAMPLES = ROOT / "examples"
 #: Seconds any client waits on a socket.
@@ -144,6 +152,16 @@ def test_echo_through_the_cli(serve_cli: Callable[..., CLIServer]) -> None:
     assert server.wait_listening().startswith("tcp://127.0.0.1:")
     server.wait_workers(WORKERS)
     check_tcp_echo(server.address)
+
+
+def test_echo_bounds_a_line(serve_cli: Callable[..., CLIServer]) -> None:
+    server = serve_cli("examples/echo.py:EchoHandler", "--workers", "1")
+    server.wait_workers(1)
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"x" * 70_000 + b"\n")
+        reply = sock.makefile("rb").read()  # the worker answers and closes
+    assert reply == b"error: line too long\n"
+    assert request_line(server.address, b"still here\n") == b"still here\n"
 
 
 def test_echo_as_a_script(serve_script: Callable[..., ScriptServer]) -> None:
