@@ -27,11 +27,19 @@ import socket
 import socketserver
 import stat
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefork import __version__, config, logs, upgrade
-from prefork.command import EXIT_BOOT_ERROR, EXIT_USAGE, ArgumentParser, UsageError
+from prefork.command import (
+    EXIT_ADDRESS_IN_USE,
+    EXIT_BOOT_ERROR,
+    EXIT_USAGE,
+    AddressInUse,
+    ArgumentParser,
+    UsageError,
+)
 from prefork.errors import PreforkError, WorkerBootError
 from prefork.server import (
     PreforkMixIn,
@@ -49,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork")
 
 DEFAULT_BIND = "127.0.0.1:8000"
+#: Tries to bind an address in use, BIND_RETRY_DELAY seconds apart (as gunicorn's 5 tries): the
+#: workers of a killed master may hold it until their requests end.
+BIND_ATTEMPTS = 5
+BIND_RETRY_DELAY = 1.0
 LOG_FORMAT = logs.LOG_FORMAT
 
 
@@ -157,20 +169,30 @@ def bind(
     **settings: Any,
 ) -> PreforkMixIn:
     """Create the server for ``address`` (of ``server_class``, by default
-    :func:`server_class_for`'s). Raises UsageError when it cannot bind.
+    :func:`server_class_for`'s). Raises UsageError when it cannot bind, AddressInUse
+    (exit status 4) when the address is still in use after 5 tries, 1 s apart.
 
     With ``inherited``, ``address`` is that of a listening socket handed to this process, which
     the server adopts in its ``server_bind()`` instead of binding: a Unix socket file there is
     live and is left alone. Runs in the master.
     """
-    if address.family == socket.AF_UNIX and not inherited:
-        _remove_stale_socket(str(address.server_address), text)
     cls = server_class or server_class_for(address, handler)
-    try:
-        return cls(address.server_address, handler, **settings)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UsageError(f"cannot bind {text}: {reason} (errno {exc.errno})") from None
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        try:
+            if address.family == socket.AF_UNIX and not inherited:
+                _remove_stale_socket(str(address.server_address), text)
+            return cls(address.server_address, handler, **settings)
+        except OSError as exc:
+            reason = f"{exc.strerror or exc} (errno {exc.errno})"
+            if exc.errno != errno.EADDRINUSE:
+                raise UsageError(f"cannot bind {text}: {reason}") from None
+        except AddressInUse as exc:
+            reason = str(exc)
+        if attempt == BIND_ATTEMPTS:
+            raise AddressInUse(f"cannot bind {text}: {reason}; tried {BIND_ATTEMPTS} times") from None
+        log.warning("Cannot bind %s: %s; retrying in %g s", text, reason, BIND_RETRY_DELAY)
+        time.sleep(BIND_RETRY_DELAY)
+    raise AssertionError("unreachable")
 
 
 def inherited_addresses() -> list[tuple[Address, str]]:
@@ -218,7 +240,7 @@ def _remove_stale_socket(path: str, text: str) -> None:
             if exc.errno == errno.EPROTOTYPE:  # a datagram socket: assume it is stale
                 os.unlink(path)
             return
-    raise UsageError(f"cannot bind unix:{path}: a server is already listening there")
+    raise AddressInUse("a server is already listening there")
 
 
 def check_user_switch(user: int | None, group: int | None) -> None:
@@ -298,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(str(exc)) from None
     except UsageError as exc:
         print(f"prefork: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_ADDRESS_IN_USE if isinstance(exc, AddressInUse) else EXIT_USAGE
     return 0
 
 

@@ -13,10 +13,17 @@ from typing import NoReturn
 EXIT_USAGE = 2
 #: Exit status when workers failed to boot repeatedly (as gunicorn's).
 EXIT_BOOT_ERROR = 3
+#: Exit status when an address stayed in use while binding was retried (another server, or
+#: the workers of a killed master finishing their requests): a restart may succeed.
+EXIT_ADDRESS_IN_USE = 4
 
 
 class UsageError(Exception):
     """Something the user gave is wrong; the message says what and why, on one line."""
+
+
+class AddressInUse(UsageError):
+    """An address stayed in use while binding was retried (exit status 4, retryable)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -96,10 +96,12 @@ class Master:
         :class:`~prefork.errors.PreforkError` when the pid file cannot be written.
         """
         servers = pool_servers(self.server)
-        process = MasterProcess(servers, self.name, self.scoreboard)
+        process = MasterProcess(servers, self.name, self.scoreboard, takeover_from=self.upgrade.old_pid)
+        started = False
         self.signals.install()
         try:
             process.start()
+            started = True
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
             log.info(
@@ -119,7 +121,8 @@ class Master:
             process.stop(restore_sockets=not self.upgrade.new_pid)
             self.signals.restore()
             self.close()
-            log.info("Master (pid %d): the pool is stopped.", os.getpid())
+            if started:
+                log.info("Master (pid %d): the pool is stopped.", os.getpid())
         if self.halt_reason is not None:
             raise WorkerBootError(self.halt_reason)
 

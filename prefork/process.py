@@ -23,35 +23,41 @@ from prefork.scoreboard import Scoreboard
 class MasterProcess:
     """Sets up and puts back the master process's surroundings for ``servers`` (the pool's
     servers, the first one's settings apply: ``umask``, ``pidfile``), titled with ``name``,
-    sharing ``scoreboard``. Used by the master, in the master."""
+    sharing ``scoreboard``. ``takeover_from`` is the pid of the old master of a USR2 upgrade
+    (0: none), whose pid file this master takes over. Used by the master, in the master."""
 
-    def __init__(self, servers: Sequence[PoolServer], name: str, scoreboard: Scoreboard) -> None:
+    def __init__(
+        self, servers: Sequence[PoolServer], name: str, scoreboard: Scoreboard, *, takeover_from: int = 0
+    ) -> None:
         self.servers = list(servers)
         self.name = name
         self.scoreboard = scoreboard
+        self.takeover_from = takeover_from
         self.pidfile = Pidfile(servers[0].pidfile) if servers[0].pidfile else None
         self._title = ""
         self._timeouts: list[float | None] = []
 
     def start(self) -> None:
-        """Set the umask, write the pid file, make the listening sockets non-blocking, give
-        each server the scoreboard and title the process. Raises
-        :class:`~prefork.errors.PreforkError` when the pid file cannot be written."""
+        """Set the umask, title the process, write the pid file, make the listening sockets
+        non-blocking and give each server the scoreboard. Raises
+        :class:`~prefork.errors.PreforkError` when the pid file cannot be written, or names
+        another running master (see :meth:`Pidfile.create <prefork.pidfile.Pidfile.create>`)."""
         self._title = setproctitle.getproctitle()
         self._timeouts = [server.socket.gettimeout() for server in self.servers]
         umask = self.servers[0].umask
         if umask is not None:
             os.umask(umask)
+        # Titled first: once the pid file names this process, another master sees it running.
+        setproctitle.setproctitle(f"prefork: master [{self.name}]")
         if self.pidfile is not None:
             try:
-                self.pidfile.create()
+                self.pidfile.create(takeover_from=self.takeover_from)
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise PreforkError(f"cannot write pid file {self.pidfile.path}: {reason}") from None
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard
-        setproctitle.setproctitle(f"prefork: master [{self.name}]")
 
     def stop(self, *, restore_sockets: bool = True) -> None:
         """Put back the title, the sockets' timeouts (unless ``restore_sockets`` is False:

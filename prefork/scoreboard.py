@@ -22,6 +22,7 @@ fields may be from two moments (a stats view, not a lock).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import mmap
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from prefork.errors import PreforkError
+from prefork.pidfile import create_beside
 
 #: Bytes per worker slot, and of the header before the first slot.
 SLOT_SIZE = 64
@@ -91,9 +93,11 @@ class Scoreboard:
     """Shared memory with one slot per worker. Created by the master before the first fork.
 
     ``capacity`` is the number of slots; ``path``, when given, backs the memory with a file
-    created there (atomically replacing any file of that name, so an upgraded master never
-    truncates the old master's scoreboard) and removed by :meth:`close`. Raises OSError when
-    the file cannot be created.
+    created there, mode ``0o644`` less the umask: a new file of an unpredictable name
+    (:func:`~prefork.pidfile.create_beside`) renamed onto ``path``, so an upgraded master never
+    truncates the old master's scoreboard, and a symlink at ``path`` is replaced, not followed.
+    It is removed by :meth:`close`. Raises OSError when the file cannot be created (then no
+    temporary file is left behind).
 
     For the master: :meth:`assign`, :meth:`set_pid`, :meth:`release`, :meth:`read`,
     :meth:`close`. For a worker, on its own slot: :meth:`set_state`, :meth:`booted`,
@@ -118,16 +122,22 @@ class Scoreboard:
         if path is None:
             self._memory = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
         else:
-            temporary = f"{path}.{os.getpid()}.tmp"
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            # A new file of an unpredictable name (O_EXCL, O_NOFOLLOW), renamed onto path:
+            # a symlink planted at path or at a temporary name is replaced, never followed.
+            fd, temporary = create_beside(path, 0o644)
             try:
                 os.ftruncate(fd, size)
                 self._memory = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
-                status = os.fstat(fd)
+                try:
+                    status = os.fstat(fd)
+                    os.replace(temporary, path)
+                except BaseException:
+                    self._memory.close()
+                    raise
                 self._inode = (status.st_dev, status.st_ino)
-                os.replace(temporary, path)
             except BaseException:
-                os.unlink(temporary)
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
                 raise
             finally:
                 os.close(fd)

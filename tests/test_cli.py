@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -191,21 +192,60 @@ def test_a_target_that_raises_on_import(tmp_path: Path) -> None:
     assert_usage_error(run_cli(f"{broken}:H"), "RuntimeError: broken at import")
 
 
-def test_address_in_use() -> None:
+def assert_address_in_use(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit status 4 (retryable), after 4 warnings of a retry, with one error line."""
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 5 and all("retrying in 1 s" in line for line in lines[:4]), done.stderr
+    assert lines[-1].startswith("prefork: error: ") and "tried 5 times" in lines[-1]
+    for word in words:
+        assert word in lines[-1]
+
+
+def test_address_in_use_is_retried_then_exit_4() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert_usage_error(
-            run_cli("--bind", f"127.0.0.1:{port}"), f"cannot bind 127.0.0.1:{port}", "Address already in use"
-        )
+        done = run_cli("--bind", f"127.0.0.1:{port}")
+        assert_address_in_use(done, f"cannot bind 127.0.0.1:{port}", "Address already in use")
 
 
-def test_unix_socket_in_use(unix_path: str) -> None:
+def test_unix_socket_in_use_is_retried_then_exit_4(unix_path: str) -> None:
     with socket.socket(socket.AF_UNIX) as taken:
         taken.bind(unix_path)
         taken.listen()
-        assert_usage_error(run_cli("--bind", f"unix:{unix_path}"), "already listening")
+        assert_address_in_use(run_cli("--bind", f"unix:{unix_path}"), "already listening")
+
+
+def test_an_address_freed_while_retrying_is_bound() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    threading.Timer(1.5, taken.close).start()  # as the workers of a killed master finish
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefork", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def served() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:  # still the other listener (reset when it closes), or not yet bound
+            return False
+
+    try:
+        wait_for(served, 15)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0
+    assert "retrying in 1 s" in err
 
 
 def test_unresolvable_host() -> None:

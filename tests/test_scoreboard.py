@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
 from prefork import PreforkTCPServer
+from prefork.errors import PreforkError
 from prefork.scoreboard import SLOT_SIZE, Scoreboard, WorkerState
 from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
@@ -92,6 +94,58 @@ def test_a_new_scoreboard_file_replaces_the_old_one_without_touching_its_memory(
     assert os.path.exists(path)
     new.close()
     assert not os.path.exists(path)
+
+
+def test_a_scoreboard_file_replaces_symlinks_and_never_writes_where_they_point(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious, not to be truncated\n")
+    path = tmp_path / "board"
+    predictable = [tmp_path / f"board.{pid}.tmp" for pid in range(os.getpid() - 50, os.getpid() + 51)]
+    for link in [*predictable, path]:
+        link.symlink_to(victim)
+    with Scoreboard(4, str(path)) as board:
+        assert board.assign(0, 0) == 0
+        assert victim.read_text() == "precious, not to be truncated\n"
+        assert all(link.is_symlink() and link.resolve() == victim for link in predictable)
+        assert not path.is_symlink() and path.stat().st_size == 64 + 4 * SLOT_SIZE
+        with Scoreboard.open(str(path)) as view:
+            assert [s.slot for s in view.slots()] == [0]
+        names = set(os.listdir(tmp_path)) - {"victim", "board"} - {link.name for link in predictable}
+        assert names == set()  # no temporary left
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_a_scoreboard_file_has_mode_0644_less_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        board = Scoreboard(2, str(tmp_path / "board"))
+    finally:
+        os.umask(old)
+    with board:
+        assert stat.S_IMODE((tmp_path / "board").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("failing", ["ftruncate", "replace"])
+def test_a_scoreboard_file_that_cannot_be_created_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, failing, fail)
+    with pytest.raises(PreforkError, match=r"cannot create scoreboard file .*: No space left on device"):
+        Scoreboard.for_pool(1, str(tmp_path / "board"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only directory")
+def test_a_scoreboard_file_in_a_read_only_directory_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir(mode=0o555)
+    with pytest.raises(PermissionError):
+        Scoreboard(2, str(directory / "board"))
+    assert os.listdir(directory) == []
 
 
 def test_open_refuses_a_file_that_is_not_a_scoreboard(tmp_path: Path) -> None:

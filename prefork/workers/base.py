@@ -286,12 +286,23 @@ class Worker:
         if signals:
             self.act_on_signals(signals)
         if master_gone:
-            log.warning("Worker %d: the master died; exiting", self.number)
+            log.warning("Worker %d: the master died; exiting (listening sockets closed)", self.number)
             self.alive = False
             self.master_died = True
+            self.close_listeners()
+            return []
         if self.blocking_accept and not self.alive:
             return []
         return ready
+
+    def close_listeners(self) -> None:
+        """Close this worker's copies of the listening sockets (its master is gone: a new
+        master can then bind the address once the requests in flight are done). Runs in the
+        worker."""
+        if self._waiter is not None:
+            self._waiter.forget_listeners()
+        for server in self.servers:
+            server.socket.close()
 
     def serve(self) -> None:
         """Accept and process requests until ``alive`` is False. Runs in the worker.

@@ -149,6 +149,14 @@ class ListenerWaiter:
             pass
         return data
 
+    def forget_listeners(self) -> None:
+        """Stop waiting on the listening sockets for good (before they are closed)."""
+        if self.listening and not self.blocking:
+            for fd in self.servers:
+                self.poller.unregister(fd)
+        self.listening = False
+        self.servers = {}
+
     def close(self) -> None:
         """Close the epoll instance or selector."""
         self.poller.close()
