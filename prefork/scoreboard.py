@@ -166,6 +166,13 @@ class Scoreboard:
         finally:
             os.close(fd)
 
+    def detach(self) -> None:
+        """From now on, write to a private copy instead of the shared slots: for a process
+        that must not touch the pool's scoreboard (a process forked by a handler, which
+        shares the worker's mapping). Runs in that process."""
+        self._memory = mmap.mmap(-1, len(self._memory), flags=mmap.MAP_PRIVATE)
+        self._inode = None
+
     def close(self) -> None:
         """Unmap the memory; the creating master also removes its file (if still its own)."""
         if self._inode is not None and self.path is not None:

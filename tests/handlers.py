@@ -104,3 +104,19 @@ class HangHandler(socketserver.StreamRequestHandler):
         if self.rfile.readline().strip() == b"hang":
             hang_forever()
         self.wfile.write(f"{os.getpid()} ok\n".encode())
+
+
+class ForkingHandler(socketserver.StreamRequestHandler):
+    """``fork``: ``os.fork()``; the child sleeps 0.2 s and returns from the handler (into the
+    worker's code), the parent answers ``PID CHILD``. Anything else: ``PID``."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline().strip()
+        if line == b"fork":
+            child = os.fork()
+            if child == 0:
+                time.sleep(0.2)
+                return
+            self.wfile.write(f"{os.getpid()} {child}\n".encode())
+        else:
+            self.wfile.write(f"{os.getpid()}\n".encode())

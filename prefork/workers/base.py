@@ -11,14 +11,12 @@ connections is :mod:`prefork.workers.waiting`.
 
 from __future__ import annotations
 
-import errno
 import faulthandler
 import logging
 import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from time import monotonic
 from types import FrameType
@@ -38,7 +36,7 @@ from prefork.messages import (
 )
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
-from prefork.workers.waiting import ListenerWaiter
+from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
@@ -47,13 +45,6 @@ if TYPE_CHECKING:
     from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
-
-#: accept() errors that mean the process or system is out of a resource: waiting a little
-#: beats spinning on them (as trio's serve_listeners does).
-ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-#: Seconds between two warnings of a worker that cannot accept (EMFILE & co.).
-ACCEPT_WARNING_INTERVAL = 10.0
 
 #: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
 #: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
@@ -121,6 +112,8 @@ class Worker:
         self.pid = os.getpid()
         #: False once it has been told to stop (TERM) or the master died.
         self.alive = True
+        #: True in a process forked by a handler (see :meth:`forked_by_handler`).
+        self.forked = False
         #: True once :meth:`wait_for_listeners` has seen the master's death.
         self.master_died = False
         #: Requests processed so far.
@@ -132,8 +125,7 @@ class Worker:
         #: wake-ups. Counted off the request path (only when accept fails).
         self.empty_accepts = 0
         self._waiter: ListenerWaiter | None = None
-        self._accept_errors = 0  # EMFILE & co. since the last warning
-        self._next_accept_warning = 0.0
+        self._accept_pause = AcceptPause(number)
         #: The ``blocking`` accept wait is in use: TERM must interrupt accept().
         self.blocking_accept = False
         # The scoreboard writes of the request path, bound to the slot.
@@ -155,10 +147,11 @@ class Worker:
             self.init_process()
         except Exception as exc:
             # The master hears the cause first: logging may fail too (e.g. after the user switch).
-            self.notify(BOOT_ERROR, boot_error_text(exc, self.server.user))
+            send_message(self.notify_fd, BOOT_ERROR, boot_error_text(exc, self.server.user))
             log.exception("Worker %d (pid %d) failed to boot", self.number, self.pid)
             return WORKER_BOOT_ERROR
-        self.notify(READY)  # then the title: a worker titled ready has told the master so
+        os.register_at_fork(after_in_child=self.forked_by_handler)
+        send_message(self.notify_fd, READY)  # then the title: a worker titled ready has told the master so
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
         self.scoreboard.booted(self.slot, self.pid)
         self.serve()
@@ -230,17 +223,13 @@ class Worker:
         """USR1 (forwarded by the master): reopen log files, in the loop."""
         self.reopen_logs = True
 
-    def notify(self, kind: bytes, text: str = "") -> None:
-        """Send one message to the master; dropped if the pipe is full. Runs in the worker."""
-        send_message(self.notify_fd, kind, text)
-
     def wake(self) -> None:
         """Make the worker's wait in :meth:`wait_for_listeners` return, from any thread of the
         worker: a null byte on the signal wake-up pipe (as asyncio's ``call_soon_threadsafe``
         writes on its self-pipe). A full pipe already holds a wake-up: the write is dropped."""
         try:
             os.write(self._wakeup_w, b"\0")
-        except BlockingIOError:
+        except OSError:  # full (a wake-up is pending), or closed (a handler's forked child)
             pass
 
     def act_on_signals(self, signals: bytes = b"") -> None:
@@ -294,6 +283,29 @@ class Worker:
         if self.blocking_accept and not self.alive:
             return []
         return ready
+
+    def forked_by_handler(self) -> None:
+        """In a process forked by a handler (``os.fork()`` in the worker; registered with
+        ``os.register_at_fork``): this process is not the worker the master forked, and
+        never serves. Its signal handlers and wake-up fd go back to the defaults, its copies
+        of the listening sockets and of the worker's pipes are closed, its scoreboard writes
+        go to a private copy, and ``alive`` is False: when it returns from the handler into
+        the worker's loop, it exits instead of accepting. Runs in that process."""
+        self.alive = False
+        self.forked = True
+        self.scoreboard.detach()
+        self._slot_started, self._slot_finished = self.scoreboard.request_writers(self.slot)
+        _default_signals(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, *self.IGNORED_SIGNALS)
+        )
+        if self._waiter is not None:  # closed, not emptied: its epoll is the worker's too
+            self._waiter.close()
+            self._waiter = None
+        for server in self.servers:
+            server.socket.close()
+        for fd in (self.wakeup_fd, self._wakeup_w, self.notify_fd, self.master_fd):
+            os.close(fd)
+        self.wakeup_fd = self._wakeup_w = self.notify_fd = self.master_fd = -1
 
     def close_listeners(self) -> None:
         """Close this worker's copies of the listening sockets (its master is gone: a new
@@ -375,21 +387,10 @@ class Worker:
 
     def accept_failed(self, error: OSError, woken: bool) -> None:
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
-        in ``empty_accepts`` when ``woken``), with a 0.1 s pause for EMFILE, ENFILE, ENOMEM and
-        ENOBUFS, logged at most once per 10 s with the count. Runs in the worker."""
+        in ``empty_accepts`` when ``woken``); for lack of a resource, a pause and a line
+        (:class:`~prefork.workers.waiting.AcceptPause`). Runs in the worker."""
         if error.errno in ACCEPT_RESOURCE_ERRNOS:
-            now = monotonic()
-            self._accept_errors += 1
-            if now >= self._next_accept_warning:  # at most one line per 10 s
-                log.warning(
-                    "Worker %d cannot accept: %s; pausing 0.1 s after each (%d times since the last line)",
-                    self.number,
-                    error,
-                    self._accept_errors,
-                )
-                self._next_accept_warning = now + ACCEPT_WARNING_INTERVAL
-                self._accept_errors = 0
-            time.sleep(0.1)
+            self._accept_pause.after(error)
         elif woken:
             self.empty_accepts += 1
 
@@ -397,12 +398,8 @@ class Worker:
         """After ``max_requests`` requests, log it and stop (``alive`` becomes False), to be
         replaced by the master (as gunicorn's max_requests). Runs in the worker."""
         if self.max_requests and self.requests >= self.max_requests and self.alive:
-            log.info(
-                "Worker %d (pid %d) served %d requests (max_requests); exiting to be replaced",
-                self.number,
-                self.pid,
-                self.requests,
-            )
+            what = "Worker %d (pid %d) served %d requests (max_requests); exiting to be replaced"
+            log.info(what, self.number, self.pid, self.requests)
             self.alive = False
 
 
@@ -424,6 +421,21 @@ def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], W
     finally:
         flush_std_streams()
         os._exit(status)
+
+
+#: The signals a worker handles (see :meth:`Worker.init_signals`).
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def _default_signals(signals: tuple[signal.Signals, ...]) -> None:
+    """Give ``signals`` their default action and stop writing them to the wake-up fd (in a
+    process forked by a handler); left alone where Python refuses (not the main thread)."""
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in signals:
+            signal.signal(sig, signal.SIG_DFL)
+    except ValueError:
+        pass
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

@@ -26,12 +26,13 @@ request (measured cheaper, see ``docs/workers.md``).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from typing import TYPE_CHECKING, TypeAlias
 
-from prefork.messages import WORKER_EXIT_ERROR
+from prefork.messages import WORKER_EXIT_ERROR, WORKER_EXIT_OK
 from prefork.scoreboard import WorkerState
 from prefork.workers.base import Worker
 
@@ -197,6 +198,8 @@ class ThreadWorker(Worker):
                 self.request_finished(request, wake=True)
                 return
             self.request_finished(request)
+            if self.forked:  # this is a process a handler forked, back from the handler
+                os._exit(WORKER_EXIT_OK)
 
     # -- the scoreboard, from either ----------------------------------------------------------
 

@@ -9,10 +9,13 @@ signal or a wake-up arrived, whether the master is gone); the worker acts on it.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import select
 import selectors
 import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,8 +25,47 @@ _MAX_WAKEUP_BYTES = 65536
 if TYPE_CHECKING:
     from prefork.contract import PoolServer
 
+log = logging.getLogger("prefork")
+
+#: accept() errors that mean the process or system is out of a resource: waiting a little
+#: beats spinning on them (as trio's serve_listeners does).
+ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Seconds between two warnings of a worker that cannot accept (EMFILE & co.).
+ACCEPT_WARNING_INTERVAL = 10.0
+#: Seconds a worker pauses after such an error, rather than spin on it.
+ACCEPT_PAUSE = 0.1
+
 #: How a worker waits for its listening sockets (see :class:`ListenerWaiter`), by preference.
 ACCEPT_WAITS = ("exclusive", "select", "blocking")
+
+
+class AcceptPause:
+    """What worker ``number`` does when accept() fails for lack of a resource
+    (:data:`ACCEPT_RESOURCE_ERRNOS`): pause :data:`ACCEPT_PAUSE` seconds, and log it at most
+    once per :data:`ACCEPT_WARNING_INTERVAL` seconds with the count since the last line (a
+    pool out of file descriptors would otherwise log 10 lines a second per worker)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.count = 0  # errors since the last line
+        self.next_line = 0.0  # monotonic time before which nothing is logged
+
+    def after(self, error: OSError) -> None:
+        """Count ``error``, log it if the last line is old enough, and pause. Runs in the
+        worker."""
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_line:
+            log.warning(
+                "Worker %d cannot accept: %s; pausing %g s after each (%d times since the last line)",
+                self.number,
+                error,
+                ACCEPT_PAUSE,
+                self.count,
+            )
+            self.next_line = now + ACCEPT_WARNING_INTERVAL
+            self.count = 0
+        time.sleep(ACCEPT_PAUSE)
 
 
 class Wakeup(NamedTuple):
