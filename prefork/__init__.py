@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prefork.errors import PreforkError, WorkerBootError
-    from prefork.httpserver import PreforkHTTPServer
+    from prefork.httpserver import PreforkHTTPServer, PreforkUnixHTTPServer
     from prefork.server import (
         PreforkMixIn,
         PreforkTCPServer,
@@ -30,6 +30,7 @@ __all__ = [
     "PreforkTCPServer",
     "PreforkUDPServer",
     "PreforkUnixDatagramServer",
+    "PreforkUnixHTTPServer",
     "PreforkUnixStreamServer",
     "WorkerBootError",
     "__version__",
@@ -40,6 +41,7 @@ _MODULES = {
     "PreforkError": "prefork.errors",
     "WorkerBootError": "prefork.errors",
     "PreforkHTTPServer": "prefork.httpserver",
+    "PreforkUnixHTTPServer": "prefork.httpserver",
     "PreforkMixIn": "prefork.server",
     "PreforkTCPServer": "prefork.server",
     "PreforkUDPServer": "prefork.server",

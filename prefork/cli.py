@@ -144,12 +144,18 @@ def server_class_for(address: Address, handler: type[socketserver.BaseRequestHan
     """The Prefork*Server class for ``address`` and ``handler`` (HTTP for http.server
     handlers, IPv6 when the address is)."""
     base: type[PreforkMixIn]
-    if address.family == socket.AF_UNIX:
+    http = sys.modules.get("http.server")  # imported already if handler is an HTTP handler
+    speaks_http = http is not None and issubclass(handler, http.BaseHTTPRequestHandler)
+    if address.family == socket.AF_UNIX and speaks_http and not address.datagram:
+        from prefork.httpserver import PreforkUnixHTTPServer
+
+        base = PreforkUnixHTTPServer
+    elif address.family == socket.AF_UNIX:
         base = PreforkUnixDatagramServer if address.datagram else PreforkUnixStreamServer
     elif address.datagram:
         base = PreforkUDPServer
-    elif (http := sys.modules.get("http.server")) and issubclass(handler, http.BaseHTTPRequestHandler):
-        from prefork.httpserver import PreforkHTTPServer  # http.server is imported already
+    elif speaks_http:
+        from prefork.httpserver import PreforkHTTPServer
 
         base = PreforkHTTPServer
     else:

@@ -238,7 +238,11 @@ class PreforkMixIn(_Base):
         the ``deny`` networks; the request is then closed unprocessed and counted in the
         worker's scoreboard slot as denied. Clients of Unix sockets are always allowed.
         Runs in the worker. May be extended (call ``super().verify_request()``)."""
-        if (self.allow or self.deny) and isinstance(client_address, tuple) and client_address:
+        if (
+            (self.allow or self.deny)
+            and self.address_family != socket.AF_UNIX
+            and isinstance(client_address, tuple)
+        ):
             import ipaddress  # imported already: the allow and deny settings hold its networks
 
             try:

@@ -60,15 +60,26 @@ def parse_address(text: str, datagram: bool = False) -> Address:
     return Address(socket.AF_INET, (match["host"], port), datagram)
 
 
+def _speaks_http(server: PoolServer) -> bool:
+    """Whether ``server`` serves http.server handlers (an HTTP server, or a server whose
+    ``RequestHandlerClass`` is a BaseHTTPRequestHandler)."""
+    http = sys.modules.get("http.server")
+    handler = getattr(server, "RequestHandlerClass", None)
+    return http is not None and isinstance(handler, type) and issubclass(handler, http.BaseHTTPRequestHandler)
+
+
 def describe(server: PoolServer) -> str:
     """Return where ``server`` listens, e.g. ``http://127.0.0.1:8000``, ``udp://[::1]:53``,
-    ``unix:/run/app.sock``. Reads the bound socket, so port 0 shows the port chosen."""
+    ``unix:/run/app.sock`` (``unix:PATH (http)`` for HTTP, ``unix:PATH (datagram)``). Reads the
+    bound socket, so port 0 shows the port chosen."""
     sock: socket.socket = server.socket
     datagram = sock.type == socket.SOCK_DGRAM
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         path = name.decode() if isinstance(name, bytes) else name
-        return f"unix:{path}" + (" (datagram)" if datagram else "")
+        http = sys.modules.get("http.server")  # imported if server is an HTTP server
+        kind = " (datagram)" if datagram else " (http)" if http and _speaks_http(server) else ""
+        return f"unix:{path}{kind}"
     host, port = name[0], name[1]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"

@@ -167,6 +167,19 @@ def test_unix_socket(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_http_on_a_unix_socket(tmp_path: Path) -> None:
+    data = bench_json(
+        tmp_path,
+        "examples/http_hello.py",
+        "--unix", "--workers", "1", "--requests", "300", "--concurrency", "3", "--warmup", "0",
+    )  # fmt: skip
+    (run,) = data["runs"]
+    assert run["address"].startswith("unix:") and run["address"].endswith(" (http)")
+    assert run["protocol"] == "http"
+    assert run["ok"] == 300 and run["errors"] == 0, run
+
+
+@pytest.mark.timeout(30)
 def test_address_of_a_running_server(serve_cli: Any, tmp_path: Path) -> None:
     server = serve_cli("examples/echo.py:EchoHandler", "--workers", "2")
     host, port = server.address

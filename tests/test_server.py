@@ -30,6 +30,7 @@ from prefork import (
     PreforkTCPServer,
     PreforkUDPServer,
     PreforkUnixDatagramServer,
+    PreforkUnixHTTPServer,
     PreforkUnixStreamServer,
     WorkerBootError,
     config,
@@ -119,6 +120,26 @@ def test_unix_stream_server(unix_path: str) -> None:
     server = PreforkUnixStreamServer(unix_path, PidEchoHandler, workers=2)
     with serving(server, workers=2):
         assert request_line(unix_path, b"over unix\n").endswith(b" over unix\n")
+
+
+def test_http_on_a_unix_socket_serves_base_http_request_handlers(unix_path: str) -> None:
+    class Logging(HelloHTTPHandler):
+        def do_GET(self) -> None:
+            self.log_message("%s", "logged")  # BaseHTTPRequestHandler's: uses client_address[0]
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            assert self.address_string() == "unix"
+
+    server = PreforkUnixHTTPServer(unix_path, Logging, workers=1, allow="10.0.0.0/8")
+    with serving(server, workers=1):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(unix_path)
+            sock.sendall(b"GET /x HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 200 "), reply  # allow does not apply to Unix clients
+    assert reply.endswith(b"\n")
 
 
 def test_unix_datagram_server(unix_path: str, tmp_path: Path) -> None:

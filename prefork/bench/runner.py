@@ -31,7 +31,7 @@ from prefork.bench.load import LoadResult, LoadSpec
 from prefork.sockets import Address, parse_address
 
 #: The master's "Listening at ADDR, ADDR with N ..." log line.
-LISTENING = re.compile(r"Listening at (\S+?)(?:,| with)")
+LISTENING = re.compile(r"Listening at (\S+?(?: \((?:http|datagram)\))?)(?:,| with)")
 #: Seconds to wait for the server to listen and its workers to be ready.
 START_TIMEOUT = 30.0
 #: Seconds the server has to stop after SIGTERM before its process group is SIGKILLed.
@@ -260,12 +260,14 @@ def serving(
 
 def parse_listening(text: str) -> tuple[Address, str]:
     """The address the master logged (``tcp://H:P``, ``http://H:P``, ``udp://H:P``,
-    ``unix:PATH``, ``unix:PATH (datagram)``) and the protocol it suggests. Raises ValueError
-    for text that is not an address."""
+    ``unix:PATH``, ``unix:PATH (http)``, ``unix:PATH (datagram)``) and the protocol it
+    suggests. Raises ValueError for text that is not an address."""
     datagram = text.startswith("udp://") or text.endswith("(datagram)")
     scheme, sep, rest = text.partition("://")
     if sep and scheme == "http":
         return parse_address(rest), "http"
+    if text.endswith(" (http)"):  # an HTTP server on a Unix socket
+        return parse_address(text.removesuffix(" (http)")), "http"
     return parse_address(text.removesuffix(" (datagram)"), datagram), "udp" if datagram else "line"
 
 
