@@ -41,6 +41,7 @@ class PoolServer(Protocol):
     threads: int
     accept: str
     graceful_timeout: float
+    shutdown_delay: float
     request_timeout: float
     max_requests: int
     max_requests_jitter: int

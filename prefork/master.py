@@ -76,6 +76,7 @@ class Master:
         self.stop_mode: StopMode | None = None
         self.halt_reason: str | None = None
         self.announced_generation = -1  # the generation whose readiness was announced
+        self.stop_at = 0.0  # monotonic time at which a TERM's shutdown_delay ends
         #: USR2: the new master we started, the old master that started us.
         self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
@@ -90,28 +91,18 @@ class Master:
 
     def run(self) -> None:
         """Fork the pool and supervise it until a stop, then stop the pool. Runs in the master.
-
         Raises :class:`~prefork.errors.WorkerBootError` when workers failed to boot
         ``MAX_BOOT_FAILURES`` times in a row (the pool is stopped first), and
-        :class:`~prefork.errors.PreforkError` when the pid file cannot be written.
-        """
+        :class:`~prefork.errors.PreforkError` when the pid file cannot be written."""
         servers = pool_servers(self.server)
         process = MasterProcess(servers, self.name, self.scoreboard, takeover_from=self.upgrade.old_pid)
         started = False
         self.signals.install()
         try:
-            process.start()
+            process.start(self.size)
             started = True
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
-            log.info(
-                "Listening at %s with %d %s worker%s (master pid %d)",
-                ", ".join(sockets.describe(s) for s in servers),
-                self.size,
-                self.server.worker_class,
-                "" if self.size == 1 else "s",
-                os.getpid(),
-            )
             while self.stop_mode is None:
                 self.server.service_actions()
                 self.wait(self.timeout())
@@ -131,6 +122,9 @@ class Master:
         watchdog names, SIGKILL late ones. Called by the server's ``service_actions()``.
         Runs in the master."""
         self.reap()
+        if self.stop_at and self.stop_mode is None and time.monotonic() >= self.stop_at:
+            log.info("shutdown_delay over: stopping gracefully (up to %g s).", self.server.graceful_timeout)
+            self.stop(StopMode.GRACEFUL)
         if self.stop_mode is None:
             self.spawn_missing()
             self.retire_excess()
@@ -147,6 +141,7 @@ class Master:
         deadlines = self.pool.stop_deadlines() + self.watchdog.deadlines(self.pool)
         if self.stop_mode is None:
             deadlines += [b.next_attempt() for b in (self.boot_backoff, self.spawner.backoff) if b.failures]
+            deadlines += [self.stop_at] if self.stop_at else []
         soonest = min(deadlines, default=math.inf) - time.monotonic()
         return max(0.0, min(soonest, self.poll_interval))
 
@@ -159,7 +154,13 @@ class Master:
             getattr(self, "handle_" + SIGNALS[signal.Signals(pending.popleft())])()
 
     def handle_term(self) -> None:
-        """TERM: graceful stop; workers finish their request within graceful_timeout."""
+        """TERM: graceful stop, after ``shutdown_delay`` seconds of serving on (a second TERM
+        ends the delay); workers finish their request within graceful_timeout."""
+        delay = self.server.shutdown_delay
+        if delay and not self.stop_at:
+            self.stop_at = time.monotonic() + delay
+            log.info("Received SIGTERM, serving %g s more (shutdown_delay), then stopping gracefully.", delay)
+            return
         log.info("Received SIGTERM, stopping gracefully (up to %g s).", self.server.graceful_timeout)
         self.stop(StopMode.GRACEFUL)
 
@@ -388,6 +389,7 @@ class Master:
 
     def stop_all(self, fast: bool) -> None:
         """Signal every worker to stop: QUIT (fast) or TERM (graceful, once per worker)."""
+        self.scoreboard.set_pool_stopping()  # a worker TERMed then serves what is queued
         for record in self.pool:
             if fast:
                 self.stop_worker(record, signal.SIGQUIT, FAST_STOP_TIMEOUT)

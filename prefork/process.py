@@ -9,15 +9,19 @@ that a server can serve again, or handle a request with ``handle_request()``, af
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 import setproctitle
 
+from prefork import sockets
 from prefork.contract import PoolServer
 from prefork.errors import PreforkError
 from prefork.pidfile import Pidfile
 from prefork.scoreboard import Scoreboard
+
+log = logging.getLogger("prefork")
 
 
 class MasterProcess:
@@ -37,9 +41,11 @@ class MasterProcess:
         self._title = ""
         self._timeouts: list[float | None] = []
 
-    def start(self) -> None:
+    def start(self, size: int) -> None:
         """Set the umask, title the process, write the pid file, make the listening sockets
-        non-blocking and give each server the scoreboard. Raises
+        non-blocking, give each server the scoreboard, and log where the pool of ``size``
+        workers listens (the line tests and tools read: ``Listening at ADDR, ... with N
+        CLASS workers (master pid P)``). Raises
         :class:`~prefork.errors.PreforkError` when the pid file cannot be written, or names
         another running master (see :meth:`Pidfile.create <prefork.pidfile.Pidfile.create>`)."""
         self._title = setproctitle.getproctitle()
@@ -58,6 +64,14 @@ class MasterProcess:
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard
+        log.info(
+            "Listening at %s with %d %s worker%s (master pid %d)",
+            ", ".join(sockets.describe(s) for s in self.servers),
+            size,
+            self.servers[0].worker_class,
+            "" if size == 1 else "s",
+            os.getpid(),
+        )
 
     def stop(self, *, restore_sockets: bool = True) -> None:
         """Put back the title, the sockets' timeouts (unless ``restore_sockets`` is False:

@@ -44,6 +44,7 @@ MAGIC = b"PFSB"
 VERSION = 1
 
 _HEADER = struct.Struct("=4sHHI")  # magic, version, slot size, capacity
+_STOPPING = struct.Struct("=B")  # header offset 12: the whole pool is stopping gracefully
 _SLOT = struct.Struct("=iiiB3xdQQd")  # pid, number, generation, state, started, requests, denied, booted
 _IDENTITY = struct.Struct("=iii")  # pid, number, generation (offset 0)
 _PID = struct.Struct("=i")  # offset 0
@@ -165,6 +166,15 @@ class Scoreboard:
             return cls(0, path, _readonly_fd=fd)
         finally:
             os.close(fd)
+
+    def set_pool_stopping(self) -> None:
+        """Say that the whole pool is stopping gracefully (not one worker retiring): a worker
+        told to stop then serves what is queued before it exits. Runs in the master."""
+        _STOPPING.pack_into(self._memory, _HEADER.size, 1)
+
+    def pool_stopping(self) -> bool:
+        """Whether the master said the whole pool is stopping gracefully."""
+        return bool(_STOPPING.unpack_from(self._memory, _HEADER.size)[0])
 
     def detach(self) -> None:
         """From now on, write to a private copy instead of the shared slots: for a process

@@ -82,6 +82,7 @@ class PreforkMixIn(_Base):
     threads: int = config.THREADS.default
     accept: str = config.ACCEPT.default
     graceful_timeout: float = config.GRACEFUL_TIMEOUT.default
+    shutdown_delay: float = config.SHUTDOWN_DELAY.default
     request_timeout: float = config.REQUEST_TIMEOUT.default
     max_requests: int = config.MAX_REQUESTS.default
     max_requests_jitter: int = config.MAX_REQUESTS_JITTER.default

@@ -4,7 +4,7 @@ The master decides which workers to fork (:meth:`Master.spawn_missing
 <prefork.master.Master.spawn_missing>`); :class:`Spawner` forks one: a scoreboard slot, the
 ``max_requests`` jitter, the fork itself, the child's entry (it drops the master's
 descriptors, then builds and runs the worker object in
-:func:`~prefork.workers.base.run_forked`, which never returns) and, in the master, the
+:func:`run_forked`, which never returns) and, in the master, the
 record of the new process and the pidfd that wakes the loop when it exits.
 """
 
@@ -16,16 +16,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 from prefork.contract import PoolServer
 from prefork.events import MasterEvents
 from prefork.logs import flush_std_streams
+from prefork.messages import WORKER_EXIT_ERROR
 from prefork.pool import BootBackoff, WorkerRecord
 from prefork.scoreboard import Scoreboard
 from prefork.sockets import ReuseportSockets
 from prefork.workers import WORKER_CLASSES, Worker
-from prefork.workers.base import run_forked
 
 log = logging.getLogger("prefork")
 
@@ -135,3 +136,23 @@ class Spawner:
             self.reuseport.use_in_worker(own)
         signal.set_wakeup_fd(-1)
         self.events.close_in_worker(record.pidfd for record in self.records)
+
+
+def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:
+    """The entry point of worker ``number``'s process, called by the master in the child right
+    after the fork: ``prepare()`` (drop the master's descriptors), then ``build()`` the worker
+    object and :meth:`~Worker.run` it. Never returns: the child leaves with ``os._exit`` and the
+    status of :meth:`~Worker.run` (an int ``SystemExit`` code;
+    :data:`~prefork.messages.WORKER_EXIT_ERROR` after an exception, which is logged), as
+    ``ForkingMixIn.process_request``'s child does, so it never unwinds into master code."""
+    status = WORKER_EXIT_ERROR
+    try:
+        prepare()
+        status = build().run()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
+    except BaseException:
+        log.exception("Worker %d (pid %d) crashed", number, os.getpid())
+    finally:
+        flush_std_streams()
+        os._exit(status)

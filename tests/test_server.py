@@ -441,6 +441,7 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "threads": "3",
         "accept": "shared",
         "graceful_timeout": "5",
+        "shutdown_delay": "0",
         "request_timeout": "20",
         "max_requests": "1000",
         "max_requests_jitter": "5",

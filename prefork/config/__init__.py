@@ -122,6 +122,19 @@ GRACEFUL_TIMEOUT: Setting[float] = Setting(
         "request before it is killed with SIGKILL, as gunicorn's graceful_timeout."
     ),
 )
+SHUTDOWN_DELAY: Setting[float] = Setting(
+    name="shutdown_delay",
+    section="Pool",
+    default=0.0,
+    convert=seconds,
+    flags=("--shutdown-delay",),
+    metavar="SECONDS",
+    help=(
+        "On TERM, keep serving this many seconds before the graceful stop begins, so that a "
+        "load balancer or a Kubernetes endpoint controller notices the instance is leaving "
+        "(as a preStop sleep); a second TERM, INT or QUIT stops at once. 0: none."
+    ),
+)
 REQUEST_TIMEOUT: Setting[float] = Setting(
     name="request_timeout",
     section="Pool",
@@ -309,6 +322,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     THREADS,
     ACCEPT,
     GRACEFUL_TIMEOUT,
+    SHUTDOWN_DELAY,
     REQUEST_TIMEOUT,
     MAX_REQUESTS,
     MAX_REQUESTS_JITTER,

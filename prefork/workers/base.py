@@ -12,31 +12,30 @@ connections is :mod:`prefork.workers.waiting`.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from time import monotonic
 from types import FrameType
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar
 
 import setproctitle
 
 from prefork.contract import pool_servers
-from prefork.logs import flush_std_streams, reopen_log_files
+from prefork.logs import reopen_log_files
 from prefork.messages import (
     BOOT_ERROR,
     READY,
     WORKER_BOOT_ERROR,
-    WORKER_EXIT_ERROR,
     WORKER_EXIT_OK,
     send_message,
 )
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
-from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter
+from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter, accept_queued
 
 if TYPE_CHECKING:
     from _socket import _RetAddress
@@ -112,8 +111,10 @@ class Worker:
         self.pid = os.getpid()
         #: False once it has been told to stop (TERM) or the master died.
         self.alive = True
-        #: True in a process forked by a handler (see :meth:`forked_by_handler`).
+        #: True in a process forked by a handler (see :func:`leave_pool`).
         self.forked = False
+        #: Told to stop gracefully (TERM): :meth:`drain` the queue before exiting.
+        self.terminated = False
         #: True once :meth:`wait_for_listeners` has seen the master's death.
         self.master_died = False
         #: Requests processed so far.
@@ -150,7 +151,7 @@ class Worker:
             send_message(self.notify_fd, BOOT_ERROR, boot_error_text(exc, self.server.user))
             log.exception("Worker %d (pid %d) failed to boot", self.number, self.pid)
             return WORKER_BOOT_ERROR
-        os.register_at_fork(after_in_child=self.forked_by_handler)
+        os.register_at_fork(after_in_child=functools.partial(leave_pool, self))
         send_message(self.notify_fd, READY)  # then the title: a worker titled ready has told the master so
         setproctitle.setproctitle(f"prefork: worker {self.number} [{self.name}]")
         self.scoreboard.booted(self.slot, self.pid)
@@ -212,6 +213,7 @@ class Worker:
         otherwise retry the accept after this handler returns.
         """
         self.alive = False
+        self.terminated = True
         if self.blocking_accept and frame is not None and frame.f_code is _SOCKET_ACCEPT_CODE:
             raise InterruptedError("the worker is stopping")
 
@@ -244,6 +246,7 @@ class Worker:
         for number in signals:
             if number == signal.SIGTERM:
                 self.alive = False
+                self.terminated = True
             elif number in (signal.SIGINT, signal.SIGQUIT):
                 os._exit(WORKER_EXIT_OK)
             elif number == signal.SIGUSR1:
@@ -283,29 +286,6 @@ class Worker:
         if self.blocking_accept and not self.alive:
             return []
         return ready
-
-    def forked_by_handler(self) -> None:
-        """In a process forked by a handler (``os.fork()`` in the worker; registered with
-        ``os.register_at_fork``): this process is not the worker the master forked, and
-        never serves. Its signal handlers and wake-up fd go back to the defaults, its copies
-        of the listening sockets and of the worker's pipes are closed, its scoreboard writes
-        go to a private copy, and ``alive`` is False: when it returns from the handler into
-        the worker's loop, it exits instead of accepting. Runs in that process."""
-        self.alive = False
-        self.forked = True
-        self.scoreboard.detach()
-        self._slot_started, self._slot_finished = self.scoreboard.request_writers(self.slot)
-        _default_signals(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, *self.IGNORED_SIGNALS)
-        )
-        if self._waiter is not None:  # closed, not emptied: its epoll is the worker's too
-            self._waiter.close()
-            self._waiter = None
-        for server in self.servers:
-            server.socket.close()
-        for fd in (self.wakeup_fd, self._wakeup_w, self.notify_fd, self.master_fd):
-            os.close(fd)
-        self.wakeup_fd = self._wakeup_w = self.notify_fd = self.master_fd = -1
 
     def close_listeners(self) -> None:
         """Close this worker's copies of the listening sockets (its master is gone: a new
@@ -349,6 +329,14 @@ class Worker:
         except OSError as exc:
             self.accept_failed(exc, woken)
             return False
+        self.process_accepted(server, request, client_address)
+        return True
+
+    def process_accepted(
+        self, server: PoolServer, request: _RequestType, client_address: _RetAddress
+    ) -> None:
+        """The rest of :meth:`handle_request` for an accepted ``request``: ``verify_request``
+        -> ``process_request``, the scoreboard, ``max_requests``. Runs in the worker."""
         self.request_started(request)
         processed = False
         try:
@@ -370,7 +358,17 @@ class Worker:
             if self.max_requests:
                 self.check_max_requests()
             self.request_returned(request, processed)
-        return True
+
+    def drain(self) -> None:
+        """When the whole pool stops gracefully (TERM, and the master's word in the scoreboard:
+        a worker retiring alone leaves the queue to the others), take every connection queued on this worker's
+        listening sockets, close its copies of them (once every process has, new connections
+        are refused), then process the connections taken: a connection queued before the
+        listeners stopped accepting is served, not reset. Runs in the worker."""
+        held = [] if self.blocking_accept else accept_queued(self.servers)  # its socket blocks
+        self.close_listeners()
+        for server, request, client_address in held:
+            self.process_accepted(server, request, client_address)
 
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
@@ -403,28 +401,30 @@ class Worker:
             self.alive = False
 
 
-def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:
-    """The entry point of worker ``number``'s process, called by the master in the child right
-    after the fork: ``prepare()`` (drop the master's descriptors), then ``build()`` the worker
-    object and :meth:`~Worker.run` it. Never returns: the child leaves with ``os._exit`` and the
-    status of :meth:`~Worker.run` (an int ``SystemExit`` code;
-    :data:`~prefork.messages.WORKER_EXIT_ERROR` after an exception, which is logged), as
-    ``ForkingMixIn.process_request``'s child does, so it never unwinds into master code."""
-    status = WORKER_EXIT_ERROR
-    try:
-        prepare()
-        status = build().run()
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
-    except BaseException:
-        log.exception("Worker %d (pid %d) crashed", number, os.getpid())
-    finally:
-        flush_std_streams()
-        os._exit(status)
-
-
 #: The signals a worker handles (see :meth:`Worker.init_signals`).
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def leave_pool(worker: Worker) -> None:
+    """In a process forked by a handler of ``worker`` (``os.fork()`` in the worker; called by
+    ``os.register_at_fork``): this process is not the worker the master forked, and never
+    serves. Its signal handlers and wake-up fd go back to the defaults, its copies of the
+    listening sockets and of the worker's pipes are closed, its scoreboard writes go to a
+    private copy, and ``alive`` is False: when it returns from the handler into the worker's
+    loop, it exits instead of accepting. Runs in that process."""
+    worker.alive = False
+    worker.forked = True
+    worker.scoreboard.detach()
+    worker._slot_started, worker._slot_finished = worker.scoreboard.request_writers(worker.slot)
+    _default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
+    if worker._waiter is not None:  # closed, not emptied: its epoll is the worker's too
+        worker._waiter.close()
+        worker._waiter = None
+    for server in worker.servers:
+        server.socket.close()
+    for fd in (worker.wakeup_fd, worker._wakeup_w, worker.notify_fd, worker.master_fd):
+        os.close(fd)
+    worker.wakeup_fd = worker._wakeup_w = worker.notify_fd = worker.master_fd = -1
 
 
 def _default_signals(signals: tuple[signal.Signals, ...]) -> None:

@@ -43,6 +43,8 @@ class SyncWorker(Worker):
                     for _ in more:
                         if not (self.alive and self.handle_request(server, woken=False)):
                             break
+        if self.terminated and not self.master_died and self.scoreboard.pool_stopping():
+            self.drain()  # what was queued before the listeners closed is served
 
     def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
         """``finish_request`` then ``shutdown_request``, in this process (as BaseServer)."""

@@ -111,6 +111,8 @@ class ThreadWorker(Worker):
                 # only worker woken), but never beyond its threads.
                 if len(self._in_flight) < self.threads:
                     self.handle_request(server)
+        if self.terminated and not self.master_died and self.scoreboard.pool_stopping():
+            self.drain()  # queued connections go to the threads: served, not reset
         finished = self.wait_in_flight()
         if finished:
             for _ in pool:

@@ -17,7 +17,7 @@ import selectors
 import socket
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 #: Most bytes read from the wake-up pipe in one wait (the pipe holds at most 64 KiB).
 _MAX_WAKEUP_BYTES = 65536
@@ -37,6 +37,27 @@ ACCEPT_PAUSE = 0.1
 
 #: How a worker waits for its listening sockets (see :class:`ListenerWaiter`), by preference.
 ACCEPT_WAITS = ("exclusive", "select", "blocking")
+
+
+#: Most connections a stopping worker takes from the queue to serve before it exits.
+DRAIN_LIMIT = 65536
+
+
+def accept_queued(
+    servers: Sequence[PoolServer], limit: int = DRAIN_LIMIT
+) -> list[tuple[PoolServer, Any, Any]]:
+    """Accept the connections queued on ``servers``' listening sockets (non-blocking ones:
+    without waiting), at most ``limit``, and return them with their server and client
+    address, to be processed later. Runs in a worker that is stopping."""
+    taken: list[tuple[PoolServer, Any, Any]] = []
+    for server in servers:
+        while len(taken) < limit:
+            try:
+                request, client_address = server.get_request()
+            except OSError:  # nothing left (EAGAIN), or out of resources
+                break
+            taken.append((server, request, client_address))
+    return taken
 
 
 class AcceptPause:

@@ -1,0 +1,76 @@
+"""A graceful stop loses nothing: every connection queued when TERM arrives is served (not
+reset), and ``shutdown_delay`` keeps serving for a while after TERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import CLIServer, request_line
+from tests.faults.figures import report
+
+Serve = Callable[..., CLIServer]
+CLIENTS = 20
+
+
+def ask(address: tuple[str, int], line: bytes, results: list[str]) -> None:
+    """One connection: send ``line``, read the answer; record 'ok', 'reset' or the error."""
+    try:
+        with socket.create_connection(address, timeout=20) as sock:
+            sock.sendall(line)
+            answer = sock.makefile("rb").readline()
+        results.append("ok" if answer.endswith(line) else "eof")
+    except ConnectionResetError:
+        results.append("reset")
+    except OSError as exc:
+        results.append(type(exc).__name__)
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "thread"])
+@pytest.mark.timeout(60)
+def test_term_serves_every_queued_connection(serve_cli: Serve, worker_class: str) -> None:
+    server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "2", "--worker-class", worker_class)
+    server.wait_workers(2)
+    address = server.address
+    results: list[str] = []
+    clients = [threading.Thread(target=ask, args=(address, b"sleep 0.2\n", results)) for _ in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    time.sleep(0.3)  # (sync) 2 served, 2 in progress, 16 queued in the backlog
+    server.signal(signal.SIGTERM)
+    for client in clients:
+        client.join(30)
+    assert server.wait(30) == 0
+    lost = len(results) - results.count("ok")
+    report(
+        f"graceful_stop_lost_connections_{worker_class}",
+        lost,
+        f"== 0 of {CLIENTS} (2 workers, 0.2 s requests)",
+        **{kind: results.count(kind) for kind in set(results)},
+    )
+    assert results.count("ok") == CLIENTS, results
+    with pytest.raises(ConnectionRefusedError):  # the master is gone: nobody listens
+        socket.create_connection(address, timeout=2).close()
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_delay_keeps_serving_after_term(serve_cli: Serve) -> None:
+    server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "1", "--shutdown-delay", "1.5")
+    server.wait_workers(1)
+    address = server.address
+    termed = time.monotonic()
+    server.signal(signal.SIGTERM)
+    served_after = 0
+    while time.monotonic() - termed < 1.0:
+        assert request_line(address, b"still\n").endswith(b" still\n")
+        served_after += 1
+    assert server.wait(20) == 0
+    took = time.monotonic() - termed
+    assert served_after > 10
+    assert 1.4 <= took < 5.0, took
+    server.wait_logged("serving 1.5 s more (shutdown_delay)")
