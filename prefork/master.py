@@ -31,7 +31,7 @@ from prefork.errors import WorkerBootError
 from prefork.events import MasterEvents, Message
 from prefork.logs import reopen_log_files
 from prefork.messages import BOOT_ERROR, READY, describe_exit
-from prefork.pool import BootBackoff, Pool, WorkerRecord
+from prefork.pool import BootBackoff, BootVerdict, Pool, WorkerRecord, judge_boot_failure
 from prefork.process import MasterProcess
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.signals import SIGNALS, SignalQueue
@@ -77,6 +77,7 @@ class Master:
         self.halt_reason: str | None = None
         self.announced_generation = -1  # the generation whose readiness was announced
         self.stop_at = 0.0  # monotonic time at which a TERM's shutdown_delay ends
+        self.degraded = False  # replacements keep failing to boot while others serve (said once)
         #: USR2: the new master we started, the old master that started us.
         self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
@@ -325,7 +326,7 @@ class Master:
             if record is None:
                 continue
             if kind == READY:
-                record.booted = True
+                record.booted, self.degraded = True, False
                 self.boot_backoff.succeeded()
             elif kind == BOOT_ERROR:
                 record.boot_error = text
@@ -335,28 +336,26 @@ class Master:
         the reload (old workers serve on) or stop the pool."""
         if self.halt_reason is not None:  # another worker of the round that failed: said once
             return
-        cause = record.boot_error or f"worker {how}"
-        backoff = self.boot_backoff
+        cause, backoff, serving = record.boot_error or f"worker {how}", self.boot_backoff, self.pool.serving()
         backoff.failed(record, time.monotonic())
-        serving = self.pool.serving()
-        if backoff.exhausted and serving:  # a reload (HUP) failed
+        verdict = judge_boot_failure(record, serving, backoff)
+        if verdict is BootVerdict.RELOAD_FAILED:
             self.generation = max(r.generation for r in serving)
             backoff.succeeded()
-            log.error(
-                "Reload failed: new workers failed to boot %d times in a row (%s); the %d workers "
-                "already serving go on.",
-                backoff.limit,
-                cause,
-                len(serving),
-            )
+            what = "Reload failed: new workers failed to boot %d times in a row (%s); %d workers serve on."
+            log.error(what, backoff.limit, cause, len(serving))
             systemd.notify("READY=1", f"STATUS=Reload failed: {cause}")
-        elif backoff.exhausted:
+        elif verdict is BootVerdict.HALT:
             self.halt_reason = f"Workers failed to boot {backoff.failures} times in a row: {cause}"
             log.error("%s; stopping.", self.halt_reason)
             self.stop(StopMode.FAST)
-        else:
+        elif verdict is BootVerdict.RETRY or not self.degraded:
+            self.degraded = verdict is BootVerdict.DEGRADED
             delay = backoff.next_attempt() - time.monotonic()
-            log.warning("Worker %d failed to boot (%s); retrying in %.1f s", record.number, cause, delay)
+            degraded = f"; the pool is degraded: {len(serving)} workers serve on" if self.degraded else ""
+            log.warning(
+                "Worker %d failed to boot (%s)%s; retrying in %.1f s", record.number, cause, degraded, delay
+            )
 
     def announce_ready(self) -> None:
         """Once every worker of the current generation is ready: tell the service manager

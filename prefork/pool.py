@@ -18,6 +18,7 @@ A worker's life, as the master records it::
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterator
 
@@ -195,6 +196,32 @@ class Pool:
             for r in self._by_pid.values()
             if r.stop_deadline is not None and r.stop_deadline <= now and not r.killed
         ]
+
+
+class BootVerdict(enum.Enum):
+    """What a boot failure means once counted (see :func:`judge_boot_failure`)."""
+
+    RETRY = "retry"  # fork again after the backoff
+    RELOAD_FAILED = "reload failed"  # new workers of a reload keep failing: old ones serve on
+    DEGRADED = "degraded"  # replacements keep failing while others serve: retry every 5 s
+    HALT = "halt"  # nothing serves and workers keep failing: stop the pool
+
+
+def judge_boot_failure(
+    record: WorkerRecord, serving: list[WorkerRecord], backoff: BootBackoff
+) -> BootVerdict:
+    """The verdict on ``record``'s boot failure, counted in ``backoff``, while ``serving``
+    workers serve: retry until the backoff is exhausted; then a failed reload if ``record``
+    is of a newer generation than every serving worker, a degraded pool if workers of its
+    generation serve (a replacement cannot boot: the file on disk broke after they
+    started), and a halt if nothing serves."""
+    if not backoff.exhausted:
+        return BootVerdict.RETRY
+    if not serving:
+        return BootVerdict.HALT
+    if record.generation > max(r.generation for r in serving):
+        return BootVerdict.RELOAD_FAILED
+    return BootVerdict.DEGRADED
 
 
 class BootBackoff:

@@ -335,3 +335,31 @@ def test_a_failed_reload_keeps_the_serving_workers(serve_cli: Serve, tmp_path: P
     server.wait_logged("broken on purpose")
     assert server.proc.poll() is None
     assert request_line(server.address, b"still\n") == f"{pid} still\n".encode()
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_worker_whose_replacement_cannot_boot_leaves_a_degraded_pool(
+    serve_cli: Serve, tmp_path: Path
+) -> None:
+    """After a failed reload (the file on disk broken), an old worker dies: its replacement
+    cannot import the file either. The master retries with backoff (at most every 5 s), says
+    once that the pool is degraded, never says "Reload failed" again, and keeps serving; the
+    pool is whole again once the file is fixed."""
+    target = tmp_path / "degraded.py"
+    target.write_text("from tests.handlers import PidEchoHandler as Handler\n")
+    server = serve_cli(str(target), "--workers", "2")
+    first = server.wait_workers(2)
+    target.write_text("raise RuntimeError('broken on purpose')\n")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "Reload failed" in server.log, timeout=20)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(6.0)
+    (survivor,) = first - {victim}
+    assert request_line(server.address, b"still\n") == f"{survivor} still\n".encode()
+    assert server.log.count("Reload failed") == 1
+    assert server.log.count("the pool is degraded: 1 workers serve on") == 1
+    failures = server.log.count("failed to boot (")
+    assert failures <= 5 + 8, failures  # the reload's 5, then a backoff up to 5 s (not 400 in 10 s)
+    target.write_text("from tests.handlers import PidEchoHandler as Handler\n")
+    wait_for(lambda: len(server.workers()) == 2, timeout=15)

@@ -134,3 +134,17 @@ def test_the_backoff_never_waits_longer_than_its_longest() -> None:
     for attempt in range(10):
         backoff.failed(worker(0, booted=False, spawned_at=attempt + 0.5), now=attempt + 1.0)
     assert backoff.next_attempt() - backoff.last_failure == 3.0
+
+
+def test_judging_a_boot_failure() -> None:
+    from prefork.pool import BootVerdict, judge_boot_failure
+
+    backoff = BootBackoff(limit=2)
+    old, new = worker(0, 0), worker(0, 1, booted=False, spawned_at=1.0)
+    backoff.failed(new, now=2.0)
+    assert judge_boot_failure(new, [old], backoff) is BootVerdict.RETRY
+    backoff.failed(worker(0, 1, booted=False, spawned_at=3.0), now=4.0)
+    assert judge_boot_failure(new, [old], backoff) is BootVerdict.RELOAD_FAILED  # old ones serve
+    replacement = worker(1, 0, booted=False, spawned_at=5.0)
+    assert judge_boot_failure(replacement, [old], backoff) is BootVerdict.DEGRADED  # same generation
+    assert judge_boot_failure(replacement, [], backoff) is BootVerdict.HALT  # nothing serves
