@@ -90,7 +90,7 @@ def test_memory_is_checked_once_per_interval_and_names_workers_over_the_limit() 
     large, small, gone = record(0), record(1), record(2)
     (verdict,) = watchdog.too_large([large, small, gone], now=50.0)
     assert verdict.record is large
-    assert verdict.reason == "uses 600.0 MiB, over max_worker_memory (512.0 MiB)"
+    assert verdict.reason.startswith("uses 600.0 MiB, over max_worker_memory (512.0 MiB)")
     assert watchdog.too_large([large], now=50.0 + MEMORY_CHECK_INTERVAL / 2) == []
     assert reads == [100, 101, 102]
     assert watchdog.deadlines([]) == [50.0 + MEMORY_CHECK_INTERVAL]
@@ -105,3 +105,12 @@ def test_no_memory_limit_reads_nothing() -> None:
     watchdog = Watchdog(0.0, 0, FakeScoreboard().read, memory_of)
     assert watchdog.too_large([record(0)], now=1.0) == []
     assert watchdog.deadlines([record(0)]) == []
+
+
+def test_a_limit_below_a_fresh_worker_is_said_once() -> None:
+    board = FakeScoreboard()  # every slot: 0 requests served
+    watchdog = Watchdog(0.0, 10 * MiB, board.read, lambda pid: 50 * MiB)
+    first = watchdog.too_large([record(0), record(1)], now=1.0)
+    assert [("fresh worker" in v.reason) for v in first] == [True, False]
+    later = watchdog.too_large([record(2)], now=1.0 + MEMORY_CHECK_INTERVAL)
+    assert "fresh worker" not in later[0].reason
