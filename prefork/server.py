@@ -203,14 +203,15 @@ class PreforkMixIn(_Base):
         ``server_address`` says. A Unix socket bound here gets the ``unix_socket_mode``
         setting's file mode. May be extended.
         """
-        inherited = sockets.adopt_inherited_socket(self.socket.family, self.socket.type)
+        own = getattr(self, "socket", None)  # a server class may bind without one (a mock)
+        inherited = sockets.adopt_inherited_socket(own.family, own.type) if own is not None else None
         if inherited is not None:
             self.socket.close()
             self.socket = inherited
             log.info("Using the inherited socket %s (fd %d)", inherited.getsockname(), inherited.fileno())
         super().server_bind()
         mode = self.unix_socket_mode
-        if inherited is None and mode is not None and self.socket.family == socket.AF_UNIX:
+        if inherited is None and mode is not None and own is not None and own.family == socket.AF_UNIX:
             os.chmod(self.server_address, mode)  # type: ignore[arg-type]
 
     def get_request(self) -> tuple[Any, Any]:

@@ -561,3 +561,19 @@ def test_a_base_class_handle_error_is_not_shadowed_by_the_mixin(tmp_path: Path) 
         assert request_line(address(server), b"raise\n") == b""
         wait_for(errors.exists)
         assert errors.read_text() == f"{worker}\n"
+
+
+def test_a_base_server_bind_without_a_socket_is_kept() -> None:
+    """A server class whose own server_bind() binds no socket (a mock, as CPython's
+    test_wsgiref has) still builds with the mixin in front."""
+
+    class NoSocket(socketserver.BaseServer):
+        def server_bind(self) -> None:
+            self.bound = True
+
+    class Server(PreforkMixIn, NoSocket):
+        def __init__(self) -> None:
+            super().__init__(("127.0.0.1", 0), PidEchoHandler)
+            self.server_bind()
+
+    assert Server().bound
