@@ -89,9 +89,9 @@ class Watchdog:
 
     def too_large(self, records: Iterable[WorkerRecord], now: float) -> list[Verdict]:
         """Every ``MEMORY_CHECK_INTERVAL`` seconds (else []), the workers not already stopping
-        whose memory is over ``max_worker_memory`` bytes. The first such worker that has
-        served no request gets a hint in its reason (once): the limit is below a fresh
-        worker's size, so every worker would be recycled each second."""
+        whose memory is over ``max_worker_memory`` bytes. The first such worker that is idle
+        and has served no request gets a hint in its reason (once): the limit is below a
+        fresh worker's size, so every worker would be recycled each second."""
         limit = self.max_worker_memory
         if not limit or now < self.next_memory_check:
             return []
@@ -103,7 +103,8 @@ class Watchdog:
             size = self.memory_of(record.pid)
             if size is not None and size > limit:
                 reason = f"uses {size / 2**20:.1f} MiB, over max_worker_memory ({limit / 2**20:.1f} MiB)"
-                if not self.warned_fresh and record.booted and not self.read_slot(record.slot).requests:
+                stats = self.read_slot(record.slot)
+                if not self.warned_fresh and stats.state is WorkerState.IDLE and not stats.requests:
                     self.warned_fresh = True  # said once: every fresh worker would be recycled
                     reason += "; it served no request yet: max_worker_memory is below a fresh worker's size"
                 verdicts.append(Verdict(record, reason))

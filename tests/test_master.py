@@ -209,32 +209,22 @@ def test_workers_exit_within_a_second_when_the_master_is_killed(serve_cli: Serve
 
 
 def test_after_a_kill_9_of_the_master_a_restart_binds_once_the_busy_worker_is_done(serve_cli: Serve) -> None:
-    """The idle worker closes its listening socket as soon as it sees its master gone; the
-    busy one finishes its request; the new master's bind is retried until the port is free."""
+    """The busy worker of a killed master holds the port until its request ends; the new
+    master's bind is retried (5 tries, 1 s apart) and succeeds once the request is done."""
     server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "2")
     server.wait_workers(2)
     host, port = server.address
     busy = socket.create_connection((host, port), timeout=10)
-    busy.sendall(b"sleep 6\n")
+    busy.sendall(b"sleep 2.5\n")
     time.sleep(0.3)
     os.kill(server.pid, signal.SIGKILL)
     server.wait(5)
-
-    def listeners() -> set[int]:
-        return {
-            c.pid
-            for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
-        }
-
-    (holder,) = wait_for(lambda: listeners() if len(listeners()) == 1 else None, timeout=4)
     restarted = serve_cli(
         "tests.handlers:PidEchoHandler", "--bind", f"{host}:{port}", "--workers", "1", wait=False
     )
-    assert busy.makefile("rb").readline().endswith(b" sleep 6\n")  # the request in flight was served
+    assert busy.makefile("rb").readline().endswith(b" sleep 2.5\n")  # the request in flight was served
     busy.close()
-    wait_for(lambda: not psutil.pid_exists(holder) or psutil.Process(holder).status() == "zombie", timeout=5)
-    restarted.wait_workers(1, timeout=10)
+    restarted.wait_workers(1, timeout=15)
     assert request_line((host, port), b"again\n").endswith(b" again\n")
     assert "retrying in 1 s" in restarted.log
 
