@@ -48,7 +48,7 @@ from prefork.server import (
     PreforkUnixDatagramServer,
     PreforkUnixStreamServer,
 )
-from prefork.sockets import Address, inherited_sockets, parse_address
+from prefork.sockets import Address, inherited_sockets, is_http_handler, parse_address
 from prefork.target import check_target, load_target, reimporting
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ def server_class_for(address: Address, handler: type[socketserver.BaseRequestHan
     """The Prefork*Server class for ``address`` and ``handler`` (HTTP for http.server
     handlers, IPv6 when the address is)."""
     base: type[PreforkMixIn]
-    http = sys.modules.get("http.server")  # imported already if handler is an HTTP handler
-    speaks_http = http is not None and issubclass(handler, http.BaseHTTPRequestHandler)
+    speaks_http = is_http_handler(handler)
     if address.family == socket.AF_UNIX and speaks_http and not address.datagram:
         from prefork.httpserver import PreforkUnixHTTPServer
 
@@ -183,7 +182,8 @@ def bind(
     live and is left alone. Runs in the master.
     """
     cls = server_class or server_class_for(address, handler)
-    for attempt in range(1, BIND_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             if address.family == socket.AF_UNIX and not inherited:
                 _remove_stale_socket(str(address.server_address), text)
@@ -198,7 +198,7 @@ def bind(
             raise AddressInUse(f"cannot bind {text}: {reason}; tried {BIND_ATTEMPTS} times") from None
         log.warning("Cannot bind %s: %s; retrying in %g s", text, reason, BIND_RETRY_DELAY)
         time.sleep(BIND_RETRY_DELAY)
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 def inherited_addresses() -> list[tuple[Address, str]]:

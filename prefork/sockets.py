@@ -60,12 +60,22 @@ def parse_address(text: str, datagram: bool = False) -> Address:
     return Address(socket.AF_INET, (match["host"], port), datagram)
 
 
-def _speaks_http(server: PoolServer) -> bool:
-    """Whether ``server`` serves http.server handlers (an HTTP server, or a server whose
-    ``RequestHandlerClass`` is a BaseHTTPRequestHandler)."""
+def is_http_handler(handler: object) -> bool:
+    """Whether ``handler`` is an http.server request handler class (XML-RPC's included).
+    Imports nothing: if ``http.server`` is not imported, no handler can be one."""
     http = sys.modules.get("http.server")
-    handler = getattr(server, "RequestHandlerClass", None)
     return http is not None and isinstance(handler, type) and issubclass(handler, http.BaseHTTPRequestHandler)
+
+
+def speaks_http(server: PoolServer) -> bool:
+    """Whether ``server`` speaks HTTP: an ``http.server`` or ``xmlrpc.server`` server, or
+    one whose ``RequestHandlerClass`` is an http.server handler."""
+    http, xmlrpc = sys.modules.get("http.server"), sys.modules.get("xmlrpc.server")
+    return bool(
+        (http is not None and isinstance(server, http.HTTPServer))
+        or (xmlrpc is not None and isinstance(server, xmlrpc.SimpleXMLRPCServer))
+        or is_http_handler(getattr(server, "RequestHandlerClass", None))
+    )
 
 
 def describe(server: PoolServer) -> str:
@@ -77,18 +87,12 @@ def describe(server: PoolServer) -> str:
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         path = name.decode() if isinstance(name, bytes) else name
-        http = sys.modules.get("http.server")  # imported if server is an HTTP server
-        kind = " (datagram)" if datagram else " (http)" if http and _speaks_http(server) else ""
+        kind = " (datagram)" if datagram else " (http)" if speaks_http(server) else ""
         return f"unix:{path}{kind}"
     host, port = name[0], name[1]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
-    # Imported if server is one of their servers; else not needed.
-    http, xmlrpc = sys.modules.get("http.server"), sys.modules.get("xmlrpc.server")
-    speaks_http = (http and isinstance(server, http.HTTPServer)) or (
-        xmlrpc and isinstance(server, xmlrpc.SimpleXMLRPCServer)
-    )
-    scheme = "udp" if datagram else "http" if speaks_http else "tcp"
+    scheme = "udp" if datagram else "http" if speaks_http(server) else "tcp"
     return f"{scheme}://{host}:{port}"
 
 

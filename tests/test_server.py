@@ -480,16 +480,9 @@ def test_a_worker_stops_on_term_even_when_its_python_handler_does_not_run(
     graceful_timeout); the signal's wake-up byte still arrives, and the worker acts on it."""
     monkeypatch.setattr(SyncWorker, "handle_term", lambda self, signum, frame: None)
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        wait_for(lambda: len(worker_pids()) == 2)
+    with serving(server, workers=2):
         assert request_line(address(server), b"ping\n").endswith(b"ping\n")
-    finally:
-        started = time.monotonic()
-        server.shutdown()
-        thread.join(40)
-        server.server_close()
+        started = time.monotonic()  # serving() shuts the pool down on leaving
     assert time.monotonic() - started < 5.0  # not graceful_timeout (30 s)
 
 
