@@ -78,6 +78,7 @@ class Master:
         self.announced_generation = -1  # the generation whose readiness was announced
         self.stop_at = 0.0  # monotonic time at which a TERM's shutdown_delay ends
         self.degraded = False  # replacements keep failing to boot while others serve (said once)
+        self.keep_listeners = False  # shutdown(): the server may serve_forever() again
         #: USR2: the new master we started, the old master that started us.
         self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
@@ -108,6 +109,8 @@ class Master:
                 self.server.service_actions()
                 self.wait(self.timeout())
                 self.dispatch_signals()
+            if not self.keep_listeners:  # once the workers' copies close, connections are refused
+                process.close_listeners(self.spawner.reuseport)
             self.stop_pool()
         finally:
             process.stop(restore_sockets=not self.upgrade.new_pid)
@@ -223,7 +226,9 @@ class Master:
             self.stop_mode = mode
 
     def request_shutdown(self) -> None:
-        """Stop gracefully, as TERM does. Thread-safe: called by ``server.shutdown()``."""
+        """Stop gracefully, as TERM does, keeping the listening sockets open (the server may
+        serve again). Thread-safe: called by ``server.shutdown()``."""
+        self.keep_listeners = True
         self.stop(StopMode.GRACEFUL)
         self.events.wakeup()
 

@@ -73,6 +73,19 @@ class MasterProcess:
             os.getpid(),
         )
 
+    def close_listeners(self, reuseport: sockets.ReuseportSockets | None) -> None:
+        """Close the master's copies of the listening sockets (and the ``reuseport`` copies
+        it keeps for its workers) at a stop by signal, before the workers are told to stop.
+        The workers keep accepting on theirs and drain what is queued; once the last copy is
+        closed, the kernel refuses new connections at once instead of queueing them until
+        the stop ends. Only our own copies are closed: after a USR2 upgrade the new master,
+        and under systemd socket activation the service manager, hold the socket open, and
+        connections then wait in its queue for them."""
+        for server in self.servers:
+            server.socket.close()
+        if reuseport is not None:
+            reuseport.close()
+
     def stop(self, *, restore_sockets: bool = True) -> None:
         """Put back the title, the sockets' timeouts (unless ``restore_sockets`` is False:
         after a USR2 upgrade the new master shares their O_NONBLOCK flag), remove the pid
@@ -80,7 +93,8 @@ class MasterProcess:
         call after a :meth:`start` that raised."""
         if restore_sockets and self._timeouts:
             for server, timeout in zip(self.servers, self._timeouts, strict=True):
-                server.socket.settimeout(timeout)  # e.g. for handle_request() after this
+                if server.socket.fileno() != -1:
+                    server.socket.settimeout(timeout)  # e.g. for handle_request() after this
         if self._title:
             setproctitle.setproctitle(self._title)
         if self.pidfile is not None:

@@ -58,6 +58,35 @@ def test_term_serves_every_queued_connection(serve_cli: Serve, worker_class: str
         socket.create_connection(address, timeout=2).close()
 
 
+@pytest.mark.parametrize("worker_class", ["sync", "thread"])
+@pytest.mark.timeout(60)
+def test_connection_after_the_drain_is_refused_at_once(serve_cli: Serve, worker_class: str) -> None:
+    """Once every worker has drained its queue and closed its listening sockets, the master
+    holds no copy either: a new connection is refused at once, not left waiting in a queue
+    nobody accepts from until the stop ends (and then reset)."""
+    server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "1", "--worker-class", worker_class)
+    server.wait_workers(1)
+    address = server.address
+    results: list[str] = []
+    # sync: A in progress, B queued (served by the drain); thread: both in flight.
+    lines = (b"sleep 1.5\n", b"sleep 3\n")
+    clients = [threading.Thread(target=ask, args=(address, line, results)) for line in lines]
+    for client in clients:
+        client.start()
+        time.sleep(0.1)
+    time.sleep(0.2)
+    server.signal(signal.SIGTERM)
+    time.sleep(1.7)  # sync: A is done and B taken by the drain; thread: drained, B in flight
+    tried = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=10).close()
+    assert time.monotonic() - tried < 1.0
+    for client in clients:
+        client.join(30)
+    assert results == ["ok", "ok"]
+    assert server.wait(30) == 0
+
+
 @pytest.mark.timeout(60)
 def test_shutdown_delay_keeps_serving_after_term(serve_cli: Serve) -> None:
     server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "1", "--shutdown-delay", "1.5")
