@@ -10,7 +10,7 @@ own process group on a free 127.0.0.1 port with the same backlog, by:
 
 1. ``prefork``: ``prefork.PreforkTCPServer`` with ``--workers`` sync workers;
 2. ``prefork-no-timeout``: the same with ``socket_timeout=0``, no socket timeout, as the bare
-   loop (the default 10 s timeout makes each connection a ``prefork.sockets.RequestSocket``,
+   loop (the default 10 s timeout makes each connection a ``prefork.connections.RequestSocket``,
    whose ``recv_into`` and ``sendall`` are Python methods: a cost per call, which keep-alive
    mode, with a tiny handler, shows);
 3. ``bare``: ``--workers`` forked children each running stdlib ``TCPServer.serve_forever()``

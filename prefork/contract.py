@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from prefork.scoreboard import Scoreboard
 
 
+#: socket.socket, named apart from PoolServer's ``socket`` attribute.
+SocketType = socket.socket
+
+
 class PoolServer(Protocol):
     """A bound socketserver server served by a pool (:class:`prefork.PreforkMixIn` is one).
 
@@ -48,6 +52,9 @@ class PoolServer(Protocol):
     max_worker_memory: int
     scoreboard_file: str | None
     socket_timeout: float
+    read_min_rate: int
+    read_deadline: float
+    defer_accept: float | None
     allow: tuple[Network, ...]
     deny: tuple[Network, ...]
     proc_name: str | None
@@ -59,6 +66,8 @@ class PoolServer(Protocol):
     worker: Any
     #: The pool's scoreboard while the pool runs, else None.
     scoreboard: Scoreboard | None
+    #: The class an accepted connection with a timeout is given (set by the master).
+    request_socket: type[SocketType]
 
     @property
     def listeners(self) -> Sequence[PoolServer]:

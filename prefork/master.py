@@ -299,7 +299,10 @@ class Master:
                 # What the worker wrote before it exited (READY, BOOT_ERROR) is in the pipe now.
                 self.handle_messages(self.events.read_messages())
                 stats = self.scoreboard.read(record.slot)
-                self.forget(record)
+                self.pool.remove(record)  # its record, its scoreboard slot, its pidfd
+                self.scoreboard.release(record.slot)
+                self.events.unwatch(record.pidfd)
+                record.pidfd = -1
                 self.exited(record, os.waitstatus_to_exitcode(status), stats.state, stats.requests)
 
     def exited(self, record: WorkerRecord, code: int, state: WorkerState, requests: int) -> None:
@@ -316,13 +319,6 @@ class Master:
             log.info("Worker %d (pid %d) recycled after %d requests", number, pid, requests)
         else:
             log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
-
-    def forget(self, record: WorkerRecord) -> None:
-        """Drop a reaped worker's record, its pidfd and its scoreboard slot."""
-        self.pool.remove(record)
-        self.scoreboard.release(record.slot)
-        self.events.unwatch(record.pidfd)
-        record.pidfd = -1
 
     def handle_messages(self, messages: list[Message]) -> None:
         """Act on the workers' messages: READY marks a worker booted, BOOT_ERROR its cause."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import setproctitle
 
-from prefork import sockets
+from prefork import connections, sockets
 from prefork.contract import PoolServer
 from prefork.errors import PreforkError
 from prefork.pidfile import Pidfile
@@ -64,6 +64,8 @@ class MasterProcess:
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard
+            deferred = connections.defer_accept(server)
+            server.request_socket = connections.request_socket_class(server, deferred)
         log.info(
             "Listening at %s with %d %s worker%s (master pid %d)",
             ", ".join(sockets.describe(s) for s in self.servers),

@@ -30,7 +30,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from prefork import config, sockets
+from prefork import config, connections, sockets
 from prefork.master import Master
 
 if TYPE_CHECKING:
@@ -90,6 +90,12 @@ class PreforkMixIn(_Base):
     scoreboard_file: str | None = config.SCOREBOARD_FILE.default
     request_queue_size: int = config.REQUEST_QUEUE_SIZE.default
     socket_timeout: float = config.SOCKET_TIMEOUT.default
+    read_min_rate: int = config.READ_MIN_RATE.default
+    read_deadline: float = config.READ_DEADLINE.default
+    defer_accept: float | None = config.DEFER_ACCEPT.default
+    #: The class an accepted connection with a timeout is given (:meth:`get_request`); the
+    #: master sets each pool server's, with its read rules, before forking.
+    request_socket: type[socket.socket] = connections.RequestSocket
     allow: tuple[config.Network, ...] = config.ALLOW.default
     deny: tuple[config.Network, ...] = config.DENY.default
     unix_socket_mode: int | None = config.UNIX_SOCKET_MODE.default
@@ -219,18 +225,20 @@ class PreforkMixIn(_Base):
         ``socket_timeout`` setting as its timeout (``settimeout``; 0 means blocking, which
         accept() gives already, so no call is made). When the connection will have a timeout
         (this setting, or the handler class's ``timeout`` as StreamRequestHandler's), a plain
-        ``socket.socket`` becomes a :class:`~prefork.sockets.RequestSocket` (no system call),
-        whose recv and send poll() only when they would block (CPython's poll before each
-        call). Runs in the worker. May be extended."""
+        ``socket.socket`` becomes a :class:`~prefork.connections.RequestSocket` of this
+        server's ``request_socket`` class (no system call), whose recv and send poll() only
+        when they would block (CPython's poll before each call) and whose reads then apply
+        the ``read_min_rate`` and ``read_deadline`` rules (and ``defer_accept``'s). Runs in
+        the worker. May be extended."""
         request, client_address = super().get_request()
         timeout = self.socket_timeout or None
         if type(request) is socket.socket:
             if timeout:
-                request.__class__ = sockets.RequestSocket
+                request.__class__ = self.request_socket
                 request.settimeout(timeout)
                 return request, client_address
             if getattr(self.RequestHandlerClass, "timeout", None):
-                request.__class__ = sockets.RequestSocket
+                request.__class__ = self.request_socket
         if isinstance(request, socket.socket) and request.gettimeout() != timeout:
             request.settimeout(timeout)
         return request, client_address

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, NamedTuple
 from prefork import systemd
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
-
     from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
@@ -94,73 +92,6 @@ def describe(server: PoolServer) -> str:
         host = f"[{host}]"
     scheme = "udp" if datagram else "http" if speaks_http(server) else "tcp"
     return f"{scheme}://{host}:{port}"
-
-
-class RequestSocket(socket.socket):
-    """An accepted stream connection whose recv and send try the system call at once and
-    wait only when it would block.
-
-    With a timeout (``settimeout(t)``, t > 0) CPython polls the socket before every
-    ``recv`` and ``send``, even when data is waiting or the send buffer has room: one
-    ``poll()`` system call per call, three for a small HTTP request. Here ``recv``,
-    ``recv_into``, ``send`` and ``sendall`` (all that ``makefile()`` and socketserver's
-    handlers use) first read or write the non-blocking descriptor directly; only when that
-    would block (``EAGAIN``) do they call socket.socket's own method, which polls with the
-    timeout and raises ``TimeoutError`` as always. So the timeout's meaning is unchanged: a
-    call returns what was ready at once, or waits at most the timeout (``sendall``: at most
-    the timeout after the first write that would block). With flags, a byte count to
-    ``recv_into``, or no timeout (blocking or non-blocking), they are socket.socket's.
-
-    :meth:`PreforkMixIn.get_request` gives an accepted plain ``socket.socket`` this class
-    when it will have a timeout: the ``socket_timeout`` setting, or the handler class's own
-    (``StreamRequestHandler.timeout``). It adds no state; a TLS socket or other subclass is
-    left as it is. Runs in the worker.
-    """
-
-    __slots__ = ()
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        """Receive up to ``bufsize`` bytes, as socket.socket.recv."""
-        if not flags and self.gettimeout():
-            try:
-                return os.read(self.fileno(), bufsize)
-            except BlockingIOError:
-                pass
-        return super().recv(bufsize, flags)
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        """Receive into ``buffer``, as socket.socket.recv_into; return the byte count."""
-        if not (flags or nbytes) and self.gettimeout():
-            try:
-                return os.readv(self.fileno(), (buffer,))
-            except BlockingIOError:
-                pass
-        return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
-        """Send what the socket takes of ``data``, as socket.socket.send; return the count."""
-        if not flags and self.gettimeout():
-            try:
-                return os.write(self.fileno(), data)
-            except BlockingIOError:
-                pass
-        return super().send(data, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        """Send all of ``data``, as socket.socket.sendall; raises TimeoutError when the
-        rest could not be sent within the timeout."""
-        if flags or not self.gettimeout():
-            return super().sendall(data, flags)
-        try:
-            sent = os.write(self.fileno(), data)
-        except BlockingIOError:
-            sent = 0
-        if type(data) is bytes and sent == len(data):  # the usual case: no memoryview needed
-            return None
-        with memoryview(data) as view, view.cast("B") as octets:
-            if sent < len(octets):
-                super().sendall(octets[sent:])
-        return None
 
 
 #: Environment variable holding "PID:FD,FD,..": listening sockets handed to process PID (by

@@ -99,22 +99,21 @@ def pid_in(body: bytes) -> int:
 
 
 def check_two_workers_answer_http(server_pid: int, address: tuple[str, int], path: str = "/") -> None:
-    """Hold one worker with a silent connection, so that another one must answer a GET;
-    then the held one answers on that connection. Both answers must name their worker."""
-    held = http.client.HTTPConnection(*address, timeout=TIMEOUT)
-    try:
-        held.connect()
-        assert held.sock is not None
-        held_pid = wait_for(lambda: accepted_by(server_pid, held.sock), timeout=TIMEOUT)
+    """Hold one worker with a connection that has sent only the start of its request (a
+    silent one is not even accepted: HTTP servers defer accept), so that another one must
+    answer a GET; then the held one answers on that connection. Both answers must name their
+    worker."""
+    with socket.create_connection(address, timeout=TIMEOUT) as held:
+        held.sendall(b"GET " + path.encode())
+        held_pid = wait_for(lambda: accepted_by(server_pid, held), timeout=TIMEOUT)
         status, body = http_get(address, path)
         assert status == 200
         assert pid_in(body) != held_pid
-        held.request("GET", path)
-        response = held.getresponse()
+        held.sendall(b" HTTP/1.0\r\nHost: test\r\n\r\n")
+        response = http.client.HTTPResponse(held)
+        response.begin()
         assert response.status == 200
         assert pid_in(response.read()) == held_pid
-    finally:
-        held.close()
 
 
 def check_tcp_echo(address: tuple[str, int]) -> None:
@@ -268,22 +267,23 @@ def test_xmlrpc_server_as_a_script(serve_script: Callable[..., ScriptServer]) ->
     server = serve_script("xmlrpc_server.py", "0", "--workers", str(WORKERS))
     host, port = server.address
     url = f"http://{host}:{port}/"
-    held_transport = TimeoutTransport()
-    with (
-        xmlrpc.client.ServerProxy(url, transport=TimeoutTransport()) as proxy,
-        xmlrpc.client.ServerProxy(url, transport=held_transport) as held,
-    ):
+    with xmlrpc.client.ServerProxy(url, transport=TimeoutTransport()) as proxy:
         assert proxy.add(2, 3) == 5
         assert proxy.pid() in server.wait_workers(WORKERS)
         assert set(cast(list[str], proxy.system.listMethods())) >= {"add", "pid"}
         with pytest.raises(xmlrpc.client.Fault, match="not supported"):
             proxy.no_such_function()
-        # Two different workers answer: one is held by a connection opened first, left silent.
-        connection = held_transport.make_connection(f"{host}:{port}")
-        connection.connect()
-        held_pid = wait_for(lambda: accepted_by(server.pid, connection.sock), timeout=TIMEOUT)
-        assert proxy.pid() != held_pid
-        assert held.pid() == held_pid
+        # Two different workers answer: one is held by a connection opened first that has
+        # sent only the start of its request (a silent one is not accepted: defer_accept).
+        with socket.create_connection(server.address, timeout=TIMEOUT) as held:
+            held.sendall(b"POST /RPC2 HTTP/1.0\r\n")
+            held_pid = wait_for(lambda: accepted_by(server.pid, held), timeout=TIMEOUT)
+            assert proxy.pid() != held_pid
+            body = xmlrpc.client.dumps((), "pid").encode()
+            held.sendall(b"Content-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            response = http.client.HTTPResponse(held)
+            response.begin()
+            assert xmlrpc.client.loads(response.read())[0] == (held_pid,)
 
 
 # -- wsgi_app.py ---------------------------------------------------------------------------

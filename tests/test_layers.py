@@ -55,6 +55,7 @@ ORDER = (
     # Low level: each imports nothing above it.
     "prefork.pool",
     "prefork.messages",
+    "prefork.connections",
     "prefork.sockets",
     "prefork.contract",
     "prefork.scoreboard",

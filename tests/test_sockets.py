@@ -18,9 +18,10 @@ from prefork import (
     PreforkTCPServer,
     PreforkUDPServer,
     PreforkUnixStreamServer,
-    sockets,
+    connections,
 )
-from prefork.sockets import Address, RequestSocket, describe, parse_address
+from prefork.connections import RequestSocket
+from prefork.sockets import Address, describe, parse_address
 from tests.conftest import address
 from tests.handlers import HelloHTTPHandler, PidDatagramHandler, PidEchoHandler
 
@@ -108,7 +109,7 @@ def connection(
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the os.read, os.readv and os.write calls prefork.sockets makes from now on,
+    """Names of the os.read, os.readv and os.write calls prefork.connections makes from now on,
     in order: the RequestSocket tries these before socket.socket's own (polling) methods."""
     calls: list[str] = []
 
@@ -124,7 +125,7 @@ def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
             return counted
 
-    monkeypatch.setattr(sockets, "os", CountingOS())
+    monkeypatch.setattr(connections, "os", CountingOS())
     return calls
 
 

@@ -21,6 +21,7 @@ from prefork.config.convert import (
     non_negative_int,
     optional_group,
     optional_octal,
+    optional_seconds,
     optional_str,
     optional_user,
     positive_int,
@@ -227,6 +228,51 @@ SOCKET_TIMEOUT: Setting[float] = Setting(
         "connection."
     ),
 )
+READ_MIN_RATE: Setting[int] = Setting(
+    name="read_min_rate",
+    section="Server",
+    default=500,
+    convert=non_negative_int,
+    flags=("--read-min-rate",),
+    metavar="BYTES",
+    help=(
+        "Minimum rate, in bytes per second, at which a client must send: from the first time "
+        "a worker waits for a connection, the client has socket_timeout seconds plus one more "
+        "per read_min_rate bytes it sends, then it is cut (TimeoutError in the handler), as "
+        "Apache's mod_reqtimeout MinRate. 0 turns it off. Needs socket_timeout; checked only "
+        "when a read would block."
+    ),
+)
+READ_DEADLINE: Setting[float] = Setting(
+    name="read_deadline",
+    section="Server",
+    default=20.0,
+    convert=seconds,
+    flags=("--read-deadline",),
+    metavar="SECONDS",
+    help=(
+        "Seconds after the first time a worker waits for a connection beyond which it waits "
+        "no more: the next read that would block raises TimeoutError, however fast the client "
+        "sends (as the upper bound of Apache's RequestReadTimeout header=20-40). 0 turns it "
+        "off. Keep it below request_timeout. Needs socket_timeout."
+    ),
+)
+DEFER_ACCEPT: Setting[float | None] = Setting(
+    name="defer_accept",
+    section="Server",
+    default=None,
+    convert=optional_seconds,
+    flags=("--defer-accept",),
+    metavar="SECONDS",
+    help=(
+        "Linux TCP_DEFER_ACCEPT on TCP listening sockets: the kernel hands a connection to a "
+        "worker only once the client has sent data, or after this many seconds (rounded up to "
+        "its SYN-ACK schedule: 1, 3, 7, 15, 31 s...); one handed over with nothing to read "
+        "has been idle that long and is cut at its first read. Only for protocols where the "
+        "client speaks first: never for a server that greets (SMTP, FTP). Default (auto): "
+        "socket_timeout for HTTP servers and handlers, 0 (off) for others."
+    ),
+)
 ALLOW: Setting[tuple[Network, ...]] = Setting(
     name="allow",
     section="Server",
@@ -330,6 +376,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     SCOREBOARD_FILE,
     REQUEST_QUEUE_SIZE,
     SOCKET_TIMEOUT,
+    READ_MIN_RATE,
+    READ_DEADLINE,
+    DEFER_ACCEPT,
     ALLOW,
     DENY,
     UNIX_SOCKET_MODE,

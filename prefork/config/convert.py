@@ -61,6 +61,13 @@ def seconds(value: Any) -> float:
     return number
 
 
+def optional_seconds(value: Any) -> float | None:
+    """Like :func:`seconds`, but None (or the string ``auto``) passes as None."""
+    if value is None or value == "auto":
+        return None
+    return seconds(value)
+
+
 def workers_count(value: Any) -> int | None:
     """Like :func:`optional_positive_int`, at most :data:`MAX_WORKERS`."""
     number = optional_positive_int(value)

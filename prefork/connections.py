@@ -1,0 +1,278 @@
+"""Accepted connections: the socket class a worker gives each one, and the rules that bound
+how long a slow or silent client can keep a worker waiting.
+
+A worker's defences against slow clients (the settings of the same names):
+
+- ``socket_timeout``: each wait for the client is at most that long (``settimeout``; the
+  handler sees ``TimeoutError``, as with any socket timeout).
+- ``read_min_rate`` and ``read_deadline``: from the first time a worker waits for a
+  connection to send, the client has ``socket_timeout`` seconds plus one more per
+  ``read_min_rate`` bytes it sends meanwhile, and never more than ``read_deadline`` seconds;
+  then the read that would wait raises ``TimeoutError`` (as Apache's mod_reqtimeout
+  ``RequestReadTimeout header=20-40,MinRate=500``). A client trickling a byte a second is cut
+  after ``socket_timeout`` seconds, not kept until ``request_timeout`` kills the worker.
+- ``defer_accept``: Linux ``TCP_DEFER_ACCEPT`` on the listening socket (see
+  :func:`defer_accept`): a connection that sends nothing never reaches a worker until the
+  period ends, and one handed over then with nothing to read is cut at its first read.
+
+Every check is on the slow path, when a read would block: a client that keeps up costs
+nothing more than the plain socket (see docs/performance.md). The rules cover what the server
+reads; a client that reads slowly is bounded per write by ``socket_timeout`` and in all by
+``request_timeout``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import socket
+import weakref
+from time import monotonic
+from typing import TYPE_CHECKING, ClassVar
+
+from prefork.sockets import speaks_http
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from prefork.contract import PoolServer
+
+
+class RequestSocket(socket.socket):
+    """An accepted stream connection whose recv and send try the system call at once and
+    wait only when it would block, within the read rules of its server.
+
+    With a timeout (``settimeout(t)``, t > 0) CPython polls the socket before every
+    ``recv`` and ``send``, even when data is waiting or the send buffer has room: one
+    ``poll()`` system call per call, three for a small HTTP request. Here ``recv``,
+    ``recv_into``, ``send`` and ``sendall`` (all that ``makefile()`` and socketserver's
+    handlers use) first read or write the non-blocking descriptor directly; only when that
+    would block (``EAGAIN``) do they call socket.socket's own method, which polls with the
+    timeout and raises ``TimeoutError`` as always. So the timeout's meaning is unchanged: a
+    call returns what was ready at once, or waits at most the timeout (``sendall``: at most
+    the timeout after the first write that would block). With flags, a byte count to
+    ``recv_into``, or no timeout (blocking or non-blocking), they are socket.socket's.
+
+    A read that would block first applies :meth:`wait_for_client`'s rules (``read_min_rate``
+    and ``read_deadline``, class attributes set per server by :func:`request_socket_class`;
+    0 here: off).
+
+    :meth:`PreforkMixIn.get_request <prefork.server.PreforkMixIn.get_request>` gives an
+    accepted plain ``socket.socket`` its server's class when it will have a timeout: the
+    ``socket_timeout`` setting, or the handler class's own (``StreamRequestHandler.timeout``).
+    It adds no slot; a TLS socket or other subclass is left as it is. Runs in the worker.
+    """
+
+    __slots__ = ()
+
+    #: Bytes per second the client must send once it has made the worker wait (0: no rule).
+    read_min_rate: ClassVar[int] = 0
+    #: Seconds after the first wait beyond which no read waits (0: no deadline).
+    read_deadline: ClassVar[float] = 0.0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Receive up to ``bufsize`` bytes, as socket.socket.recv."""
+        if not flags and self.gettimeout():
+            try:
+                return os.read(self.fileno(), bufsize)
+            except BlockingIOError:
+                progress = self.wait_for_client()
+                data = super().recv(bufsize)
+                if progress is not None:
+                    progress.received += len(data)
+                return data
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Receive into ``buffer``, as socket.socket.recv_into; return the byte count."""
+        if not (flags or nbytes) and self.gettimeout():
+            try:
+                return os.readv(self.fileno(), (buffer,))
+            except BlockingIOError:
+                progress = self.wait_for_client()
+                count = super().recv_into(buffer)
+                if progress is not None:
+                    progress.received += count
+                return count
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        """Send what the socket takes of ``data``, as socket.socket.send; return the count."""
+        if not flags and self.gettimeout():
+            try:
+                return os.write(self.fileno(), data)
+            except BlockingIOError:
+                pass
+        return super().send(data, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        """Send all of ``data``, as socket.socket.sendall; raises TimeoutError when the
+        rest could not be sent within the timeout."""
+        if flags or not self.gettimeout():
+            return super().sendall(data, flags)
+        try:
+            sent = os.write(self.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        if type(data) is bytes and sent == len(data):  # the usual case: no memoryview needed
+            return None
+        with memoryview(data) as view, view.cast("B") as octets:
+            if sent < len(octets):
+                super().sendall(octets[sent:])
+        return None
+
+    def wait_for_client(self) -> Progress | None:
+        """A read would block: apply the read rules before socket.socket's own wait. Returns
+        the connection's :class:`Progress` (the caller adds the bytes it then reads), or None
+        when the class has no rule (the wait is then only the timeout's).
+
+        Raises TimeoutError when the client is out of time: more than ``read_deadline``
+        seconds since the first wait, or more than the timeout plus one second per
+        ``read_min_rate`` bytes received since then; or when it sends nothing within the
+        time it has left. Runs in the worker (any thread: one connection, one thread)."""
+        min_rate, deadline = self.read_min_rate, self.read_deadline
+        if not (min_rate or deadline):
+            return None
+        timeout = self.gettimeout() or 0.0
+        progress = _PROGRESS.get(self)
+        if progress is None:
+            progress = _PROGRESS[self] = Progress(monotonic())
+            if not deadline or deadline >= timeout:  # the first wait is the timeout's own
+                return progress
+        allowed = timeout + progress.received / min_rate if min_rate else math.inf
+        if deadline and deadline < allowed:
+            allowed, rule = deadline, f"read_deadline {deadline:g} s"
+        else:
+            rule = f"read_min_rate {min_rate} bytes/s"
+        left = progress.since + allowed - monotonic()
+        if left >= timeout:  # socket.socket's own wait decides
+            return progress
+        if left <= 0 or not _readable(self.fileno(), left):
+            raise TimeoutError(f"client too slow ({rule}; {progress.received} bytes after waiting)")
+        return progress
+
+
+class Progress:
+    """What a connection sent since a worker first waited for it (see
+    :meth:`RequestSocket.wait_for_client`): ``since``, that time (``time.monotonic()``), and
+    ``received``, the bytes read after a wait since."""
+
+    __slots__ = ("received", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.received = 0
+
+
+#: Seconds the first read of a deferred connection waits for data before it cuts the
+#: connection as idle. The kernel makes a connection acceptable a moment before it queues
+#: the data that made it so (the child socket is queued, then the segment processed), so a
+#: worker accepting then can find nothing to read yet: measured in CPython's test_httpservers
+#: under prefork, the data followed within microseconds. An idle connection costs the worker
+#: this much.
+DEFER_RACE_GRACE = 0.01
+
+#: The progress of the connections a worker has waited for, dropped with the connection.
+_PROGRESS: weakref.WeakKeyDictionary[socket.socket, Progress] = weakref.WeakKeyDictionary()
+
+
+class DeferredRequestSocket(RequestSocket):
+    """A connection accepted through ``TCP_DEFER_ACCEPT`` that has neither been read from
+    nor written to. The kernel hands such a connection over once the client has sent data,
+    or when the defer period ends: one with nothing to read at its first read has been idle
+    that long, and its first read raises TimeoutError at once instead of waiting. The first
+    read or write that goes through makes it its server's :class:`RequestSocket` class
+    (``settled``), at the cost of one class assignment per connection."""
+
+    __slots__ = ()
+
+    #: The class the connection takes after its first read or write.
+    settled: ClassVar[type[RequestSocket]] = RequestSocket
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """As :meth:`RequestSocket.recv`; raises TimeoutError when nothing was sent."""
+        self.__class__ = self.settled  # type: ignore[assignment]
+        if flags or not self.gettimeout():
+            return self.recv(bufsize, flags)
+        try:
+            return os.read(self.fileno(), bufsize)
+        except BlockingIOError:
+            if idle := _idle(self):
+                raise idle from None
+            return self.recv(bufsize)
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        """As :meth:`RequestSocket.recv_into`; raises TimeoutError when nothing was sent."""
+        self.__class__ = self.settled  # type: ignore[assignment]
+        if flags or nbytes or not self.gettimeout():
+            return self.recv_into(buffer, nbytes, flags)
+        try:
+            return os.readv(self.fileno(), (buffer,))
+        except BlockingIOError:
+            if idle := _idle(self):
+                raise idle from None
+            return self.recv_into(buffer)
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        """As :meth:`RequestSocket.send` (the server spoke first)."""
+        self.__class__ = self.settled  # type: ignore[assignment]
+        return self.send(data, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        """As :meth:`RequestSocket.sendall` (the server spoke first)."""
+        self.__class__ = self.settled  # type: ignore[assignment]
+        return self.sendall(data, flags)
+
+
+def _readable(fd: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``fd`` to be readable (or closed, or in error)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(math.ceil(seconds * 1000)))
+
+
+def _idle(sock: socket.socket) -> TimeoutError | None:
+    """The first read of a deferred connection would block: the TimeoutError to raise when
+    nothing arrives within :data:`DEFER_RACE_GRACE`, else None (read again)."""
+    if _readable(sock.fileno(), DEFER_RACE_GRACE):
+        return None
+    return TimeoutError("client idle since it connected (defer_accept)")
+
+
+def defer_seconds(server: PoolServer) -> float:
+    """The ``defer_accept`` seconds ``server`` uses: the setting, or for ``auto`` (None) its
+    ``socket_timeout`` when it speaks HTTP (the client speaks first) and 0 otherwise."""
+    if server.defer_accept is not None:
+        return server.defer_accept
+    return server.socket_timeout if speaks_http(server) else 0.0
+
+
+def defer_accept(server: PoolServer) -> bool:
+    """Set ``TCP_DEFER_ACCEPT`` on ``server``'s listening socket for :func:`defer_seconds`
+    (a TCP socket on Linux; elsewhere nothing is done). Returns whether connections are
+    deferred. Raises OSError when the kernel refuses the option. Runs in the master, before
+    the fork."""
+    sock = server.socket
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if (
+        option is None
+        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+    ):
+        return False
+    seconds = defer_seconds(server)
+    sock.setsockopt(socket.IPPROTO_TCP, option, math.ceil(seconds))
+    return seconds > 0
+
+
+def request_socket_class(server: PoolServer, deferred: bool) -> type[RequestSocket]:
+    """The class :meth:`~prefork.server.PreforkMixIn.get_request` gives ``server``'s accepted
+    connections: a :class:`RequestSocket` subclass with its ``read_min_rate`` and
+    ``read_deadline``, or (``deferred``: its listening socket defers accept) a
+    :class:`DeferredRequestSocket` that settles to it. Runs in the master, before the fork."""
+    rules = {"read_min_rate": server.read_min_rate, "read_deadline": server.read_deadline, "__slots__": ()}
+    settled: type[RequestSocket] = type("RequestSocket", (RequestSocket,), rules)
+    if not deferred:
+        return settled
+    return type("DeferredRequestSocket", (DeferredRequestSocket,), {"settled": settled, "__slots__": ()})

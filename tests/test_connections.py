@@ -1,0 +1,178 @@
+"""The read rules of accepted connections (read_min_rate, read_deadline) and deferred accept,
+on real socket pairs: what a slow, silent or fast client gets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from prefork import PreforkHTTPServer, PreforkTCPServer, connections
+from prefork.connections import DeferredRequestSocket, RequestSocket, defer_seconds, request_socket_class
+from tests.handlers import HelloHTTPHandler, PidEchoHandler
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def rules(min_rate: int = 0, deadline: float = 0.0, deferred: bool = False) -> type[RequestSocket]:
+    server: Any = SimpleNamespace(read_min_rate=min_rate, read_deadline=deadline)
+    return request_socket_class(server, deferred)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected stream pair: (the server's end, made plain so a class can be set; the client's)."""
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        yield server_end, client_end
+
+
+def as_connection(sock: socket.socket, cls: type[RequestSocket], timeout: float) -> RequestSocket:
+    sock.__class__ = cls
+    sock.settimeout(timeout)
+    assert isinstance(sock, RequestSocket)
+    return sock
+
+
+def trickle(sock: socket.socket, interval: float, count: int) -> threading.Thread:
+    """Send one byte every ``interval`` seconds, ``count`` times, in a thread."""
+
+    def run() -> None:
+        for _ in range(count):
+            try:
+                sock.send(b"x")
+            except OSError:
+                return
+            time.sleep(interval)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_until_cut(conn: socket.socket) -> tuple[float, str]:
+    """Read byte by byte until TimeoutError: (seconds it took, the error's message)."""
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as raised:
+        while conn.recv(1):
+            pass
+    return time.monotonic() - start, str(raised.value)
+
+
+def test_a_trickling_client_is_cut_after_the_timeout_by_the_minimum_rate(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    conn = as_connection(pair[0], rules(min_rate=100), timeout=0.5)
+    trickle(pair[1], 0.05, 200)  # 20 bytes/s: each read waits 0.05 s, well within the timeout
+    took, why = read_until_cut(conn)
+    # 0.5 s plus one second per 100 bytes received: about 0.55 s for ~10 bytes.
+    assert 0.45 < took < 1.0, took
+    assert "read_min_rate 100 bytes/s" in why
+
+
+def test_without_the_rules_a_trickling_client_is_never_cut(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(), timeout=0.5)
+    sender = trickle(pair[1], 0.05, 30)
+    received = 0
+    while received < 30:
+        received += len(conn.recv(1))
+    sender.join(5)
+    assert received == 30  # 1.5 s of trickling, three times the timeout
+
+
+def test_a_client_sending_fast_enough_is_not_cut(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(min_rate=100), timeout=0.3)
+
+    def send() -> None:
+        for _ in range(12):
+            pair[1].send(b"y" * 100)  # 400 bytes/s, four times the rate
+            time.sleep(0.25)
+
+    threading.Thread(target=send, daemon=True).start()
+    received = 0
+    while received < 1200:
+        received += len(conn.recv(4096))
+    assert received == 1200  # 3 s: beyond the 0.3 s timeout plus what a slower client gets
+
+
+def test_the_deadline_cuts_a_client_that_keeps_up_the_rate(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(min_rate=10, deadline=0.8), timeout=0.5)
+    trickle(pair[1], 0.02, 500)  # 50 bytes/s: above the rate
+    took, why = read_until_cut(conn)
+    assert 0.7 < took < 1.3, took
+    assert "read_deadline 0.8 s" in why
+
+
+def test_a_silent_client_gets_the_timeouts_own_error(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(min_rate=100, deadline=5), timeout=0.3)
+    buffer = bytearray(10)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out"):
+        conn.recv_into(buffer)
+    assert 0.25 < time.monotonic() - start < 0.8
+
+
+def test_the_rules_cost_nothing_while_no_read_waits(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(min_rate=100, deadline=5), timeout=0.3)
+    pair[1].sendall(b"all at once")
+    time.sleep(0.05)
+    assert conn.recv(100) == b"all at once"
+    assert conn not in connections._PROGRESS  # no wait, no record
+
+
+# -- deferred accept -----------------------------------------------------------------------
+
+
+def test_a_deferred_connection_with_nothing_to_read_is_cut_at_its_first_read(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    conn = as_connection(pair[0], rules(deferred=True), timeout=5)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="defer_accept"):
+        conn.recv_into(bytearray(10))
+    assert time.monotonic() - start < 0.5  # not the 5 s timeout
+
+
+def test_a_deferred_connection_with_data_settles_into_its_servers_class(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    cls = rules(min_rate=100, deferred=True)
+    conn = as_connection(pair[0], cls, timeout=5)
+    pair[1].sendall(b"GET /")
+    assert conn.recv(100) == b"GET /"
+    assert type(conn) is cls.settled and type(conn).read_min_rate == 100  # type: ignore[attr-defined]
+    assert not issubclass(type(conn), DeferredRequestSocket)
+
+
+def test_data_arriving_just_after_the_first_read_is_not_cut(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The kernel queues a deferred connection a moment before the data that made it
+    acceptable: the first read waits DEFER_RACE_GRACE for it."""
+    conn = as_connection(pair[0], rules(deferred=True), timeout=5)
+    threading.Timer(connections.DEFER_RACE_GRACE / 4, pair[1].sendall, (b"late",)).start()
+    assert conn.recv(100) == b"late"
+
+
+def test_a_server_that_speaks_first_is_waited_for_normally(pair: tuple[socket.socket, socket.socket]) -> None:
+    conn = as_connection(pair[0], rules(deferred=True), timeout=0.3)
+    conn.sendall(b"220 hello\r\n")  # a greeting: the connection settles
+    assert not isinstance(conn, DeferredRequestSocket)
+    with pytest.raises(TimeoutError, match="timed out"):
+        conn.recv(100)
+
+
+def test_auto_defers_http_servers_only() -> None:
+    with PreforkHTTPServer(("127.0.0.1", 0), HelloHTTPHandler, socket_timeout=7) as http:
+        assert defer_seconds(http) == 7
+        http.defer_accept = 0
+        assert defer_seconds(http) == 0
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as tcp:  # may greet: never by default
+        assert defer_seconds(tcp) == 0
+        tcp.defer_accept = 3
+        assert defer_seconds(tcp) == 3
