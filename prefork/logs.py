@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TextIO, cast
 
 #: One line per record: time, pid of the process that logged it (master or worker), level.
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -100,3 +102,52 @@ def flush_std_streams() -> None:
                 stream.flush()
         except (OSError, ValueError):  # closed, or a broken pipe
             pass
+
+
+class PipeSafeStream:
+    """A text stream (``sys.stdout``, ``sys.stderr``) whose ``write`` and ``flush`` ignore a
+    reader that has gone (``BrokenPipeError``: ``prefork ... 2>&1 | head`` once head has
+    exited) instead of raising into the code that wrote: ``http.server``'s handlers log each
+    request to ``sys.stderr``, and the exception there left every request unanswered. Once
+    the pipe is broken, what is written is dropped. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        #: The reader has gone: writes are dropped.
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the stream; return its length even when it was dropped."""
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream, unless the pipe is broken."""
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.broken = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def guard_std_streams() -> Callable[[], None]:
+    """Make ``sys.stdout`` and ``sys.stderr`` :class:`PipeSafeStream` wrappers (workers forked
+    afterwards inherit them); return a function that puts the original streams back. Runs in
+    the master, when the pool starts."""
+    saved = sys.stdout, sys.stderr
+    if sys.stdout is not None and not isinstance(sys.stdout, PipeSafeStream):
+        sys.stdout = cast(TextIO, PipeSafeStream(sys.stdout))
+    if sys.stderr is not None and not isinstance(sys.stderr, PipeSafeStream):
+        sys.stderr = cast(TextIO, PipeSafeStream(sys.stderr))
+
+    def restore() -> None:
+        sys.stdout, sys.stderr = saved
+
+    return restore

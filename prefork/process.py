@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import setproctitle
 
-from prefork import connections, sockets
+from prefork import connections, logs, sockets
 from prefork.contract import PoolServer
 from prefork.errors import PreforkError
 from prefork.pidfile import Pidfile
@@ -40,14 +40,17 @@ class MasterProcess:
         self.pidfile = Pidfile(servers[0].pidfile) if servers[0].pidfile else None
         self._title = ""
         self._timeouts: list[float | None] = []
+        self._restore_streams: Callable[[], None] = lambda: None
 
     def start(self, size: int) -> None:
-        """Set the umask, title the process, write the pid file, make the listening sockets
+        """Make sys.stdout and sys.stderr ignore a broken pipe (see
+        :func:`~prefork.logs.guard_std_streams`), set the umask, title the process, write the pid file, make the listening sockets
         non-blocking, give each server the scoreboard, and log where the pool of ``size``
         workers listens (the line tests and tools read: ``Listening at ADDR, ... with N
         CLASS workers (master pid P)``). Raises
         :class:`~prefork.errors.PreforkError` when the pid file cannot be written, or names
         another running master (see :meth:`Pidfile.create <prefork.pidfile.Pidfile.create>`)."""
+        self._restore_streams = logs.guard_std_streams()  # a broken stderr pipe fails no request
         self._title = setproctitle.getproctitle()
         self._timeouts = [server.socket.gettimeout() for server in self.servers]
         umask = self.servers[0].umask
@@ -89,7 +92,7 @@ class MasterProcess:
             reuseport.close()
 
     def stop(self, *, restore_sockets: bool = True) -> None:
-        """Put back the title, the sockets' timeouts (unless ``restore_sockets`` is False:
+        """Put back the title, sys.stdout and sys.stderr, the sockets' timeouts (unless ``restore_sockets`` is False:
         after a USR2 upgrade the new master shares their O_NONBLOCK flag), remove the pid
         file (if it still holds our pid) and take the scoreboard off the servers. Safe to
         call after a :meth:`start` that raised."""
@@ -99,6 +102,7 @@ class MasterProcess:
                     server.socket.settimeout(timeout)  # e.g. for handle_request() after this
         if self._title:
             setproctitle.setproctitle(self._title)
+        self._restore_streams()
         if self.pidfile is not None:
             self.pidfile.remove()
         for server in self.servers:

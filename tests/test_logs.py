@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -101,6 +102,7 @@ def test_reopen_log_files_follows_a_rotation(tmp_path: Path) -> None:
 
 PRINTING_HANDLER = """\
 import logging
+import http.client
 import os
 import socketserver
 
@@ -169,3 +171,32 @@ def test_log_file_and_usr1_reopen(serve_cli: Serve, open_dir: Path, flags: list[
     assert "Received SIGUSR1" in old
     assert "Received SIGTTIN" not in old
     assert server.log == ""  # stderr went to the log file too
+
+
+@pytest.mark.timeout(30)
+def test_a_broken_stderr_pipe_does_not_fail_the_requests(tmp_path: Path) -> None:
+    """``prefork ... 2>&1 | head`` once head has exited: http.server logs each request to
+    sys.stderr, whose writes then raise BrokenPipeError; the requests are still answered."""
+    command = [sys.executable, "-m", "prefork", "http.server:SimpleHTTPRequestHandler"]
+    command += ["--bind", "127.0.0.1:0", "--workers", "1"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        port = 0
+        for raw in proc.stderr:
+            match = re.search(rb"Listening at http://127\.0\.0\.1:(\d+)", raw)
+            if match:
+                port = int(match[1])
+                break
+        proc.stderr.close()  # the reader is gone: the next write to stderr raises EPIPE
+        (tmp_path / "hello.txt").write_text("hello\n")
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/hello.txt")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"hello\n")
+            conn.close()
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
