@@ -13,7 +13,8 @@ A worker's defences against slow clients (the settings of the same names):
   after ``socket_timeout`` seconds, not kept until ``request_timeout`` kills the worker.
 - ``defer_accept``: Linux ``TCP_DEFER_ACCEPT`` on the listening socket (see
   :func:`defer_accept`): a connection that sends nothing never reaches a worker until the
-  period ends, and one handed over then with nothing to read is cut at its first read.
+  period ends, and one handed over then that has sent nothing is closed when a read would
+  wait for it (``tcp_info`` says no byte arrived).
 
 Every check is on the slow path, when a read would block: a client that keeps up costs
 nothing more than the plain socket (see docs/performance.md). The rules cover what the server
@@ -27,6 +28,7 @@ import math
 import os
 import select
 import socket
+import struct
 import weakref
 from time import monotonic
 from typing import TYPE_CHECKING, ClassVar
@@ -70,6 +72,9 @@ class RequestSocket(socket.socket):
     read_min_rate: ClassVar[int] = 0
     #: Seconds after the first wait beyond which no read waits (0: no deadline).
     read_deadline: ClassVar[float] = 0.0
+    #: Accepted through TCP_DEFER_ACCEPT: at the first wait, a connection that has neither
+    #: sent a byte nor been sent one has been idle the whole defer period, and is closed.
+    deferred: ClassVar[bool] = False
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to ``bufsize`` bytes, as socket.socket.recv."""
@@ -127,16 +132,19 @@ class RequestSocket(socket.socket):
         the connection's :class:`Progress` (the caller adds the bytes it then reads), or None
         when the class has no rule (the wait is then only the timeout's).
 
-        Raises TimeoutError when the client is out of time: more than ``read_deadline``
+        Raises TimeoutError when the connection was deferred and has been idle since it
+        connected (see ``deferred``), or when the client is out of time: more than ``read_deadline``
         seconds since the first wait, or more than the timeout plus one second per
         ``read_min_rate`` bytes received since then; or when it sends nothing within the
         time it has left. Runs in the worker (any thread: one connection, one thread)."""
         min_rate, deadline = self.read_min_rate, self.read_deadline
-        if not (min_rate or deadline):
+        if not (min_rate or deadline or self.deferred):
             return None
         timeout = self.gettimeout() or 0.0
         progress = _PROGRESS.get(self)
         if progress is None:
+            if self.deferred and _never_spoke(self) and not _readable(self.fileno(), DEFER_RACE_GRACE):
+                raise TimeoutError("client idle since it connected (defer_accept)")
             progress = _PROGRESS[self] = Progress(monotonic())
             if not deadline or deadline >= timeout:  # the first wait is the timeout's own
                 return progress
@@ -165,8 +173,8 @@ class Progress:
         self.received = 0
 
 
-#: Seconds the first read of a deferred connection waits for data before it cuts the
-#: connection as idle. The kernel makes a connection acceptable a moment before it queues
+#: Seconds the first wait of a deferred connection that never spoke waits for data before it
+#: cuts the connection as idle. The kernel makes a connection acceptable a moment before it queues
 #: the data that made it so (the child socket is queued, then the segment processed), so a
 #: worker accepting then can find nothing to read yet: measured in CPython's test_httpservers
 #: under prefork, the data followed within microseconds. An idle connection costs the worker
@@ -177,54 +185,6 @@ DEFER_RACE_GRACE = 0.01
 _PROGRESS: weakref.WeakKeyDictionary[socket.socket, Progress] = weakref.WeakKeyDictionary()
 
 
-class DeferredRequestSocket(RequestSocket):
-    """A connection accepted through ``TCP_DEFER_ACCEPT`` that has neither been read from
-    nor written to. The kernel hands such a connection over once the client has sent data,
-    or when the defer period ends: one with nothing to read at its first read has been idle
-    that long, and its first read raises TimeoutError at once instead of waiting. The first
-    read or write that goes through makes it its server's :class:`RequestSocket` class
-    (``settled``), at the cost of one class assignment per connection."""
-
-    __slots__ = ()
-
-    #: The class the connection takes after its first read or write.
-    settled: ClassVar[type[RequestSocket]] = RequestSocket
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        """As :meth:`RequestSocket.recv`; raises TimeoutError when nothing was sent."""
-        self.__class__ = self.settled  # type: ignore[assignment]
-        if flags or not self.gettimeout():
-            return self.recv(bufsize, flags)
-        try:
-            return os.read(self.fileno(), bufsize)
-        except BlockingIOError:
-            if idle := _idle(self):
-                raise idle from None
-            return self.recv(bufsize)
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        """As :meth:`RequestSocket.recv_into`; raises TimeoutError when nothing was sent."""
-        self.__class__ = self.settled  # type: ignore[assignment]
-        if flags or nbytes or not self.gettimeout():
-            return self.recv_into(buffer, nbytes, flags)
-        try:
-            return os.readv(self.fileno(), (buffer,))
-        except BlockingIOError:
-            if idle := _idle(self):
-                raise idle from None
-            return self.recv_into(buffer)
-
-    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
-        """As :meth:`RequestSocket.send` (the server spoke first)."""
-        self.__class__ = self.settled  # type: ignore[assignment]
-        return self.send(data, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        """As :meth:`RequestSocket.sendall` (the server spoke first)."""
-        self.__class__ = self.settled  # type: ignore[assignment]
-        return self.sendall(data, flags)
-
-
 def _readable(fd: int, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``fd`` to be readable (or closed, or in error)."""
     poller = select.poll()
@@ -232,12 +192,26 @@ def _readable(fd: int, seconds: float) -> bool:
     return bool(poller.poll(math.ceil(seconds * 1000)))
 
 
-def _idle(sock: socket.socket) -> TimeoutError | None:
-    """The first read of a deferred connection would block: the TimeoutError to raise when
-    nothing arrives within :data:`DEFER_RACE_GRACE`, else None (read again)."""
-    if _readable(sock.fileno(), DEFER_RACE_GRACE):
-        return None
-    return TimeoutError("client idle since it connected (defer_accept)")
+def _never_spoke(sock: socket.socket) -> bool:
+    """Whether no byte has arrived on ``sock`` and none of ours was acknowledged, from the
+    kernel's ``tcp_info`` (``tcpi_bytes_acked`` and ``tcpi_bytes_received``, Linux 4.1+;
+    False where it cannot tell). Parsed by hand: no library reads ``struct tcp_info``."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (AttributeError, OSError):
+        return False
+    if len(info) < _TCP_INFO_SIZE:
+        return False
+    acked: int
+    received: int
+    acked, received = struct.unpack_from("=QQ", info, _TCP_INFO_BYTES_ACKED)
+    return acked == 0 and received == 0
+
+
+#: Offset of ``tcpi_bytes_acked`` (then ``tcpi_bytes_received``) in Linux's ``struct tcp_info``,
+#: and the size read (up to ``tcpi_segs_in``).
+_TCP_INFO_BYTES_ACKED = 120
+_TCP_INFO_SIZE = 144
 
 
 def defer_seconds(server: PoolServer) -> float:
@@ -268,11 +242,13 @@ def defer_accept(server: PoolServer) -> bool:
 
 def request_socket_class(server: PoolServer, deferred: bool) -> type[RequestSocket]:
     """The class :meth:`~prefork.server.PreforkMixIn.get_request` gives ``server``'s accepted
-    connections: a :class:`RequestSocket` subclass with its ``read_min_rate`` and
-    ``read_deadline``, or (``deferred``: its listening socket defers accept) a
-    :class:`DeferredRequestSocket` that settles to it. Runs in the master, before the fork."""
-    rules = {"read_min_rate": server.read_min_rate, "read_deadline": server.read_deadline, "__slots__": ()}
-    settled: type[RequestSocket] = type("RequestSocket", (RequestSocket,), rules)
-    if not deferred:
-        return settled
-    return type("DeferredRequestSocket", (DeferredRequestSocket,), {"settled": settled, "__slots__": ()})
+    connections: a :class:`RequestSocket` subclass with its ``read_min_rate``,
+    ``read_deadline`` and ``deferred`` (its listening socket defers accept). Runs in the
+    master, before the fork."""
+    rules = {
+        "read_min_rate": server.read_min_rate,
+        "read_deadline": server.read_deadline,
+        "deferred": deferred,
+        "__slots__": (),
+    }
+    return type("RequestSocket", (RequestSocket,), rules)

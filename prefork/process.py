@@ -44,8 +44,9 @@ class MasterProcess:
 
     def start(self, size: int) -> None:
         """Make sys.stdout and sys.stderr ignore a broken pipe (see
-        :func:`~prefork.logs.guard_std_streams`), set the umask, title the process, write the pid file, make the listening sockets
-        non-blocking, give each server the scoreboard, and log where the pool of ``size``
+        :func:`~prefork.logs.guard_std_streams`), set the umask, title the process, write the
+        pid file, make the listening sockets non-blocking, give each server the scoreboard,
+        its deferred accept and its connections' class, and log where the pool of ``size``
         workers listens (the line tests and tools read: ``Listening at ADDR, ... with N
         CLASS workers (master pid P)``). Raises
         :class:`~prefork.errors.PreforkError` when the pid file cannot be written, or names
@@ -92,10 +93,10 @@ class MasterProcess:
             reuseport.close()
 
     def stop(self, *, restore_sockets: bool = True) -> None:
-        """Put back the title, sys.stdout and sys.stderr, the sockets' timeouts (unless ``restore_sockets`` is False:
-        after a USR2 upgrade the new master shares their O_NONBLOCK flag), remove the pid
-        file (if it still holds our pid) and take the scoreboard off the servers. Safe to
-        call after a :meth:`start` that raised."""
+        """Put back the title, sys.stdout and sys.stderr, the sockets' timeouts (unless
+        ``restore_sockets`` is False: after a USR2 upgrade the new master shares their
+        O_NONBLOCK flag), remove the pid file (if it still holds our pid) and take the
+        scoreboard off the servers. Safe to call after a :meth:`start` that raised."""
         if restore_sockets and self._timeouts:
             for server, timeout in zip(self.servers, self._timeouts, strict=True):
                 if server.socket.fileno() != -1:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from prefork import PreforkHTTPServer, PreforkTCPServer, connections
-from prefork.connections import DeferredRequestSocket, RequestSocket, defer_seconds, request_socket_class
+from prefork.connections import RequestSocket, defer_seconds, request_socket_class
 from tests.handlers import HelloHTTPHandler, PidEchoHandler
 
 pytestmark = pytest.mark.timeout(20)
@@ -128,43 +128,66 @@ def test_the_rules_cost_nothing_while_no_read_waits(pair: tuple[socket.socket, s
 # -- deferred accept -----------------------------------------------------------------------
 
 
-def test_a_deferred_connection_with_nothing_to_read_is_cut_at_its_first_read(
-    pair: tuple[socket.socket, socket.socket],
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback TCP connection: (the accepted end, the client's end); tcp_info needs TCP."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        accepted, _ = listener.accept()
+    with accepted, client:
+        yield accepted, client
+
+
+def test_a_deferred_connection_that_never_spoke_is_cut_when_a_read_would_wait(
+    tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    conn = as_connection(pair[0], rules(deferred=True), timeout=5)
+    conn = as_connection(tcp_pair[0], rules(deferred=True), timeout=5)
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="defer_accept"):
         conn.recv_into(bytearray(10))
     assert time.monotonic() - start < 0.5  # not the 5 s timeout
 
 
-def test_a_deferred_connection_with_data_settles_into_its_servers_class(
-    pair: tuple[socket.socket, socket.socket],
+def test_a_deferred_connection_that_sent_is_waited_for_normally(
+    tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    cls = rules(min_rate=100, deferred=True)
-    conn = as_connection(pair[0], cls, timeout=5)
-    pair[1].sendall(b"GET /")
+    conn = as_connection(tcp_pair[0], rules(deferred=True), timeout=0.3)
+    tcp_pair[1].sendall(b"GET /")
     assert conn.recv(100) == b"GET /"
-    assert type(conn) is cls.settled and type(conn).read_min_rate == 100  # type: ignore[attr-defined]
-    assert not issubclass(type(conn), DeferredRequestSocket)
+    with pytest.raises(TimeoutError, match="timed out"):  # the rest: the timeout's own wait
+        conn.recv(100)
 
 
-def test_data_arriving_just_after_the_first_read_is_not_cut(
-    pair: tuple[socket.socket, socket.socket],
+def test_data_arriving_just_after_the_first_wait_is_not_cut(
+    tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """The kernel queues a deferred connection a moment before the data that made it
-    acceptable: the first read waits DEFER_RACE_GRACE for it."""
-    conn = as_connection(pair[0], rules(deferred=True), timeout=5)
-    threading.Timer(connections.DEFER_RACE_GRACE / 4, pair[1].sendall, (b"late",)).start()
+    acceptable: the first wait gives it DEFER_RACE_GRACE."""
+    conn = as_connection(tcp_pair[0], rules(deferred=True), timeout=5)
+    timer = threading.Timer(connections.DEFER_RACE_GRACE / 4, tcp_pair[1].sendall, (b"late",))
+    timer.start()
     assert conn.recv(100) == b"late"
+    timer.join()
 
 
-def test_a_server_that_speaks_first_is_waited_for_normally(pair: tuple[socket.socket, socket.socket]) -> None:
-    conn = as_connection(pair[0], rules(deferred=True), timeout=0.3)
-    conn.sendall(b"220 hello\r\n")  # a greeting: the connection settles
-    assert not isinstance(conn, DeferredRequestSocket)
+def test_a_server_that_speaks_first_is_waited_for_normally(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    conn = as_connection(tcp_pair[0], rules(deferred=True), timeout=0.3)
+    conn.sendall(b"220 hello\r\n")  # a greeting, acknowledged by the client's kernel
+    time.sleep(0.05)
     with pytest.raises(TimeoutError, match="timed out"):
         conn.recv(100)
+
+
+def test_without_deferred_accept_a_silent_connection_waits_the_timeout(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    conn = as_connection(tcp_pair[0], rules(min_rate=500), timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out"):
+        conn.recv(100)
+    assert time.monotonic() - start >= 0.25
 
 
 def test_auto_defers_http_servers_only() -> None:

@@ -20,7 +20,7 @@ import socket
 import sys
 from time import monotonic
 from types import FrameType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import setproctitle
 
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from prefork.contract import PoolServer
 
 log = logging.getLogger("prefork")
+
+#: A request already accepted and its client address (see :meth:`Worker.drain`).
+Accepted: TypeAlias = "tuple[_RequestType, _RetAddress]"
 
 #: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
 #: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
@@ -310,7 +313,9 @@ class Worker:
         """
         raise NotImplementedError
 
-    def handle_request(self, server: PoolServer, *, woken: bool = True) -> bool:
+    def handle_request(
+        self, server: PoolServer, *, woken: bool = True, accepted: Accepted | None = None
+    ) -> bool:
         """Take one request from ``server`` and process it, as BaseServer._handle_request_noblock.
         Return True when a connection was accepted, False when none was waiting.
 
@@ -322,21 +327,18 @@ class Worker:
         ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The worker's scoreboard
         slot is BUSY from accept to the end, then counts the request (or, when
         verify_request refused it, the denied connection); after ``max_requests`` the worker
-        stops (``alive`` becomes False). Runs in the worker.
+        stops (``alive`` becomes False). With ``accepted`` (a request and its client address,
+        taken by :meth:`drain`), that request is processed without ``get_request``. Runs in
+        the worker.
         """
-        try:
-            request, client_address = server.get_request()
-        except OSError as exc:
-            self.accept_failed(exc, woken)
-            return False
-        self.process_accepted(server, request, client_address)
-        return True
-
-    def process_accepted(
-        self, server: PoolServer, request: _RequestType, client_address: _RetAddress
-    ) -> None:
-        """The rest of :meth:`handle_request` for an accepted ``request``: ``verify_request``
-        -> ``process_request``, the scoreboard, ``max_requests``. Runs in the worker."""
+        if accepted is None:
+            try:
+                request, client_address = server.get_request()
+            except OSError as exc:
+                self.accept_failed(exc, woken)
+                return False
+        else:
+            request, client_address = accepted
         self.request_started(request)
         processed = False
         try:
@@ -358,6 +360,7 @@ class Worker:
             if self.max_requests:
                 self.check_max_requests()
             self.request_returned(request, processed)
+        return True
 
     def drain(self) -> None:
         """When the whole pool stops gracefully (TERM, and the master's word in the scoreboard:
@@ -368,7 +371,7 @@ class Worker:
         held = [] if self.blocking_accept else accept_queued(self.servers)  # its socket blocks
         self.close_listeners()
         for server, request, client_address in held:
-            self.process_accepted(server, request, client_address)
+            self.handle_request(server, accepted=(request, client_address))
 
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
