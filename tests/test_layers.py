@@ -50,6 +50,7 @@ ORDER = (
     "prefork.workers.thread",
     "prefork.workers.sync",
     "prefork.workers.base",
+    "prefork.workers.signals",
     "prefork.workers.waiting",
     "prefork.workers.user",
     # Low level: each imports nothing above it.

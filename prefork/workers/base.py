@@ -15,17 +15,13 @@ import faulthandler
 import functools
 import logging
 import os
-import signal
-import socket
 import sys
 from time import monotonic
-from types import FrameType
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import setproctitle
 
 from prefork.contract import pool_servers
-from prefork.logs import reopen_log_files
 from prefork.messages import (
     BOOT_ERROR,
     READY,
@@ -34,6 +30,7 @@ from prefork.messages import (
     send_message,
 )
 from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.workers.signals import HANDLED_SIGNALS, SignalHandling, default_signals
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
 from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter, accept_queued
 
@@ -45,15 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork")
 
+_IDLE, _STOPPING = WorkerState.IDLE, WorkerState.STOPPING
+
 #: A request already accepted and its client address (see :meth:`Worker.drain`).
 Accepted: TypeAlias = "tuple[_RequestType, _RetAddress]"
 
-#: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
-#: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
-_SOCKET_ACCEPT_CODE = socket.socket.accept.__code__
 
-
-class Worker:
+class Worker(SignalHandling):
     """One worker process of the pool; subclasses implement :meth:`serve`.
 
     Created in the worker process, right after the fork (never in the master). Arguments:
@@ -78,15 +73,6 @@ class Worker:
     #: on the only listening socket; measured, not recommended: it does not notice the
     #: master's death). See :class:`ListenerWaiter` and docs/architecture.md.
     accept_wait: ClassVar[str] = "exclusive"
-
-    #: Signals the worker ignores (handled as a no-op, so an exec'd child gets the default).
-    #: HUP, TTIN/TTOU, USR2 are the master's; a process-group-wide one must not kill workers.
-    IGNORED_SIGNALS: ClassVar[tuple[signal.Signals, ...]] = (
-        signal.SIGHUP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGUSR2,
-    )
 
     def __init__(
         self,
@@ -134,6 +120,12 @@ class Worker:
         self.blocking_accept = False
         # The scoreboard writes of the request path, bound to the slot.
         self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
+        # Neither hook overridden (the sync worker): handle_request() writes the slot itself,
+        # two calls fewer per request (docs/performance.md).
+        cls = type(self)
+        self._plain_slot = cls.request_started is Worker.request_started and (
+            cls.request_returned is Worker.request_returned
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.number} pid={self.pid} gen={self.generation}>"
@@ -187,76 +179,6 @@ class Worker:
             prepare_user_switch()
             switch_user(self.server.user, self.server.group)
         self.server.post_fork(self)
-
-    def init_signals(self) -> None:
-        """Install the worker's signal handlers. Runs in the worker. May be extended.
-
-        TERM: stop after the request in progress (graceful). INT, QUIT: exit at once.
-        Handlers only record; a wake-up pipe (``signal.set_wakeup_fd``, also written by
-        :meth:`wake`) wakes the loop.
-        """
-        for sig in self.IGNORED_SIGNALS:
-            signal.signal(sig, _ignore)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, self.handle_term)
-        signal.signal(signal.SIGINT, self.handle_quit)
-        signal.signal(signal.SIGQUIT, self.handle_quit)
-        signal.signal(signal.SIGUSR1, self.handle_usr1)
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        self.wakeup_fd, self._wakeup_w = read_fd, write_fd
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-
-    def handle_term(self, signum: int, frame: FrameType | None) -> None:
-        """TERM: finish the request in progress, then exit (graceful stop).
-
-        With the ``blocking`` accept wait, a TERM arriving in ``accept()`` raises
-        InterruptedError there (``handle_request`` returns quietly), since PEP 475 would
-        otherwise retry the accept after this handler returns.
-        """
-        self.alive = False
-        self.terminated = True
-        if self.blocking_accept and frame is not None and frame.f_code is _SOCKET_ACCEPT_CODE:
-            raise InterruptedError("the worker is stopping")
-
-    def handle_quit(self, signum: int, frame: FrameType | None) -> None:
-        """INT, QUIT: exit now (fast stop); an in-flight request is cut off."""
-        os._exit(WORKER_EXIT_OK)
-
-    def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
-        """USR1 (forwarded by the master): reopen log files, in the loop."""
-        self.reopen_logs = True
-
-    def wake(self) -> None:
-        """Make the worker's wait in :meth:`wait_for_listeners` return, from any thread of the
-        worker: a null byte on the signal wake-up pipe (as asyncio's ``call_soon_threadsafe``
-        writes on its self-pipe). A full pipe already holds a wake-up: the write is dropped."""
-        try:
-            os.write(self._wakeup_w, b"\0")
-        except OSError:  # full (a wake-up is pending), or closed (a handler's forked child)
-            pass
-
-    def act_on_signals(self, signals: bytes = b"") -> None:
-        """Act on the signals that arrived: ``signals`` are their numbers as read from the
-        wake-up pipe, and the handlers' records (USR1: reopen log files). Runs in the worker,
-        after a wait. May be extended.
-
-        The numbers are acted on as the handlers would (TERM: stop after this request; INT,
-        QUIT: exit now; USR1: reopen log files), since a handler may not have run: CPython
-        3.13 forked from a thread other than the main one can leave the child's Python-level
-        handlers uncalled while the wake-up byte arrives."""
-        for number in signals:
-            if number == signal.SIGTERM:
-                self.alive = False
-                self.terminated = True
-            elif number in (signal.SIGINT, signal.SIGQUIT):
-                os._exit(WORKER_EXIT_OK)
-            elif number == signal.SIGUSR1:
-                self.reopen_logs = True
-        if self.reopen_logs:
-            self.reopen_logs = False
-            reopen_log_files()
 
     def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PoolServer]:
         """Wait until a listening socket of this worker is readable; return the servers whose
@@ -339,7 +261,10 @@ class Worker:
                 return False
         else:
             request, client_address = accepted
-        self.request_started(request)
+        if self._plain_slot:
+            self._slot_started(monotonic())
+        else:
+            self.request_started(request)
         processed = False
         try:
             if server.verify_request(request, client_address):
@@ -359,7 +284,10 @@ class Worker:
         finally:
             if self.max_requests:
                 self.check_max_requests()
-            self.request_returned(request, processed)
+            if self._plain_slot:
+                self._slot_finished(_IDLE if self.alive else _STOPPING, 0.0, self.requests)
+            else:
+                self.request_returned(request, processed)
         return True
 
     def drain(self) -> None:
@@ -404,10 +332,6 @@ class Worker:
             self.alive = False
 
 
-#: The signals a worker handles (see :meth:`Worker.init_signals`).
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
-
-
 def leave_pool(worker: Worker) -> None:
     """In a process forked by a handler of ``worker`` (``os.fork()`` in the worker; called by
     ``os.register_at_fork``): this process is not the worker the master forked, and never
@@ -419,7 +343,7 @@ def leave_pool(worker: Worker) -> None:
     worker.forked = True
     worker.scoreboard.detach()
     worker._slot_started, worker._slot_finished = worker.scoreboard.request_writers(worker.slot)
-    _default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
+    default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
     if worker._waiter is not None:  # closed, not emptied: its epoll is the worker's too
         worker._waiter.close()
         worker._waiter = None
@@ -428,18 +352,3 @@ def leave_pool(worker: Worker) -> None:
     for fd in (worker.wakeup_fd, worker._wakeup_w, worker.notify_fd, worker.master_fd):
         os.close(fd)
     worker.wakeup_fd = worker._wakeup_w = worker.notify_fd = worker.master_fd = -1
-
-
-def _default_signals(signals: tuple[signal.Signals, ...]) -> None:
-    """Give ``signals`` their default action and stop writing them to the wake-up fd (in a
-    process forked by a handler); left alone where Python refuses (not the main thread)."""
-    try:
-        signal.set_wakeup_fd(-1)
-        for sig in signals:
-            signal.signal(sig, signal.SIG_DFL)
-    except ValueError:
-        pass
-
-
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """A no-op handler: unlike SIG_IGN, it is reset to the default in exec'd children."""

@@ -48,7 +48,8 @@ def test_a_failing_fork_leaves_the_pool_serving_and_it_refills_when_fork_works(
     logs = Collect()
     logger = logging.getLogger("prefork")
     logger.addHandler(logs)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears isEnabledFor's cache
     server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=2)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
@@ -78,6 +79,7 @@ def test_a_failing_fork_leaves_the_pool_serving_and_it_refills_when_fork_works(
         thread.join(40)
         server.server_close()
         logger.removeHandler(logs)
+        logger.setLevel(level)
     report(
         "fork_failing_requests_served",
         served,
@@ -91,4 +93,4 @@ def test_a_failing_fork_leaves_the_pool_serving_and_it_refills_when_fork_works(
     failures = [m for m in logs.messages if m.startswith("Cannot fork worker")]
     assert len(failures) == 1, logs.messages  # once per streak (then every 10th)
     assert "Resource temporarily unavailable" in failures[0] and "1 workers serve on" in failures[0]
-    assert any(m.startswith("fork() works again") for m in logs.messages)
+    assert any(m.startswith("fork() works again") for m in logs.messages), logs.messages
