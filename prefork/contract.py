@@ -66,6 +66,8 @@ class PoolServer(Protocol):
     worker: Any
     #: The pool's scoreboard while the pool runs, else None.
     scoreboard: Scoreboard | None
+    #: verify_request() is trivially True: the workers skip it (set by serve_forever()).
+    verifies_everyone: bool
     #: The class an accepted connection with a timeout is given (set by the master).
     request_socket: type[SocketType]
 

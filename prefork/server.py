@@ -114,6 +114,10 @@ class PreforkMixIn(_Base):
     timeout: float | None = 300
     #: The Worker serving, set in each worker process; None in the master.
     worker: Worker | None = None
+    #: True while ``serve_forever()`` runs if :meth:`verify_request` is trivially True (see
+    #: :meth:`verify_request_is_trivial`): the workers then skip the call, one frame less per
+    #: request (docs/performance.md).
+    verifies_everyone: bool = False
     #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
     scoreboard: Scoreboard | None = None
 
@@ -164,11 +168,15 @@ class PreforkMixIn(_Base):
         try:
             for setting in config.SETTINGS:  # class attributes may be strings, as flags are
                 setattr(self, setting.name, setting.validate(getattr(self, setting.name)))
+            for server in (self, *self.listeners):
+                server.verifies_everyone = server.verify_request_is_trivial()
             self._master = Master(self, poll_interval)
             if self._shutdown_request:
                 self._master.request_shutdown()
             self._master.run()
         finally:
+            for server in (self, *self.listeners):
+                server.verifies_everyone = False
             self._master = None
             self._shutdown_request = False
             self._is_shut_down.set()
@@ -267,6 +275,15 @@ class PreforkMixIn(_Base):
                 return False
         return super().verify_request(request, client_address)
 
+    def verify_request_is_trivial(self) -> bool:
+        """Whether :meth:`verify_request` returns True for every request: no ``allow`` or
+        ``deny`` networks, and neither this server's class nor one after the mixin in its
+        MRO overrides it. ``serve_forever()`` stores the answer in ``verifies_everyone``."""
+        mine = getattr(type(self).verify_request, "__func__", type(self).verify_request)
+        after = getattr(super().verify_request, "__func__", None)
+        trivial = mine is PreforkMixIn.verify_request and after is socketserver.BaseServer.verify_request
+        return trivial and not (self.allow or self.deny)
+
     def service_actions(self) -> None:
         """Reap exited workers and restart them; collect ``handle_request()`` children.
 
@@ -316,7 +333,7 @@ class PreforkMixIn(_Base):
         if isinstance(error, ConnectionError):
             log.debug("Connection from %s lost: %s", client_address, error)
         elif isinstance(error, TimeoutError):
-            log.info("Request from %s timed out (socket_timeout %g s)", client_address, self.socket_timeout)
+            log.info("Request from %s timed out: %s", client_address, error)
         else:
             log.exception("Error processing request from %s", client_address)
 

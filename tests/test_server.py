@@ -182,6 +182,40 @@ def test_verify_request_false_closes_without_processing() -> None:
         assert request_line(address(server), b"hi\n") == b""  # closed, nothing written
 
 
+class RefusingBase(socketserver.TCPServer):
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return False
+
+
+def test_verify_request_of_a_base_class_after_the_mixin_is_still_called() -> None:
+    """The workers skip verify_request() only where it is trivially True: an override in
+    a server base class to the right of the mixin is called."""
+
+    class Refusing(PreforkMixIn, RefusingBase):
+        pass
+
+    server = Refusing(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with serving(server, workers=1):
+        assert request_line(address(server), b"hi\n") == b""
+
+
+def test_verify_request_is_trivial_only_without_networks_or_overrides() -> None:
+    class Refusing(PreforkMixIn, RefusingBase):
+        pass
+
+    class Overriding(PreforkTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            return True
+
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as plain:
+        assert plain.verify_request_is_trivial()
+        plain.deny = config.DENY.validate("10.0.0.0/8")
+        assert not plain.verify_request_is_trivial()
+    for cls in (Refusing, Overriding):
+        with cls(("127.0.0.1", 0), PidEchoHandler) as server:
+            assert not server.verify_request_is_trivial(), cls
+
+
 def test_handle_error_runs_in_the_worker_which_keeps_serving(tmp_path: Path) -> None:
     errors = tmp_path / "errors"
 

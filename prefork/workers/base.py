@@ -267,7 +267,7 @@ class Worker(SignalHandling):
             self.request_started(request)
         processed = False
         try:
-            if server.verify_request(request, client_address):
+            if server.verifies_everyone or server.verify_request(request, client_address):
                 self.requests += 1
                 try:
                     server.process_request(request, client_address)
