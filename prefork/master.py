@@ -88,6 +88,7 @@ class Master:
         self.events = MasterEvents()
         self.signals = SignalQueue(self.events.wakeup_fd)
         self.spawner = Spawner(server, self.name, self.scoreboard, self.events, self.pool)
+        self.sd_watchdog = systemd.Watchdog()  # pinged from the loop when WATCHDOG_USEC is set
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -137,12 +138,15 @@ class Master:
         self.kill_late()
 
     def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for a signal, a worker message or a worker's exit."""
+        """Wait up to ``timeout`` seconds for a signal, a worker message or a worker's exit;
+        first ping systemd's watchdog if due."""
+        self.sd_watchdog.ping(time.monotonic())
         self.handle_messages(self.events.wait(timeout))
 
     def timeout(self) -> float:
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
-        deadlines = self.pool.stop_deadlines() + self.watchdog.deadlines(self.pool)
+        deadlines = [*self.pool.stop_deadlines(), *self.watchdog.deadlines(self.pool)]
+        deadlines.append(self.sd_watchdog.next_at)
         if self.stop_mode is None:
             deadlines += [b.next_attempt() for b in (self.boot_backoff, self.spawner.backoff) if b.failures]
             deadlines += [self.stop_at] if self.stop_at else []
@@ -287,8 +291,8 @@ class Master:
     # -- events ------------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect our exited workers (and a new master of USR2 that exited), by pid, and
-        account for boot failures."""
+        """Collect our exited workers (and a new master of USR2 that exited), by pid: log how
+        each ended and account for boot failures."""
         self.upgrade.reap()
         for record in self.pool:
             try:
@@ -303,22 +307,11 @@ class Master:
                 self.scoreboard.release(record.slot)
                 self.events.unwatch(record.pidfd)
                 record.pidfd = -1
-                self.exited(record, os.waitstatus_to_exitcode(status), stats.state, stats.requests)
-
-    def exited(self, record: WorkerRecord, code: int, state: WorkerState, requests: int) -> None:
-        """Log a reaped worker's exit (``code`` from ``waitstatus_to_exitcode``; its
-        scoreboard ``state`` and ``requests`` at the end) and count a boot failure."""
-        number, pid, how = record.number, record.pid, describe_exit(code)
-        if record.failed_to_boot():
-            self.boot_failed(record, how)
-        elif record.aborted:
-            log.warning("Worker %d (pid %d) %s after the request timeout; replacing it", number, pid, how)
-        elif record.stopping:
-            log.debug("Worker %d (pid %d) stopped (%s)", number, pid, how)
-        elif code == 0 and state is WorkerState.STOPPING:
-            log.info("Worker %d (pid %d) recycled after %d requests", number, pid, requests)
-        else:
-            log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
+                code = os.waitstatus_to_exitcode(status)
+                if record.failed_to_boot():
+                    self.boot_failed(record, describe_exit(code))
+                else:
+                    log_exit(record, code, stats.state, stats.requests)
 
     def handle_messages(self, messages: list[Message]) -> None:
         """Act on the workers' messages: READY marks a worker booted, BOOT_ERROR its cause."""
@@ -402,6 +395,20 @@ class Master:
         if self.spawner.reuseport is not None:
             self.spawner.reuseport.close()
         self.events.close()
+
+
+def log_exit(record: WorkerRecord, code: int, state: WorkerState, requests: int) -> None:
+    """Log a reaped worker's exit (not a boot failure): ``code`` from
+    ``waitstatus_to_exitcode``, its scoreboard ``state`` and ``requests`` at the end."""
+    number, pid, how = record.number, record.pid, describe_exit(code)
+    if record.aborted:
+        log.warning("Worker %d (pid %d) %s after the request timeout; replacing it", number, pid, how)
+    elif record.stopping:
+        log.debug("Worker %d (pid %d) stopped (%s)", number, pid, how)
+    elif code == 0 and state is WorkerState.STOPPING:
+        log.info("Worker %d (pid %d) recycled after %d requests", number, pid, requests)
+    else:
+        log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:

@@ -1,4 +1,4 @@
-"""systemd integration without libsystemd: ``sd_notify`` and socket activation.
+"""systemd integration without libsystemd: ``sd_notify``, socket activation and the watchdog.
 
 Both follow the protocols systemd documents (sd_notify(3), sd_listen_fds(3)), so they also work
 with other managers that speak them. Nothing here raises when there is no manager: the
@@ -7,8 +7,10 @@ functions then do nothing.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from collections.abc import Mapping
 
 #: The first file descriptor passed by socket activation (SD_LISTEN_FDS_START).
 LISTEN_FDS_START = 3
@@ -61,3 +63,39 @@ def listen_fds(unset_environment: bool = True) -> list[int]:
 def listen_fds_environment(count: int, pid: int) -> dict[str, str]:
     """The environment that hands ``count`` descriptors, from fd 3, to process ``pid``."""
     return {"LISTEN_FDS": str(count), "LISTEN_PID": str(pid)}
+
+
+class Watchdog:
+    """systemd's service watchdog, as sd_watchdog_enabled(3): when the manager set
+    ``WATCHDOG_USEC`` for this process, the master loop calls :meth:`ping`, which sends
+    ``WATCHDOG=1`` every half of that interval. A master whose loop stops running (hung,
+    deadlocked) stops pinging, and the manager kills and restarts the service
+    (``WatchdogSec=`` in the unit; ``NotifyAccess=all`` so the new master of a USR2 upgrade
+    may ping too). Neither gunicorn nor uWSGI pings from their master loop.
+
+    ``WATCHDOG_PID``, when set, must be this process or its parent (the old master, for the
+    new master of a USR2 upgrade, which systemd then knows as ``MAINPID``); otherwise the
+    watchdog is off. ``environ``, ``pid``, ``parent`` are this process's by default. Runs in
+    the master.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None, pid: int = 0, parent: int = 0) -> None:
+        environ = os.environ if environ is None else environ
+        try:
+            usec = int(environ.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            usec = 0
+        owner = environ.get("WATCHDOG_PID", "")
+        mine = (str(pid or os.getpid()), str(parent or os.getppid()))
+        #: Seconds between pings (half of WATCHDOG_USEC); 0 when the watchdog is off.
+        self.interval = usec / 2e6 if usec > 0 and (not owner or owner in mine) else 0.0
+        #: ``time.monotonic()`` of the next ping due (0: at once); inf when off.
+        self.next_at = 0.0 if self.interval else math.inf
+
+    def ping(self, now: float) -> bool:
+        """Send ``WATCHDOG=1`` if one is due at ``now`` (``time.monotonic()``); return whether
+        it was sent."""
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval
+        return notify("WATCHDOG=1")

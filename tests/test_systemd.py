@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import shlex
 import signal
@@ -10,15 +11,18 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from prefork import systemd
+from prefork import PreforkTCPServer, systemd
 from prefork.cli import build_parser
 from tests.conftest import ROOT, ServerProcess, request_line
+from tests.handlers import PidEchoHandler
 
 EXAMPLES = ROOT / "examples" / "systemd"
 
@@ -261,3 +265,90 @@ def test_example_service_unit_names_existing_flags() -> None:
     graceful = float(command[command.index("--graceful-timeout") + 1])
     assert float(service["TimeoutStopSec"]) > graceful
     assert "--bind" not in command  # the socket unit says where to listen
+
+
+# -- the watchdog ------------------------------------------------------------------------------
+
+
+def test_watchdog_is_off_without_watchdog_usec() -> None:
+    watchdog = systemd.Watchdog({}, pid=10, parent=1)
+    assert watchdog.interval == 0 and watchdog.next_at == math.inf
+    assert not watchdog.ping(1e9)
+
+
+@pytest.mark.parametrize(
+    ("environ", "interval"),
+    [
+        ({"WATCHDOG_USEC": "2000000"}, 1.0),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "10"}, 1.0),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, 1.0),  # our parent: a USR2 upgrade
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "99"}, 0.0),  # another process's
+        ({"WATCHDOG_USEC": "soon"}, 0.0),
+        ({"WATCHDOG_USEC": "-5"}, 0.0),
+    ],
+)
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
+    environ: dict[str, str], interval: float
+) -> None:
+    assert systemd.Watchdog(environ, pid=10, parent=1).interval == interval
+
+
+def test_watchdog_pings_once_per_interval(notify_socket: socket.socket) -> None:
+    watchdog = systemd.Watchdog({"WATCHDOG_USEC": "2000000"}, pid=10, parent=1)
+    sent = [now for now in (100.0, 100.5, 100.99, 101.0, 101.5, 102.2) if watchdog.ping(now)]
+    assert sent == [100.0, 101.0, 102.2]
+    assert [notify_socket.recv(100) for _ in sent] == [b"WATCHDOG=1"] * 3
+
+
+@pytest.mark.timeout(30)
+def test_the_master_loop_pings_the_watchdog(
+    serve_cli: Callable[..., Any], notify_socket: socket.socket
+) -> None:
+    env = {**os.environ, "WATCHDOG_USEC": "400000"}  # a ping every 0.2 s
+    server = serve_cli("tests.handlers:PidEchoHandler", "--workers", "1", env=env)
+    server.wait_workers(1)
+    start = time.monotonic()
+    pings = 0
+    while time.monotonic() - start < 1.0:
+        pings += "WATCHDOG=1" in receive_until(notify_socket, "WATCHDOG=1", timeout=2)[-1]
+    assert 4 <= pings <= 7, pings
+
+
+@pytest.mark.timeout(30)
+def test_watchdog_pings_stop_while_the_master_loop_hangs(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hang = threading.Event()
+    release = threading.Event()
+
+    class Hanging(PreforkTCPServer):
+        def service_actions(self) -> None:
+            if hang.is_set():
+                release.wait(10)  # a hook that hangs the master loop
+            super().service_actions()
+
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s
+    server = Hanging(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        receive_until(notify_socket, "WATCHDOG=1")
+        hang.set()
+        time.sleep(0.3)  # the loop is now stuck in the hook
+        while True:  # drain what was sent before it hung
+            notify_socket.settimeout(0.01)
+            try:
+                notify_socket.recv(100)
+            except TimeoutError:
+                break
+        notify_socket.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            notify_socket.recv(100)  # no ping for 1 s: systemd would kill the master
+        release.set()
+        hang.clear()
+        receive_until(notify_socket, "WATCHDOG=1", timeout=2)
+    finally:
+        release.set()
+        server.shutdown()
+        thread.join(30)
+        server.server_close()
