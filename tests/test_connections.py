@@ -199,3 +199,24 @@ def test_auto_defers_http_servers_only() -> None:
         assert defer_seconds(tcp) == 0
         tcp.defer_accept = 3
         assert defer_seconds(tcp) == 3
+
+
+def test_a_connection_handed_over_when_the_defer_period_ran_out_is_cut_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel hands a silent connection over once the defer period (1 s here) runs out,
+    after retransmitting its SYN-ACK: that is enough to know it idle, with no grace wait (made
+    2 s here, so that waiting it would show)."""
+    monkeypatch.setattr(connections, "DEFER_RACE_GRACE", 2.0)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        listener.settimeout(10)
+        with socket.create_connection(listener.getsockname(), timeout=5) as client:
+            accepted, _ = listener.accept()  # after about 1 s: nothing was sent
+            with accepted:
+                conn = as_connection(accepted, rules(deferred=True), timeout=5)
+                start = time.monotonic()
+                with pytest.raises(TimeoutError, match="defer_accept"):
+                    conn.recv(100)
+                assert time.monotonic() - start < 0.5
+            assert client.recv(100) == b""
