@@ -58,7 +58,9 @@ class RequestSocket(socket.socket):
 
     A read that would block first applies :meth:`wait_for_client`'s rules (``read_min_rate``
     and ``read_deadline``, class attributes set per server by :func:`request_socket_class`;
-    0 here: off).
+    0 here: off). They apply to ``recv`` and ``recv_into`` (all that ``makefile()`` and
+    socketserver's stream handlers use); ``recv`` and ``recv_into`` with flags, ``recvfrom``,
+    ``recvfrom_into`` and ``recvmsg`` are socket.socket's, bounded by the timeout only.
 
     :meth:`PreforkMixIn.get_request <prefork.server.PreforkMixIn.get_request>` gives an
     accepted plain ``socket.socket`` its server's class when it will have a timeout: the
@@ -90,7 +92,13 @@ class RequestSocket(socket.socket):
         return super().recv(bufsize, flags)
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        """Receive into ``buffer``, as socket.socket.recv_into; return the byte count."""
+        """Receive into ``buffer`` (its first ``nbytes`` bytes, when given), as
+        socket.socket.recv_into; return the byte count."""
+        if nbytes and not flags and self.gettimeout():
+            octets = memoryview(buffer).cast("B")
+            if nbytes > len(octets):
+                raise ValueError("buffer too small for requested bytes")
+            return self.recv_into(octets[:nbytes])
         if not (flags or nbytes) and self.gettimeout():
             try:
                 return os.readv(self.fileno(), (buffer,))
@@ -196,7 +204,7 @@ def _readable(fd: int, seconds: float) -> bool:
 def _idle_since_connect(sock: socket.socket) -> bool:
     """Whether ``sock``, accepted through TCP_DEFER_ACCEPT, has been idle since it connected:
     from the kernel's ``tcp_info`` (Linux 4.1+; False where it cannot tell), no byte arrived
-    and none of ours was acknowledged. When the kernel retransmitted its SYN-ACK (the defer
+    and we sent none (acknowledged or in flight). When the kernel retransmitted its SYN-ACK (the defer
     period ran out: it hands the connection over on the ACK that answers a retransmission),
     that is so at once; otherwise the data that made it acceptable may be a moment behind
     (see :data:`DEFER_RACE_GRACE`), and it is so only if nothing arrives by then. Parsed by
@@ -207,19 +215,23 @@ def _idle_since_connect(sock: socket.socket) -> bool:
         return False
     if len(info) < _TCP_INFO_SIZE:
         return False
+    unacked: int
     retransmitted: int
     acked: int
     received: int
+    (unacked,) = struct.unpack_from("=I", info, _TCP_INFO_UNACKED)
     (retransmitted,) = struct.unpack_from("=I", info, _TCP_INFO_TOTAL_RETRANS)
     acked, received = struct.unpack_from("=QQ", info, _TCP_INFO_BYTES_ACKED)
-    if acked or received:
+    if unacked or acked or received:  # it sent, or we did (acknowledged or still in flight)
         return False
     return retransmitted > 0 or not _readable(sock.fileno(), DEFER_RACE_GRACE)
 
 
-#: Offsets in Linux's ``struct tcp_info`` of ``tcpi_total_retrans`` (a child socket starts with
+#: Offsets in Linux's ``struct tcp_info`` of ``tcpi_unacked`` (our segments in flight),
+#: ``tcpi_total_retrans`` (a child socket starts with
 #: its request's SYN-ACK retransmissions) and ``tcpi_bytes_acked`` (then
 #: ``tcpi_bytes_received``), and the size read (up to ``tcpi_segs_in``).
+_TCP_INFO_UNACKED = 24
 _TCP_INFO_TOTAL_RETRANS = 100
 _TCP_INFO_BYTES_ACKED = 120
 _TCP_INFO_SIZE = 144

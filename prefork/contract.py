@@ -66,7 +66,7 @@ class PoolServer(Protocol):
     worker: Any
     #: The pool's scoreboard while the pool runs, else None.
     scoreboard: Scoreboard | None
-    #: verify_request() is trivially True: the workers skip it (set by serve_forever()).
+    #: verify_request() is trivially True: the worker skips it (set in each worker).
     verifies_everyone: bool
     #: The class an accepted connection with a timeout is given (set by the master).
     request_socket: type[SocketType]
@@ -98,6 +98,9 @@ class PoolServer(Protocol):
 
     def service_actions(self) -> None:
         """The master loop's hook (socketserver's)."""
+
+    def verify_request_is_trivial(self) -> bool:
+        """Whether verify_request() returns True for every request (no rule, no override)."""
 
     def post_fork(self, worker: Any) -> None:
         """Called in each worker after the fork, before it serves."""

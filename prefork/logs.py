@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TextIO, cast
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 #: One line per record: time, pid of the process that logged it (master or worker), level.
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -133,21 +133,31 @@ class PipeSafeStream:
             except BrokenPipeError:
                 self.broken = True
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        """Write each of ``lines``, as :meth:`write`."""
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
 
 
 def guard_std_streams() -> Callable[[], None]:
     """Make ``sys.stdout`` and ``sys.stderr`` :class:`PipeSafeStream` wrappers (workers forked
-    afterwards inherit them); return a function that puts the original streams back. Runs in
-    the master, when the pool starts."""
-    saved = sys.stdout, sys.stderr
-    if sys.stdout is not None and not isinstance(sys.stdout, PipeSafeStream):
-        sys.stdout = cast(TextIO, PipeSafeStream(sys.stdout))
-    if sys.stderr is not None and not isinstance(sys.stderr, PipeSafeStream):
-        sys.stderr = cast(TextIO, PipeSafeStream(sys.stderr))
+    afterwards inherit them); return a function that puts back each stream it wrapped, if its
+    wrapper is still in place (a stream already wrapped, by another pool of this process, or
+    replaced since, is left alone). Runs in the master, when the pool starts."""
+    installed: list[tuple[str, PipeSafeStream]] = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PipeSafeStream):
+            wrapper = PipeSafeStream(stream)
+            setattr(sys, name, wrapper)
+            installed.append((name, wrapper))
 
     def restore() -> None:
-        sys.stdout, sys.stderr = saved
+        for name, wrapper in installed:
+            if getattr(sys, name) is wrapper:
+                setattr(sys, name, wrapper.stream)
 
     return restore

@@ -78,7 +78,7 @@ class Master:
         self.announced_generation = -1  # the generation whose readiness was announced
         self.stop_at = 0.0  # monotonic time at which a TERM's shutdown_delay ends
         self.degraded = False  # replacements keep failing to boot while others serve (said once)
-        self.keep_listeners = False  # shutdown(): the server may serve_forever() again
+        self.signalled_stop = False  # TERM, INT, QUIT: the listening sockets close at the stop
         #: USR2: the new master we started, the old master that started us.
         self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
@@ -110,7 +110,7 @@ class Master:
                 self.server.service_actions()
                 self.wait(self.timeout())
                 self.dispatch_signals()
-            if not self.keep_listeners:  # once the workers' copies close, connections are refused
+            if self.signalled_stop:  # once the workers' copies close, connections are refused
                 process.close_listeners(self.spawner.reuseport)
             self.stop_pool()
         finally:
@@ -164,7 +164,7 @@ class Master:
     def handle_term(self) -> None:
         """TERM: graceful stop, after ``shutdown_delay`` seconds of serving on (a second TERM
         ends the delay); workers finish their request within graceful_timeout."""
-        delay = self.server.shutdown_delay
+        delay, self.signalled_stop = self.server.shutdown_delay, True
         if delay and not self.stop_at:
             self.stop_at = time.monotonic() + delay
             log.info("Received SIGTERM, serving %g s more (shutdown_delay), then stopping gracefully.", delay)
@@ -175,11 +175,13 @@ class Master:
     def handle_int(self) -> None:
         """INT: fast stop; workers exit at once."""
         log.info("Received SIGINT, stopping now.")
+        self.signalled_stop = True
         self.stop(StopMode.FAST)
 
     def handle_quit(self) -> None:
         """QUIT: fast stop, as INT."""
         log.info("Received SIGQUIT, stopping now.")
+        self.signalled_stop = True
         self.stop(StopMode.FAST)
 
     def handle_hup(self) -> None:
@@ -220,7 +222,10 @@ class Master:
     def handle_usr2(self) -> None:
         """USR2: zero-downtime upgrade; a new master, started with our listening sockets,
         boots its pool, then stops this master (TERM). See :mod:`prefork.upgrade`."""
-        self.upgrade.start([server.fileno() for server in pool_servers(self.server)])
+        if self.stop_mode is not None:  # its sockets may be closed already
+            log.warning("Received SIGUSR2 while stopping; not upgrading.")
+        else:
+            self.upgrade.start([server.fileno() for server in pool_servers(self.server)])
 
     def stop(self, mode: StopMode) -> None:
         """Ask for the pool to stop; FAST overrides a GRACEFUL stop in progress."""
@@ -232,7 +237,6 @@ class Master:
     def request_shutdown(self) -> None:
         """Stop gracefully, as TERM does, keeping the listening sockets open (the server may
         serve again). Thread-safe: called by ``server.shutdown()``."""
-        self.keep_listeners = True
         self.stop(StopMode.GRACEFUL)
         self.events.wakeup()
 

@@ -3,8 +3,9 @@
 Its title (``prefork: master [NAME]``), the umask, the pid file, and the listening sockets
 (non-blocking, so that workers accept without blocking, with the pool's scoreboard on each
 server). :class:`MasterProcess` does it when the pool starts and undoes it when it stops, so
-that a server can serve again, or handle a request with ``handle_request()``, after
-``serve_forever()`` returned.
+that a server stopped by ``shutdown()`` can serve again, or handle a request with
+``handle_request()``. A stop by signal (TERM, INT, QUIT) ends the server: its listening
+sockets are closed (:meth:`MasterProcess.close_listeners`), so that connections are refused.
 """
 
 from __future__ import annotations

@@ -114,9 +114,10 @@ class PreforkMixIn(_Base):
     timeout: float | None = 300
     #: The Worker serving, set in each worker process; None in the master.
     worker: Worker | None = None
-    #: True while ``serve_forever()`` runs if :meth:`verify_request` is trivially True (see
-    #: :meth:`verify_request_is_trivial`): the workers then skip the call, one frame less per
-    #: request (docs/performance.md).
+    #: True in a worker if :meth:`verify_request` is trivially True once ``post_fork()`` has
+    #: run (see :meth:`verify_request_is_trivial`): the worker then skips the call, two frames
+    #: less per request (docs/performance.md). Set the ``allow`` and ``deny`` networks, or
+    #: replace ``verify_request``, before the workers are forked or in ``post_fork()``.
     verifies_everyone: bool = False
     #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
     scoreboard: Scoreboard | None = None
@@ -159,24 +160,26 @@ class PreforkMixIn(_Base):
 
         Each setting is validated and converted first (a class attribute may be given in any
         form its flag takes, such as ``workers = "2"`` or ``max_worker_memory = "512M"``); the
-        instance then holds the converted value. Raises ValueError for an invalid setting,
+        instance then holds the converted value. A stop by signal (TERM, INT, QUIT) ends the
+        server: the master closes its listening sockets so that connections are refused, and
+        ``serve_forever()`` cannot run again (``shutdown()`` keeps them). Raises ValueError
+        for an invalid setting or a closed listening socket,
         :class:`~prefork.errors.WorkerBootError` when workers failed to boot repeatedly, and
         :class:`~prefork.errors.PreforkError` when the ``pidfile`` or ``scoreboard_file``
         cannot be written.
         """
+        sock = getattr(self, "socket", None)
+        if sock is not None and sock.fileno() == -1:
+            raise ValueError("the listening socket is closed (server_close(), or a stop by signal)")
         self._is_shut_down.clear()
         try:
             for setting in config.SETTINGS:  # class attributes may be strings, as flags are
                 setattr(self, setting.name, setting.validate(getattr(self, setting.name)))
-            for server in (self, *self.listeners):
-                server.verifies_everyone = server.verify_request_is_trivial()
             self._master = Master(self, poll_interval)
             if self._shutdown_request:
                 self._master.request_shutdown()
             self._master.run()
         finally:
-            for server in (self, *self.listeners):
-                server.verifies_everyone = False
             self._master = None
             self._shutdown_request = False
             self._is_shut_down.set()
@@ -277,8 +280,11 @@ class PreforkMixIn(_Base):
 
     def verify_request_is_trivial(self) -> bool:
         """Whether :meth:`verify_request` returns True for every request: no ``allow`` or
-        ``deny`` networks, and neither this server's class nor one after the mixin in its
-        MRO overrides it. ``serve_forever()`` stores the answer in ``verifies_everyone``."""
+        ``deny`` networks, and neither this server (an instance attribute), its class nor one
+        after the mixin in its MRO overrides it. Each worker stores the answer in
+        ``verifies_everyone`` once ``post_fork()`` has run."""
+        if "verify_request" in vars(self):
+            return False
         mine = getattr(type(self).verify_request, "__func__", type(self).verify_request)
         after = getattr(super().verify_request, "__func__", None)
         trivial = mine is PreforkMixIn.verify_request and after is socketserver.BaseServer.verify_request

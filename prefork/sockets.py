@@ -181,7 +181,8 @@ def reuseport_socket(original: socket.socket, backlog: int) -> socket.socket:
     ``original`` (bound and, for a stream socket, listening) gets SO_REUSEPORT too, so that
     the kernel admits the new socket to its port: it is then a member of the group, and the
     kernel hashes connections over all members, so it must be accepted on as well (worker 0
-    does). Runs in the master. Raises OSError when the address cannot be shared.
+    does). The copy keeps ``original``'s SO_REUSEADDR, IPV6_V6ONLY and TCP_DEFER_ACCEPT. Runs
+    in the master. Raises OSError when the address cannot be shared.
     """
     original.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock = socket.socket(original.family, original.type, original.proto)
@@ -194,6 +195,9 @@ def reuseport_socket(original: socket.socket, backlog: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
         sock.bind(original.getsockname())
         if sock.type == socket.SOCK_STREAM:
+            defer = getattr(socket, "TCP_DEFER_ACCEPT", None)  # the original's deferred accept
+            if defer is not None and original.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, defer, original.getsockopt(socket.IPPROTO_TCP, defer))
             sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

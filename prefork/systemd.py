@@ -71,24 +71,23 @@ class Watchdog:
     ``WATCHDOG=1`` every half of that interval. A master whose loop stops running (hung,
     deadlocked) stops pinging, and the manager kills and restarts the service
     (``WatchdogSec=`` in the unit; ``NotifyAccess=all`` so the new master of a USR2 upgrade
-    may ping too). Neither gunicorn nor uWSGI pings from their master loop.
+    may ping). Neither gunicorn nor uWSGI pings from their master loop.
 
-    ``WATCHDOG_PID``, when set, must be this process or its parent (the old master, for the
-    new master of a USR2 upgrade, which systemd then knows as ``MAINPID``); otherwise the
-    watchdog is off. ``environ``, ``pid``, ``parent`` are this process's by default. Runs in
-    the master.
+    ``WATCHDOG_PID``, when set, must be this process; otherwise the watchdog is off (the new
+    master of a USR2 upgrade is started with its own pid there: see
+    :func:`~prefork.upgrade.start_new_master`). ``environ`` and ``pid`` are this process's by
+    default. Runs in the master.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None, pid: int = 0, parent: int = 0) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, pid: int = 0) -> None:
         environ = os.environ if environ is None else environ
         try:
             usec = int(environ.get("WATCHDOG_USEC", ""))
         except ValueError:
             usec = 0
         owner = environ.get("WATCHDOG_PID", "")
-        mine = (str(pid or os.getpid()), str(parent or os.getppid()))
         #: Seconds between pings (half of WATCHDOG_USEC); 0 when the watchdog is off.
-        self.interval = usec / 2e6 if usec > 0 and (not owner or owner in mine) else 0.0
+        self.interval = usec / 2e6 if usec > 0 and owner in ("", str(pid or os.getpid())) else 0.0
         #: ``time.monotonic()`` of the next ping due (0: at once); inf when off.
         self.next_at = 0.0 if self.interval else math.inf
 

@@ -48,6 +48,8 @@ def start_new_master(fds: Sequence[int]) -> int:
             **systemd.listen_fds_environment(len(fds), os.getpid()),
             UPGRADE_FROM_ENV: str(os.getppid()),
         }
+        if "WATCHDOG_USEC" in environment:  # the new master pings systemd's watchdog instead
+            environment["WATCHDOG_PID"] = str(os.getpid())
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
     except BaseException:
         log.exception("Cannot start the new master")

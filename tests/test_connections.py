@@ -75,6 +75,20 @@ def test_a_trickling_client_is_cut_after_the_timeout_by_the_minimum_rate(
     assert "read_min_rate 100 bytes/s" in why
 
 
+def test_recv_into_with_a_byte_count_is_cut_too(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Length-prefixed protocols read ``recv_into(buffer, n)``: the same rules apply."""
+    conn = as_connection(pair[0], rules(min_rate=100), timeout=0.5)
+    trickle(pair[1], 0.05, 200)
+    buffer = bytearray(64)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="read_min_rate"):
+        while conn.recv_into(buffer, 1):
+            assert buffer[0] == ord("x")
+    assert 0.45 < time.monotonic() - start < 1.0
+    with pytest.raises(ValueError, match="buffer too small"):
+        conn.recv_into(bytearray(2), 3)
+
+
 def test_without_the_rules_a_trickling_client_is_never_cut(pair: tuple[socket.socket, socket.socket]) -> None:
     conn = as_connection(pair[0], rules(), timeout=0.5)
     sender = trickle(pair[1], 0.05, 30)
@@ -174,8 +188,7 @@ def test_a_server_that_speaks_first_is_waited_for_normally(
     tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     conn = as_connection(tcp_pair[0], rules(deferred=True), timeout=0.3)
-    conn.sendall(b"220 hello\r\n")  # a greeting, acknowledged by the client's kernel
-    time.sleep(0.05)
+    conn.sendall(b"220 hello\r\n")  # a greeting: in flight or acknowledged, it counts
     with pytest.raises(TimeoutError, match="timed out"):
         conn.recv(100)
 

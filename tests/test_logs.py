@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from prefork import logs
 from tests.conftest import LISTENING, ROOT, CLIServer, request_line, wait_for
 
 Serve = Callable[..., CLIServer]
@@ -103,6 +106,7 @@ def test_reopen_log_files_follows_a_rotation(tmp_path: Path) -> None:
 PRINTING_HANDLER = """\
 import logging
 import http.client
+import io
 import os
 import socketserver
 
@@ -200,3 +204,39 @@ def test_a_broken_stderr_pipe_does_not_fail_the_requests(tmp_path: Path) -> None
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def current_stderr() -> object:
+    return sys.stderr
+
+
+def test_guarded_streams_are_put_back_once_and_only_if_still_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = sys.stderr
+    restore_a = logs.guard_std_streams()
+    restore_b = logs.guard_std_streams()  # a second pool in the same process: nothing to do
+    wrapper = current_stderr()
+    assert isinstance(wrapper, logs.PipeSafeStream) and wrapper.stream is original
+    restore_a()
+    assert current_stderr() is original
+    restore_b()
+    assert current_stderr() is original
+    restore = logs.guard_std_streams()
+    replaced = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", replaced)  # the user's own, set while the pool ran
+    restore()
+    assert current_stderr() is replaced
+
+
+def test_a_pipe_safe_stream_drops_what_a_gone_reader_cannot_take() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    raw = open(write_fd, "w", buffering=1)  # closed below, whatever it raises
+    try:
+        stream = logs.PipeSafeStream(raw)
+        assert stream.write("lost\n") == 5
+        stream.writelines(["also\n", "lost\n"])
+        stream.flush()
+        assert stream.broken
+    finally:
+        with contextlib.suppress(OSError):
+            raw.close()

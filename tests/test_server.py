@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import os
+import signal
 import socket
 import socketserver
 import stat
@@ -195,6 +196,23 @@ def test_verify_request_of_a_base_class_after_the_mixin_is_still_called() -> Non
         pass
 
     server = Refusing(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with serving(server, workers=1):
+        assert request_line(address(server), b"hi\n") == b""
+
+
+def test_verify_request_set_on_the_instance_or_networks_set_in_post_fork_are_applied() -> None:
+    """socketserver calls an instance's own verify_request; allow and deny may be set in
+    post_fork(): the worker decides whether to skip the call only after post_fork()."""
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    server.verify_request = lambda request, client_address: False  # type: ignore[method-assign]
+    with serving(server, workers=1):
+        assert request_line(address(server), b"hi\n") == b""
+
+    class DenyingAfterFork(PreforkTCPServer):
+        def post_fork(self, worker: Any) -> None:
+            self.deny = config.DENY.validate("127.0.0.0/8")
+
+    server = DenyingAfterFork(("127.0.0.1", 0), PidEchoHandler, workers=1)
     with serving(server, workers=1):
         assert request_line(address(server), b"hi\n") == b""
 
@@ -607,3 +625,29 @@ def test_a_base_server_bind_without_a_socket_is_kept() -> None:
             self.server_bind()
 
     assert Server().bound
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_by_signal_ends_the_server_and_shutdown_does_not() -> None:
+    """TERM (here to the test process, running serve_forever() in its main thread) closes the
+    master's listening socket, so that connections are refused; serve_forever() then says so.
+    shutdown() keeps it: the server serves again."""
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with server:
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        server.serve_forever(poll_interval=0.05)  # returns once TERM has stopped the pool
+        timer.join()
+        assert server.socket.fileno() == -1
+        with pytest.raises(ValueError, match="listening socket is closed"):
+            server.serve_forever()
+    server = PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    with server:
+        for _ in range(2):
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+            thread.start()
+            wait_for(lambda: len(worker_pids()) == 1)
+            assert request_line(address(server), b"again\n").endswith(b" again\n")
+            server.shutdown()
+            thread.join(10)
+            assert server.socket.fileno() != -1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import functools
 import math
 import os
 import shlex
@@ -21,7 +22,7 @@ import pytest
 
 from prefork import PreforkTCPServer, systemd
 from prefork.cli import build_parser
-from tests.conftest import ROOT, ServerProcess, request_line
+from tests.conftest import ROOT, ServerProcess, group_processes, request_line, wait_for
 from tests.handlers import PidEchoHandler
 
 EXAMPLES = ROOT / "examples" / "systemd"
@@ -271,7 +272,7 @@ def test_example_service_unit_names_existing_flags() -> None:
 
 
 def test_watchdog_is_off_without_watchdog_usec() -> None:
-    watchdog = systemd.Watchdog({}, pid=10, parent=1)
+    watchdog = systemd.Watchdog({}, pid=10)
     assert watchdog.interval == 0 and watchdog.next_at == math.inf
     assert not watchdog.ping(1e9)
 
@@ -281,7 +282,7 @@ def test_watchdog_is_off_without_watchdog_usec() -> None:
     [
         ({"WATCHDOG_USEC": "2000000"}, 1.0),
         ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "10"}, 1.0),
-        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, 1.0),  # our parent: a USR2 upgrade
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, 0.0),  # our parent's
         ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "99"}, 0.0),  # another process's
         ({"WATCHDOG_USEC": "soon"}, 0.0),
         ({"WATCHDOG_USEC": "-5"}, 0.0),
@@ -290,11 +291,11 @@ def test_watchdog_is_off_without_watchdog_usec() -> None:
 def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
     environ: dict[str, str], interval: float
 ) -> None:
-    assert systemd.Watchdog(environ, pid=10, parent=1).interval == interval
+    assert systemd.Watchdog(environ, pid=10).interval == interval
 
 
 def test_watchdog_pings_once_per_interval(notify_socket: socket.socket) -> None:
-    watchdog = systemd.Watchdog({"WATCHDOG_USEC": "2000000"}, pid=10, parent=1)
+    watchdog = systemd.Watchdog({"WATCHDOG_USEC": "2000000"}, pid=10)
     sent = [now for now in (100.0, 100.5, 100.99, 101.0, 101.5, 102.2) if watchdog.ping(now)]
     assert sent == [100.0, 101.0, 102.2]
     assert [notify_socket.recv(100) for _ in sent] == [b"WATCHDOG=1"] * 3
@@ -352,3 +353,45 @@ def test_watchdog_pings_stop_while_the_master_loop_hangs(
         server.shutdown()
         thread.join(30)
         server.server_close()
+
+
+def gone(pid: int, pgid: int) -> bool:
+    """Whether ``pid`` is no longer a live process of group ``pgid``."""
+    return pid not in {p.pid for p in group_processes(pgid)}
+
+
+def pings_within(sock: socket.socket, seconds: float) -> int:
+    """The WATCHDOG=1 messages ``sock`` receives in the next ``seconds``."""
+    pings, end = 0, time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            pings += "WATCHDOG=1" in sock.recv(4096).decode().splitlines()
+        except TimeoutError:
+            break
+    return pings
+
+
+@pytest.mark.timeout(60)
+def test_the_watchdog_follows_the_main_pid_through_two_usr2_upgrades(notify_socket: socket.socket) -> None:
+    """systemd sets WATCHDOG_PID to the main pid; each new master of a USR2 upgrade is started
+    with its own pid there, so it pings once the old master has gone, upgrade after upgrade."""
+    launcher = 'WATCHDOG_PID=$$ exec "$0" -m prefork "$@"'  # as systemd: the exec'd master's pid
+    args = ["tests.handlers:PidEchoHandler", "--workers", "1", "--bind", "127.0.0.1:0"]
+    env = {**os.environ, "WATCHDOG_USEC": "400000"}  # a ping every 0.2 s
+    server = ServerProcess(["sh", "-c", launcher, sys.executable, *args], env)
+    try:
+        server.wait_listening()
+        master = server.pid
+        assert pings_within(notify_socket, 1.0) >= 3
+        for _ in range(2):
+            os.kill(master, signal.SIGUSR2)
+            old = master
+            wait_for(functools.partial(gone, old, server.pid), timeout=20)
+            (master,) = [
+                p.pid for p in group_processes(server.pid) if "prefork: master" in " ".join(p.cmdline())
+            ]
+            pings_within(notify_socket, 0.3)  # what was sent during the upgrade
+            assert pings_within(notify_socket, 1.0) >= 3, f"master {master} does not ping"
+    finally:
+        server.destroy()

@@ -179,6 +179,8 @@ class Worker(SignalHandling):
             prepare_user_switch()
             switch_user(self.server.user, self.server.group)
         self.server.post_fork(self)
+        for server in self.servers:  # after post_fork(), which may set allow, deny, verify_request
+            server.verifies_everyone = server.verify_request_is_trivial()
 
     def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PoolServer]:
         """Wait until a listening socket of this worker is readable; return the servers whose

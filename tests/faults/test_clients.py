@@ -213,3 +213,29 @@ def test_trickling_clients_are_cut_by_the_minimum_rate(serve_cli: Serve, worker_
     assert status == 200
     # sync: the second trickler waits in the queue while the first is served.
     assert max(kept) < socket_timeout * (clients if worker_class == "sync" else 1) + 1.5
+
+
+def late_get(address: tuple[str, int], delay: float) -> int:
+    """Connect, wait ``delay`` seconds, then send a GET: the status (0 when closed unanswered)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        time.sleep(delay)
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        reply = sock.makefile("rb").readline()
+    return int(reply.split()[1]) if reply else 0
+
+
+@pytest.mark.timeout(60)
+def test_clients_that_send_late_are_served_by_every_reuseport_socket(serve_cli: Serve) -> None:
+    """Each worker's SO_REUSEPORT socket defers accept as the first one: a client that waits
+    before sending is served, not closed as idle since it connected."""
+    server = serve_cli(HTTP, "--workers", "2", "--accept", "reuseport")
+    wait_pool(server.pid, 2)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(late_get(server.address, 0.3))) for _ in range(12)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200] * 12
