@@ -81,13 +81,20 @@ class Spawner:
         own = reuseport.for_worker(number) if reuseport is not None else None
         record = WorkerRecord(number, generation, slot, spawned_at=time.monotonic())
         events = self.events
+        # Signals wait (blocked) from the fork until the worker's own handlers are installed
+        # (Worker.init_signals unblocks them): else a TERM to a booting worker runs the
+        # master's handler in it, and is lost until graceful_timeout SIGKILLs the worker.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.scoreboard.release(slot)
             self.fork_failed(number, exc, serving)
             return None
-        if pid == 0:  # the worker: never returns
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:  # the worker: never returns
             run_forked(
                 number,
                 lambda: self.close_in_worker(own),
@@ -136,6 +143,23 @@ class Spawner:
             self.reuseport.use_in_worker(own)
         signal.set_wakeup_fd(-1)
         self.events.close_in_worker(record.pidfd for record in self.records)
+
+
+#: The signals blocked across a worker's fork (see :meth:`Spawner.spawn`): every signal the
+#: master or a worker handles.
+FORK_BLOCKED_SIGNALS = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCHLD,
+    }
+)
 
 
 def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:

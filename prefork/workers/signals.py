@@ -57,6 +57,9 @@ class SignalHandling:
         os.set_blocking(write_fd, False)
         self.wakeup_fd, self._wakeup_w = read_fd, write_fd
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        # The master forked this process with its signals blocked (prefork.spawn): what
+        # arrived since is delivered now, to these handlers.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED_SIGNALS, *self.IGNORED_SIGNALS, signal.SIGCHLD))
 
     def handle_term(self, signum: int, frame: FrameType | None) -> None:
         """TERM: finish the request in progress, then exit (graceful stop).
