@@ -94,12 +94,12 @@ class RequestSocket(socket.socket):
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (its first ``nbytes`` bytes, when given), as
         socket.socket.recv_into; return the byte count."""
-        if nbytes and not flags and self.gettimeout():
-            octets = memoryview(buffer).cast("B")
-            if nbytes > len(octets):
-                raise ValueError("buffer too small for requested bytes")
-            return self.recv_into(octets[:nbytes])
-        if not (flags or nbytes) and self.gettimeout():
+        if not flags and self.gettimeout():
+            if nbytes:
+                octets = memoryview(buffer).cast("B")
+                if nbytes > len(octets):
+                    raise ValueError("buffer too small for requested bytes")
+                return self.recv_into(octets[:nbytes])
             try:
                 return os.readv(self.fileno(), (buffer,))
             except BlockingIOError:

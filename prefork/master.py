@@ -164,7 +164,8 @@ class Master:
     def handle_term(self) -> None:
         """TERM: graceful stop, after ``shutdown_delay`` seconds of serving on (a second TERM
         ends the delay); workers finish their request within graceful_timeout."""
-        delay, self.signalled_stop = self.server.shutdown_delay, True
+        self.signalled_stop = True
+        delay = self.server.shutdown_delay
         if delay and not self.stop_at:
             self.stop_at = time.monotonic() + delay
             log.info("Received SIGTERM, serving %g s more (shutdown_delay), then stopping gracefully.", delay)

@@ -25,6 +25,7 @@ from prefork.logs import flush_std_streams
 from prefork.messages import WORKER_EXIT_ERROR
 from prefork.pool import BootBackoff, WorkerRecord
 from prefork.scoreboard import Scoreboard
+from prefork.signals import SIGNALS
 from prefork.sockets import ReuseportSockets
 from prefork.workers import WORKER_CLASSES, Worker
 
@@ -84,7 +85,7 @@ class Spawner:
         # Signals wait (blocked) from the fork until the worker's own handlers are installed
         # (Worker.init_signals unblocks them): else a TERM to a booting worker runs the
         # master's handler in it, and is lost until graceful_timeout SIGKILLs the worker.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # every one the master handles
         try:
             pid = os.fork()
         except OSError as exc:
@@ -143,23 +144,6 @@ class Spawner:
             self.reuseport.use_in_worker(own)
         signal.set_wakeup_fd(-1)
         self.events.close_in_worker(record.pidfd for record in self.records)
-
-
-#: The signals blocked across a worker's fork (see :meth:`Spawner.spawn`): every signal the
-#: master or a worker handles.
-FORK_BLOCKED_SIGNALS = frozenset(
-    {
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGQUIT,
-        signal.SIGHUP,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGCHLD,
-    }
-)
 
 
 def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:
