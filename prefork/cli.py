@@ -261,16 +261,30 @@ def check_user_switch(user: int | None, group: int | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``prefork`` command; return its exit status. Runs in the master.
 
-    ``prefork bench ...`` is the pool-size load tester (:mod:`prefork.bench`).
+    ``prefork bench ...`` is the pool-size load tester (:mod:`prefork.bench`); ``prefork status
+    ...`` and ``prefork ctl ...`` are the control socket's client (:mod:`prefork.ctl`). Only a
+    first argument of exactly ``bench``, ``status`` or ``ctl`` is a subcommand: a TARGET of
+    that name is served as ``prefork status:Handler``, ``prefork ./status.py``, ``prefork --
+    status`` or with a flag first (``prefork -w 2 status``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from prefork.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] in (["status"], ["ctl"]):
+        from prefork.ctl import main as ctl_main
+
+        return ctl_main(argv)
     args = build_parser().parse_args(argv)
     try:
-        logs.setup(args.log_level, args.log_file, getattr(args, "user", None), getattr(args, "group", None))
+        logs.setup(
+            args.log_level,
+            args.log_file,
+            getattr(args, "user", None),
+            getattr(args, "group", None),
+            log_format=getattr(args, "log_format", config.LOG_FORMAT.default),
+        )
     except OSError as exc:
         print(f"prefork: error: cannot open log file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

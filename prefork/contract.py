@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from _socket import _RetAddress
     from socketserver import _RequestType
 
+    from prefork.accesslog import AccessLog
     from prefork.config import Network
     from prefork.scoreboard import Scoreboard
 
@@ -57,6 +58,10 @@ class PoolServer(Protocol):
     defer_accept: float | None
     allow: tuple[Network, ...]
     deny: tuple[Network, ...]
+    control_socket: str | None
+    metrics: str | None
+    log_format: str
+    access_log: str | None
     proc_name: str | None
     pidfile: str | None
     user: int | None
@@ -66,6 +71,8 @@ class PoolServer(Protocol):
     worker: Any
     #: The pool's scoreboard while the pool runs, else None.
     scoreboard: Scoreboard | None
+    #: The access log while the pool runs (the ``access_log`` setting), else None.
+    access: AccessLog | None
     #: verify_request() is trivially True: the worker skips it (set in each worker).
     verifies_everyone: bool
     #: The class an accepted connection with a timeout is given (set by the master).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prefork.messages import decode_messages, drain
 
@@ -22,7 +22,8 @@ Message = tuple[bytes, int, str]
 
 class MasterEvents:
     """The master's wait: for a signal (``signal.set_wakeup_fd`` writes to :attr:`wakeup_fd`),
-    a thread's :meth:`wakeup`, a worker's message, or a worker's exit (its pidfd)."""
+    a thread's :meth:`wakeup`, a worker's message, a worker's exit (its pidfd), or a socket
+    given with a callback to :meth:`add` (the control socket)."""
 
     def __init__(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -48,12 +49,27 @@ class MasterEvents:
         """Wait up to ``timeout`` seconds for a signal, a wake-up, a message or a worker's
         exit; return the workers' messages that arrived (maybe none). Runs in the master."""
         messages: list[Message] = []
-        for key, _ in self._selector.select(timeout):
-            if key.fileobj is self._wake_r:
+        for key, mask in self._selector.select(timeout):
+            if key.data is not None:  # a socket of add(): the control socket, its clients
+                key.data(mask)
+            elif key.fileobj is self._wake_r:
                 drain(self._wake_r.fileno())
             elif key.fileobj == self.notify_r:
                 messages += self.read_messages()
         return messages
+
+    def add(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
+        """Make ``sock`` ready for ``events`` (``selectors.EVENT_READ``/``EVENT_WRITE``) call
+        ``callback(mask)`` from :meth:`wait`. Runs in the master."""
+        self._selector.register(sock, events, callback)
+
+    def change(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
+        """Wait for other ``events`` on a socket of :meth:`add`, with ``callback``."""
+        self._selector.modify(sock, events, callback)
+
+    def remove(self, sock: socket.socket) -> None:
+        """Stop waiting for a socket of :meth:`add` (before it is closed)."""
+        self._selector.unregister(sock)
 
     def read_messages(self) -> list[Message]:
         """The whole messages waiting in the notification pipe (a partial one is kept for

@@ -1,38 +1,186 @@
-"""Logging around the pool: where the log goes (:func:`setup`) and reopening log files on USR1
-(:func:`reopen_log_files`, as gunicorn's reopen_files)."""
+"""Logging around the pool: where the log goes (:func:`setup`), in which format (text, or one
+JSON object per line: :class:`JsonFormatter`, :func:`apply_format`), which worker wrote a
+record (:func:`set_worker`), and reopening log files on USR1 (:func:`reopen_log_files`, as
+gunicorn's reopen_files)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 #: One line per record: time, pid of the process that logged it (master or worker), level.
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+#: The values of the ``log_format`` setting.
+LOG_FORMATS = ("text", "json")
+
+#: The number of the worker this process is (set by :func:`set_worker`); None in the master.
+_worker: int | None = None
+
+#: The attributes every ``logging.LogRecord`` has: the others came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def set_worker(number: int | None) -> None:
+    """Say that this process is worker ``number`` (0, 1, ...; None: not a worker), for the
+    ``worker`` field of the JSON log. Called in the worker right after the fork, before it
+    logs anything; the text format does not show it (its lines carry the pid)."""
+    global _worker
+    _worker = number
+
+
+def worker() -> int | None:
+    """The worker number given to :func:`set_worker` in this process, None if none was."""
+    return _worker
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate (an undecodable byte kept by ``surrogateescape``, as
+    in a file name) written as the 6 characters ``\\udcXX``: a lone surrogate has no UTF-8
+    encoding, and many JSON parsers refuse its ``\\u`` escape."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def iso_time(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 in UTC, to the millisecond:
+    ``2026-11-26T11:50:34.107+00:00``."""
+    whole = int(seconds // 1)
+    milliseconds = int((seconds - whole) * 1000)  # truncated, as logging's msecs
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{milliseconds:03d}+00:00"
+
+
+class JsonFormatter(logging.Formatter):
+    """Each log record as one line of JSON (an object, ASCII only, no newline inside), for log
+    shippers. Its fields, in this order:
+
+    - ``time``: when the record was made, ISO 8601 in UTC to the millisecond
+      (``2026-11-26T11:50:34.107+00:00``, see :func:`iso_time`);
+    - ``level`` (``INFO``...), ``logger`` (``prefork``, ``app``...);
+    - ``message``: the message with its arguments;
+    - ``pid``: the process that logged; ``worker``: its worker number (:func:`set_worker`),
+      null in the master and any other process;
+    - ``traceback``: the formatted exception, only when the record has ``exc_info``;
+      ``stack``: only with ``stack_info``;
+    - then each attribute given with ``extra=`` (not overriding the fields above), as JSON or,
+      for a value JSON cannot hold, as its ``str()``.
+
+    Newlines, quotes and control characters are escaped, non-ASCII characters written as
+    ``\\uXXXX`` and lone surrogates as text (:func:`clean_text`), so any message gives exactly
+    one valid line. Runs in whichever process logs (master, workers).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (without the newline)."""
+        fields: dict[str, Any] = {
+            "time": iso_time(record.created),
+            "level": record.levelname,
+            "logger": clean_text(record.name),
+            "message": clean_text(record.getMessage()),
+            "pid": record.process,
+            "worker": _worker,
+        }
+        if record.exc_info:
+            if not record.exc_text:  # cached, as logging.Formatter.format does
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            fields["traceback"] = clean_text(record.exc_text)
+        if record.stack_info:
+            fields["stack"] = clean_text(self.formatStack(record.stack_info))
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in fields:
+                fields[clean_text(key)] = clean_text(value) if isinstance(value, str) else value
+        try:
+            return json.dumps(fields, default=_as_text)
+        except (TypeError, ValueError):  # a circular or otherwise unwritable extra value
+            return json.dumps({key: _as_text(value) for key, value in fields.items()})
+
+
+def _as_text(value: object) -> str:
+    return clean_text(str(value))
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of ``log_format`` (``text``: :data:`LOG_FORMAT`; ``json``:
+    :class:`JsonFormatter`). Raises ValueError for another format."""
+    if log_format == "text":
+        return logging.Formatter(LOG_FORMAT)
+    if log_format == "json":
+        return JsonFormatter()
+    raise ValueError(f"unknown log format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """A handler writing to whatever ``sys.stderr`` is when it writes (as logging's last
+    resort handler), so it follows :func:`guard_std_streams`' wrapper."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def apply_format(log_format: str) -> None:
+    """Use ``log_format`` for the log of a server started from the Python API (the command
+    sets it with :func:`setup`). With ``json``, every handler of the root logger and of the
+    ``prefork`` logger gets a :class:`JsonFormatter`, and a root logger without a handler gets
+    one writing to stderr (its level is left alone). With ``text``, nothing changes: the
+    application's own formatting stays. Idempotent. Runs in the master at start, before the
+    workers are forked. Raises ValueError for an unknown format.
+    """
+    chosen = formatter(log_format)
+    if log_format != "json":
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(_StderrHandler())
+    for handler in (*root.handlers, *logging.getLogger("prefork").handlers):
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(chosen)
 
 
 def setup(
-    level: str | int = "INFO", log_file: str | None = None, user: int | None = None, group: int | None = None
+    level: str | int = "INFO",
+    log_file: str | None = None,
+    user: int | None = None,
+    group: int | None = None,
+    log_format: str = "text",
 ) -> None:
-    """Send the log (the root logger, at ``level``) to stderr, or append it to ``log_file``.
+    """Send the log (the root logger, at ``level``) to stderr, or append it to ``log_file``,
+    in ``log_format`` (``text``: :data:`LOG_FORMAT` lines; ``json``: :class:`JsonFormatter`).
 
     With ``log_file`` (a path; ``-`` means stderr), file descriptors 1 and 2 are pointed at
     the same file, as gunicorn's capture_output, so ``print()``, tracebacks written to stderr
     and faulthandler's stack dumps land in the log too; stdout becomes line-buffered. Runs in
     the master before the pool is forked (workers inherit it). Raises OSError when the file
-    cannot be opened; then nothing has changed.
+    cannot be opened, ValueError for an unknown ``log_format``; then nothing has changed.
 
     Run as root with the workers' ``user`` and ``group`` (uid, gid), the file is given to them,
     so workers can reopen it after a rotation; :func:`reopen_log_files` keeps the owner.
     """
     level = level.upper() if isinstance(level, str) else level
+    chosen = formatter(log_format)
     if log_file is None or log_file == "-":
-        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+        logging.basicConfig(level=level, stream=sys.stderr, force=True)
+        logging.getLogger().handlers[0].setFormatter(chosen)
         return
     handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(chosen)
     assert handler.stream is not None  # opened by the constructor (delay=False)
     fileno = handler.stream.fileno()
     if os.geteuid() == 0 and (user is not None or group is not None):

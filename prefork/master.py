@@ -17,7 +17,6 @@ the process are left to their owners.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import os
@@ -25,16 +24,17 @@ import signal
 import time
 
 from prefork import sockets, systemd, upgrade
+from prefork.commands import MasterCommands, StopMode, _kill
 from prefork.config import usable_cpus
 from prefork.contract import PoolServer, pool_servers
 from prefork.errors import WorkerBootError
 from prefork.events import MasterEvents, Message
-from prefork.logs import reopen_log_files
 from prefork.messages import BOOT_ERROR, READY, describe_exit
+from prefork.observer import Observer
 from prefork.pool import BootBackoff, BootVerdict, Pool, WorkerRecord, judge_boot_failure
 from prefork.process import MasterProcess
 from prefork.scoreboard import Scoreboard, WorkerState
-from prefork.signals import SIGNALS, SignalQueue
+from prefork.signals import SignalQueue
 from prefork.spawn import Spawner
 from prefork.watchdog import Watchdog
 
@@ -46,14 +46,7 @@ FAST_STOP_TIMEOUT = 1.0
 ABORT_GRACE = 0.5
 
 
-class StopMode(enum.Enum):
-    """How the pool is being stopped."""
-
-    GRACEFUL = "graceful"  # TERM to workers: finish the request in progress, then exit
-    FAST = "fast"  # QUIT to workers: exit now
-
-
-class Master:
+class Master(MasterCommands):
     """Supervises the pool of one prefork server. Created and run in the master process.
 
     ``server`` is the prefork server (bound and activated); ``poll_interval`` (seconds) bounds
@@ -89,6 +82,9 @@ class Master:
         self.signals = SignalQueue(self.events.wakeup_fd)
         self.spawner = Spawner(server, self.name, self.scoreboard, self.events, self.pool)
         self.sd_watchdog = systemd.Watchdog()  # pinged from the loop when WATCHDOG_USEC is set
+        #: The control socket, the metrics exporter, the pool's figures.
+        self.observer = Observer(server, self.name, self.scoreboard, self.events)
+        self.spawner.in_child = self.observer.prepare_worker
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -106,6 +102,9 @@ class Master:
             started = True
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
+            listeners = [server.socket for server in servers]
+            close_fds = lambda: self.spawner.close_in_worker(None)  # noqa: E731
+            self.observer.start(self.command, listeners, close_fds, takeover=bool(self.upgrade.old_pid))
             while self.stop_mode is None:
                 self.server.service_actions()
                 self.wait(self.timeout())
@@ -114,6 +113,7 @@ class Master:
                 process.close_listeners(self.spawner.reuseport)
             self.stop_pool()
         finally:
+            self.observer.close()
             process.stop(restore_sockets=not self.upgrade.new_pid)
             self.signals.restore()
             self.close()
@@ -126,6 +126,7 @@ class Master:
         """Reap exited workers, fork missing ones, retire excess ones, stop those the
         watchdog names, SIGKILL late ones. Called by the server's ``service_actions()``.
         Runs in the master."""
+        self.observer.tick(self.size, self.generation)
         self.reap()
         if self.stop_at and self.stop_mode is None and time.monotonic() >= self.stop_at:
             log.info("shutdown_delay over: stopping gracefully (up to %g s).", self.server.graceful_timeout)
@@ -146,100 +147,12 @@ class Master:
     def timeout(self) -> float:
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
         deadlines = [*self.pool.stop_deadlines(), *self.watchdog.deadlines(self.pool)]
-        deadlines.append(self.sd_watchdog.next_at)
+        deadlines += [self.sd_watchdog.next_at, self.observer.deadline()]
         if self.stop_mode is None:
             deadlines += [b.next_attempt() for b in (self.boot_backoff, self.spawner.backoff) if b.failures]
             deadlines += [self.stop_at] if self.stop_at else []
         soonest = min(deadlines, default=math.inf) - time.monotonic()
         return max(0.0, min(soonest, self.poll_interval))
-
-    # -- signals -----------------------------------------------------------------------------
-
-    def dispatch_signals(self) -> None:
-        """Act on the recorded signals, in order, with their ``handle_<name>`` methods."""
-        pending = self.signals.pending
-        while pending:
-            getattr(self, "handle_" + SIGNALS[signal.Signals(pending.popleft())])()
-
-    def handle_term(self) -> None:
-        """TERM: graceful stop, after ``shutdown_delay`` seconds of serving on (a second TERM
-        ends the delay); workers finish their request within graceful_timeout."""
-        self.signalled_stop = True
-        delay = self.server.shutdown_delay
-        if delay and not self.stop_at:
-            self.stop_at = time.monotonic() + delay
-            log.info("Received SIGTERM, serving %g s more (shutdown_delay), then stopping gracefully.", delay)
-            return
-        log.info("Received SIGTERM, stopping gracefully (up to %g s).", self.server.graceful_timeout)
-        self.stop(StopMode.GRACEFUL)
-
-    def handle_int(self) -> None:
-        """INT: fast stop; workers exit at once."""
-        log.info("Received SIGINT, stopping now.")
-        self.signalled_stop = True
-        self.stop(StopMode.FAST)
-
-    def handle_quit(self) -> None:
-        """QUIT: fast stop, as INT."""
-        log.info("Received SIGQUIT, stopping now.")
-        self.signalled_stop = True
-        self.stop(StopMode.FAST)
-
-    def handle_hup(self) -> None:
-        """HUP: graceful reload; each new worker starts, then the old one it replaces retires."""
-        log.info("Received SIGHUP, reloading: new workers start, then the old ones retire.")
-        self.generation += 1
-        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=Reloading")
-
-    def handle_ttin(self) -> None:
-        """TTIN: one worker more (at most a quarter of the scoreboard's slots)."""
-        if self.size >= self.scoreboard.capacity // 4:
-            log.warning("Received SIGTTIN, but the pool is at its maximum of %d workers.", self.size)
-            return
-        self.size += 1
-        log.info("Received SIGTTIN, increasing the pool to %d workers.", self.size)
-
-    def handle_ttou(self) -> None:
-        """TTOU: one worker fewer (the highest-numbered retires), never below 1."""
-        if self.size > 1:
-            self.size -= 1
-            if self.spawner.reuseport is not None:
-                self.spawner.reuseport.close_from(self.size)  # the retiring worker's copy stays open
-            log.info("Received SIGTTOU, decreasing the pool to %d worker(s).", self.size)
-        else:
-            log.info("Received SIGTTOU, but the pool is at its minimum of 1 worker.")
-
-    def handle_chld(self) -> None:
-        """CHLD: only wakes the loop; ``service_actions()`` reaps and restarts."""
-
-    def handle_usr1(self) -> None:
-        """USR1: reopen log files, here and (forwarded) in every worker."""
-        log.info("Received SIGUSR1, reopening log files.")
-        reopen_log_files()
-        for record in self.pool:
-            _kill(record.pid, signal.SIGUSR1)
-
-    def handle_usr2(self) -> None:
-        """USR2: zero-downtime upgrade; a new master, started with our listening sockets,
-        boots its pool, then stops this master (TERM). See :mod:`prefork.upgrade`."""
-        if self.stop_mode is not None:  # its sockets may be closed already
-            log.warning("Received SIGUSR2 while stopping; not upgrading.")
-        else:
-            self.upgrade.start([server.fileno() for server in pool_servers(self.server)])
-
-    def stop(self, mode: StopMode) -> None:
-        """Ask for the pool to stop; FAST overrides a GRACEFUL stop in progress."""
-        if self.stop_mode is None and not self.upgrade.new_pid:  # else the new master is the service
-            systemd.notify("STOPPING=1", "STATUS=Stopping")
-        if self.stop_mode is None or mode is StopMode.FAST:
-            self.stop_mode = mode
-
-    def request_shutdown(self) -> None:
-        """Stop gracefully, as TERM does, keeping the listening sockets open (the server may
-        serve again). Thread-safe: called by ``server.shutdown()``."""
-        self.stop(StopMode.GRACEFUL)
-        self.events.wakeup()
 
     # -- who is in the pool ------------------------------------------------------------------
 
@@ -261,13 +174,17 @@ class Master:
         """Gracefully stop workers of an old generation once their replacement is ready
         (the rolling reload of HUP), and workers numbered beyond the pool size (TTOU)."""
         for record in self.pool.to_retire(self.size, self.generation):
-            self.stop_worker(record, signal.SIGTERM, self.server.graceful_timeout)
+            cause = "reload" if record.generation != self.generation else "resize"
+            self.stop_worker(record, signal.SIGTERM, self.server.graceful_timeout, cause)
 
-    def stop_worker(self, record: WorkerRecord, sig: signal.Signals, timeout: float) -> None:
-        """Send ``sig`` to a worker; SIGKILL it if it still runs ``timeout`` seconds later."""
+    def stop_worker(
+        self, record: WorkerRecord, sig: signal.Signals, timeout: float, cause: str | None = None
+    ) -> None:
+        """Send ``sig`` to a worker; SIGKILL it if it still runs ``timeout`` seconds later.
+        ``cause``: why (see :func:`prefork.stats.exit_cause`; None: the pool stops)."""
         log.debug("Stopping worker %d (pid %d) with %s", record.number, record.pid, sig.name)
         _kill(record.pid, sig)
-        record.stop(time.monotonic() + timeout)
+        record.stop(time.monotonic() + timeout, cause)
 
     def kill_late(self) -> None:
         """SIGKILL stopping workers whose deadline has passed."""
@@ -291,7 +208,7 @@ class Master:
             self.stop_worker(record, signal.SIGABRT, ABORT_GRACE)
         for record, reason in self.watchdog.too_large(self.pool, now):
             log.warning("Worker %d (pid %d) %s; recycling it", record.number, record.pid, reason)
-            self.stop_worker(record, signal.SIGTERM, self.server.graceful_timeout)
+            self.stop_worker(record, signal.SIGTERM, self.server.graceful_timeout, "memory")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -307,9 +224,8 @@ class Master:
             if pid:
                 # What the worker wrote before it exited (READY, BOOT_ERROR) is in the pipe now.
                 self.handle_messages(self.events.read_messages())
-                stats = self.scoreboard.read(record.slot)
-                self.pool.remove(record)  # its record, its scoreboard slot, its pidfd
-                self.scoreboard.release(record.slot)
+                self.pool.remove(record)  # its record, its scoreboard slot (counts folded), its pidfd
+                stats = self.observer.retire(record, status)
                 self.events.unwatch(record.pidfd)
                 record.pidfd = -1
                 code = os.waitstatus_to_exitcode(status)
@@ -414,10 +330,3 @@ def log_exit(record: WorkerRecord, code: int, state: WorkerState, requests: int)
         log.info("Worker %d (pid %d) recycled after %d requests", number, pid, requests)
     else:
         log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

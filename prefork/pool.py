@@ -51,6 +51,7 @@ class WorkerRecord:
         "pidfd",
         "slot",
         "spawned_at",
+        "stop_cause",
         "stop_deadline",
     )
 
@@ -80,6 +81,8 @@ class WorkerRecord:
         self.aborted = False
         #: Sent SIGKILL (its stop deadline passed).
         self.killed = False
+        #: Why the master stopped it ("reload", "resize", "memory"; None: the pool stops).
+        self.stop_cause: str | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -103,11 +106,13 @@ class WorkerRecord:
         """Booted and not told to stop."""
         return self.booted and self.stop_deadline is None
 
-    def stop(self, deadline: float) -> None:
+    def stop(self, deadline: float, cause: str | None = None) -> None:
         """Record a stop signal: it gets SIGKILL at ``deadline`` (monotonic seconds) unless an
-        earlier deadline is already set."""
+        earlier deadline is already set. The first ``cause`` given is kept (see
+        :func:`prefork.stats.exit_cause`)."""
         if self.stop_deadline is None or deadline < self.stop_deadline:
             self.stop_deadline = deadline
+        self.stop_cause = self.stop_cause or cause
 
     def failed_to_boot(self) -> bool:
         """Whether its exit is a boot failure: it never reported READY, and the master had

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import setproctitle
 
 from prefork import connections, logs, sockets
+from prefork.accesslog import AccessLog
 from prefork.contract import PoolServer
 from prefork.errors import PreforkError
 from prefork.pidfile import Pidfile
@@ -42,6 +43,8 @@ class MasterProcess:
         self._title = ""
         self._timeouts: list[float | None] = []
         self._restore_streams: Callable[[], None] = lambda: None
+        #: The ``access_log`` setting's file while the pool runs.
+        self.access: AccessLog | None = None
 
     def start(self, size: int) -> None:
         """Make sys.stdout and sys.stderr ignore a broken pipe (see
@@ -49,15 +52,27 @@ class MasterProcess:
         pid file, make the listening sockets non-blocking, give each server the scoreboard,
         its deferred accept and its connections' class, and log where the pool of ``size``
         workers listens (the line tests and tools read: ``Listening at ADDR, ... with N
-        CLASS workers (master pid P)``). Raises
-        :class:`~prefork.errors.PreforkError` when the pid file cannot be written, or names
-        another running master (see :meth:`Pidfile.create <prefork.pidfile.Pidfile.create>`)."""
+        CLASS workers (master pid P)``); apply the ``log_format`` and open the ``access_log``
+        (given to each server as ``access``). Raises
+        :class:`~prefork.errors.PreforkError` when the access log or the pid file cannot be
+        opened or written, or the pid file names another running master (see
+        :meth:`Pidfile.create <prefork.pidfile.Pidfile.create>`)."""
         self._restore_streams = logs.guard_std_streams()  # a broken stderr pipe fails no request
         self._title = setproctitle.getproctitle()
         self._timeouts = [server.socket.gettimeout() for server in self.servers]
-        umask = self.servers[0].umask
-        if umask is not None:
-            os.umask(umask)
+        first = self.servers[0]
+        if first.umask is not None:
+            os.umask(first.umask)
+        logs.apply_format(first.log_format)
+        if first.access_log is not None:
+            try:
+                self.access = AccessLog.open(
+                    first.access_log, first.log_format, user=first.user, group=first.group
+                )
+            except OSError as exc:
+                raise PreforkError(
+                    f"cannot open access log {first.access_log}: {exc.strerror or exc}"
+                ) from None
         # Titled first: once the pid file names this process, another master sees it running.
         setproctitle.setproctitle(f"prefork: master [{self.name}]")
         if self.pidfile is not None:
@@ -69,6 +84,7 @@ class MasterProcess:
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard
+            server.access = self.access
             deferred = connections.defer_accept(server)
             server.request_socket = connections.request_socket_class(server, deferred)
         log.info(
@@ -109,3 +125,7 @@ class MasterProcess:
             self.pidfile.remove()
         for server in self.servers:
             server.scoreboard = None
+            server.access = None
+        if self.access is not None:
+            self.access.close()
+            self.access = None

@@ -3,18 +3,38 @@
 The master creates it before forking the pool, so every worker inherits the same mapping. Each
 worker writes only its own slot (state, requests served, start of the current request); the
 master assigns and frees slots and reads them all, for request timeouts, recycling and stats.
-On the request path a worker does two ``struct.pack_into`` calls on memory it already has: no
-file I/O and no system call (``time.monotonic()`` is read from the vDSO on Linux).
+On the request path a worker does two ``struct.pack_into`` calls and one histogram increment
+on memory it already has: no file I/O and no system call (``time.monotonic()`` is read from
+the vDSO on Linux).
+
+The master keeps the pool's figures in the header (restarts by cause, boot failures, the
+listen queue, its pid and generation) and, in a totals slot before the first worker slot, the
+counts of the workers that exited: when it reaps a worker it folds that worker's counters into
+the totals (:meth:`Scoreboard.retire`), so the pool's totals (totals slot + live slots) only
+grow, across recycling, reloads and crashes. A fold is bracketed by a sequence number (odd
+while folding, as a seqlock): :meth:`Scoreboard.consistent` reads again when a fold ran
+meanwhile, so a reader never counts a worker twice or not at all.
 
 By default the memory is anonymous (``mmap`` with ``MAP_SHARED``), so only the master and its
 workers see it. With ``scoreboard_file`` it is backed by that file, and any process can read it
 with :meth:`Scoreboard.open`, as Apache's ``ScoreBoardFile``.
 
-Slot layout (64 bytes, native byte order)::
+Header layout (256 bytes, native byte order)::
+
+    0 magic "PFSB"   4 version (uint16)   6 slot size (uint16)   8 capacity (uint32)
+    12 pool stopping (uint8)   16 fold sequence (uint64, odd while the master folds)
+    24 master pid (int32)   28 generation (int32)   32 workers wanted (int32)
+    40 master started_at (double, time.time())
+    48 listen queue length (int64, -1: unknown)   56 listen queue limit (int64, -1: unknown)
+    64 restarts by cause (6 x uint64, in the order of RESTART_CAUSES)   112 boot failures (uint64)
+
+Slot layout (256 bytes, native byte order; the totals slot has the same layout)::
 
     0 pid (int32)   4 number (int32)   8 generation (int32)   12 state (uint8) + 3 pad
     16 request_started (double, time.monotonic(); 0 when not busy)
-    24 requests (uint64)   32 denied (uint64)   40 booted_at (double, time.time(); 0 while starting)
+    24 requests (uint64)   32 busy_seconds (double: the sum of request durations)
+    40 denied (uint64)   48 booted_at (double, time.time(); 0 while starting)   56 errors (uint64)
+    64 request durations: one uint64 count per bucket of DURATION_BUCKETS, then +Inf (12 x 8)
 
 A reader may see a slot while its worker writes it; each field is written whole, but two
 fields may be from two moments (a stats view, not a lock).
@@ -30,29 +50,47 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from prefork.errors import PreforkError
 from prefork.pidfile import create_beside
 
-#: Bytes per worker slot, and of the header before the first slot.
-SLOT_SIZE = 64
+#: Upper bounds (seconds) of the request-duration histogram's buckets, then +Inf: the
+#: Prometheus client's default buckets.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Why a worker left the pool to be replaced (or not: resize), as counted in the header.
+RESTART_CAUSES = ("crash", "request_timeout", "memory", "max_requests", "reload", "resize")
+
+#: Bytes per worker slot, and of the header before the totals slot.
+SLOT_SIZE = 256
 #: Fewest slots of a pool's scoreboard (:meth:`Scoreboard.for_pool`).
 POOL_MIN_SLOTS = 1024
-HEADER_SIZE = 64
+HEADER_SIZE = 256
+T = TypeVar("T")
+_FIRST_SLOT = HEADER_SIZE + SLOT_SIZE  # the totals slot comes first
 MAGIC = b"PFSB"
-VERSION = 1
+VERSION = 2
 
 _HEADER = struct.Struct("=4sHHI")  # magic, version, slot size, capacity
 _STOPPING = struct.Struct("=B")  # header offset 12: the whole pool is stopping gracefully
-_SLOT = struct.Struct("=iiiB3xdQQd")  # pid, number, generation, state, started, requests, denied, booted
-_IDENTITY = struct.Struct("=iii")  # pid, number, generation (offset 0)
+_U64 = struct.Struct("=Q")
+_SEQUENCE = 16  # header offset of the fold sequence number
+_POOL = struct.Struct("=iii4xd")  # offset 24: master pid, generation, workers wanted, started_at
+_QUEUE = struct.Struct("=qq")  # offset 48: listen queue length and limit
+_RESTARTS = 64  # header offset of the restart counts
+_BOOT_FAILURES = _RESTARTS + 8 * len(RESTART_CAUSES)
+#: At slot offset 24: requests, busy_seconds, denied, (booted_at skipped), errors, durations.
+_COUNTERS = struct.Struct(f"=QdQ8xQ{len(DURATION_BUCKETS) + 1}Q")
+_SLOT = struct.Struct(f"=iiiB3xdQdQdQ{len(DURATION_BUCKETS) + 1}Q")
 _PID = struct.Struct("=i")  # offset 0
+_IDENTITY = struct.Struct("=iiiB")  # pid, number, generation, state (offset 0)
 _BUSY = struct.Struct("=B3xd")  # state, request_started (offset 12)
-_DONE = struct.Struct("=B3xdQ")  # state, request_started, requests (offset 12)
+_DONE = struct.Struct("=B3xdQd")  # state, request_started, requests, busy_seconds (offset 12)
 _STATE = struct.Struct("=B")  # offset 12
-_DENIED = struct.Struct("=Q")  # offset 32
-_BOOTED = struct.Struct("=d")  # offset 40
+_DENIED = 40
+_BOOTED = struct.Struct("=d")  # offset 48
+_ERRORS = 56
+_DURATIONS = 64
 
 
 class WorkerState(enum.IntEnum):
@@ -70,7 +108,10 @@ class WorkerStats(NamedTuple):
 
     ``request_started`` is a ``time.monotonic()`` value (0.0 when not busy), ``booted_at`` a
     ``time.time()`` value (0.0 while starting); ``requests`` counts requests processed,
-    ``denied`` connections refused by ``verify_request``.
+    ``denied`` connections refused by ``verify_request``, ``errors`` the requests whose
+    processing raised (``handle_error`` calls); ``busy_seconds`` is the sum of the requests'
+    durations and ``durations`` their count per bucket of :data:`DURATION_BUCKETS`, then +Inf
+    (not cumulative).
     """
 
     slot: int
@@ -82,6 +123,9 @@ class WorkerStats(NamedTuple):
     denied: int
     request_started: float
     booted_at: float
+    errors: int = 0
+    busy_seconds: float = 0.0
+    durations: tuple[int, ...] = ()
 
     def busy_for(self, now: float | None = None) -> float:
         """Seconds this worker has been processing its current request (0.0 if not busy)."""
@@ -100,11 +144,14 @@ class Scoreboard:
     It is removed by :meth:`close`. Raises OSError when the file cannot be created (then no
     temporary file is left behind).
 
-    For the master: :meth:`assign`, :meth:`set_pid`, :meth:`release`, :meth:`read`,
-    :meth:`close`. For a worker, on its own slot: :meth:`set_state`, :meth:`booted`,
-    :meth:`request_started`, :meth:`request_finished`, :meth:`request_writers`,
-    :meth:`count_denied`. For anyone:
-    :meth:`slots`, and :meth:`open` for another process.
+    For the master: :meth:`assign`, :meth:`set_pid`, :meth:`retire`, :meth:`release`,
+    :meth:`read`, :meth:`close`, and the pool's figures (:meth:`set_pool`,
+    :meth:`count_restart`, :meth:`count_boot_failure`, :meth:`set_listen_queue`). For a
+    worker, on its own slot: :meth:`set_state`, :meth:`booted`, :meth:`request_started`,
+    :meth:`request_finished`, :meth:`request_writers`, :meth:`durations`,
+    :meth:`count_denied`, :meth:`count_error`. For anyone: :meth:`read` (slot -1: the
+    totals slot), :meth:`slots`, :meth:`pool`, :meth:`consistent`, and :meth:`open` for
+    another process.
     """
 
     def __init__(self, capacity: int, path: str | None = None, *, _readonly_fd: int = -1) -> None:
@@ -119,7 +166,7 @@ class Scoreboard:
             self.capacity = capacity
             return
         self.capacity = capacity
-        size = HEADER_SIZE + capacity * SLOT_SIZE
+        size = _FIRST_SLOT + capacity * SLOT_SIZE
         if path is None:
             self._memory = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
         else:
@@ -143,6 +190,7 @@ class Scoreboard:
             finally:
                 os.close(fd)
         _HEADER.pack_into(self._memory, 0, MAGIC, VERSION, SLOT_SIZE, capacity)
+        _QUEUE.pack_into(self._memory, 48, -1, -1)
 
     @classmethod
     def for_pool(cls, workers: int, path: str | None = None) -> Scoreboard:
@@ -204,13 +252,43 @@ class Scoreboard:
     # -- reading ----------------------------------------------------------------------------
 
     def read(self, slot: int) -> WorkerStats:
-        """A copy of slot number ``slot``."""
-        pid, number, generation, state, started, requests, denied, booted = _SLOT.unpack_from(
-            self._memory, _offset(slot)
-        )
+        """A copy of slot number ``slot`` (-1: the totals slot, the counts of exited workers)."""
+        fields = _SLOT.unpack_from(self._memory, _offset(slot))
+        pid, number, generation, state, started, requests, busy, denied, booted, errors = fields[:10]
+        state = WorkerState(state)
         return WorkerStats(
-            slot, pid, number, generation, WorkerState(state), requests, denied, started, booted
+            slot, pid, number, generation, state, requests, denied, started, booted, errors, busy, fields[10:]
         )
+
+    def pool(self) -> PoolFigures:
+        """The figures the master keeps in the header."""
+        pid, generation, wanted, started_at = _POOL.unpack_from(self._memory, 24)
+        length, limit = _QUEUE.unpack_from(self._memory, 48)
+        restarts = struct.unpack_from(f"={len(RESTART_CAUSES)}Q", self._memory, _RESTARTS)
+        (boot_failures,) = _U64.unpack_from(self._memory, _BOOT_FAILURES)
+        return PoolFigures(
+            pid,
+            generation,
+            wanted,
+            started_at,
+            None if length < 0 else length,
+            None if limit < 0 else limit,
+            dict(zip(RESTART_CAUSES, restarts, strict=True)),
+            boot_failures,
+        )
+
+    def consistent(self, read: Callable[[], T]) -> T:
+        """``read()``, called again while the master folded a worker into the totals
+        meanwhile (a seqlock's reader), at most 100 times; returns its last result."""
+        result = read()
+        for _ in range(100):
+            (before,) = _U64.unpack_from(self._memory, _SEQUENCE)
+            if before % 2 == 0:
+                result = read()
+                if _U64.unpack_from(self._memory, _SEQUENCE)[0] == before:
+                    break
+            time.sleep(0.0001)
+        return result
 
     def slots(self) -> list[WorkerStats]:
         """Copies of every slot in use, by slot number."""
@@ -228,7 +306,8 @@ class Scoreboard:
         for slot in range(self.capacity):
             offset = _offset(slot)
             if self._memory[offset + 12] == WorkerState.EMPTY:
-                _SLOT.pack_into(self._memory, offset, 0, number, generation, WorkerState.STARTING, 0, 0, 0, 0)
+                self._memory[offset : offset + SLOT_SIZE] = bytes(SLOT_SIZE)
+                _IDENTITY.pack_into(self._memory, offset, 0, number, generation, WorkerState.STARTING)
                 return slot
         return None
 
@@ -240,6 +319,46 @@ class Scoreboard:
         """Free ``slot`` after its worker was reaped. Runs in the master."""
         self._memory[_offset(slot) : _offset(slot) + SLOT_SIZE] = bytes(SLOT_SIZE)
 
+    def retire(self, slot: int, also: Callable[[int], None] | None = None) -> WorkerStats:
+        """Fold the counters of ``slot``, whose worker was reaped, into the totals slot, call
+        ``also(slot)`` (e.g. fold its application metrics) in the same fold, free the slot and
+        return what it held. Readers using :meth:`consistent` see the counts either in the slot
+        or in the totals, never both. Runs in the master."""
+        stats = self.read(slot)
+        memory, totals = self._memory, _offset(-1) + 24
+        (sequence,) = _U64.unpack_from(memory, _SEQUENCE)
+        _U64.pack_into(memory, _SEQUENCE, sequence + 1)
+        try:
+            old = _COUNTERS.unpack_from(memory, totals)
+            new = _COUNTERS.unpack_from(memory, _offset(slot) + 24)
+            _COUNTERS.pack_into(memory, totals, *(a + b for a, b in zip(old, new, strict=True)))
+            if also is not None:
+                also(slot)
+            self.release(slot)
+        finally:
+            _U64.pack_into(memory, _SEQUENCE, sequence + 2)
+        return stats
+
+    def set_pool(self, pid: int, generation: int, wanted: int, started_at: float) -> None:
+        """Record the master's ``pid``, the pool's ``generation`` and ``wanted`` size, and the
+        master's start (``time.time()``, seconds). Runs in the master."""
+        _POOL.pack_into(self._memory, 24, pid, generation, wanted, started_at)
+
+    def count_restart(self, cause: str) -> None:
+        """Count a worker that left the pool for ``cause``, one of :data:`RESTART_CAUSES`
+        (ValueError otherwise). Runs in the master."""
+        offset = _RESTARTS + 8 * RESTART_CAUSES.index(cause)
+        _U64.pack_into(self._memory, offset, _U64.unpack_from(self._memory, offset)[0] + 1)
+
+    def count_boot_failure(self) -> None:
+        """Count a worker that exited before it was ready. Runs in the master."""
+        _U64.pack_into(self._memory, _BOOT_FAILURES, _U64.unpack_from(self._memory, _BOOT_FAILURES)[0] + 1)
+
+    def set_listen_queue(self, length: int | None, limit: int | None) -> None:
+        """Record the listen queue's ``length`` and ``limit`` (connections; None: unknown).
+        Runs in the master."""
+        _QUEUE.pack_into(self._memory, 48, -1 if length is None else length, -1 if limit is None else limit)
+
     # -- for a worker, on its own slot ------------------------------------------------------
 
     def set_state(self, slot: int, state: WorkerState) -> None:
@@ -250,25 +369,27 @@ class Scoreboard:
         """Mark ``slot`` IDLE, booted now, with ``pid``. Runs in the worker."""
         offset = _offset(slot)
         _PID.pack_into(self._memory, offset, pid)
-        _BOOTED.pack_into(self._memory, offset + 40, time.time())
+        _BOOTED.pack_into(self._memory, offset + 48, time.time())
         _STATE.pack_into(self._memory, offset + 12, WorkerState.IDLE)
 
     def request_started(self, slot: int) -> None:
         """Mark ``slot`` BUSY since now. Runs in the worker, on the request path."""
         _BUSY.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, time.monotonic())
 
-    def request_finished(self, slot: int, requests: int, state: WorkerState = WorkerState.IDLE) -> None:
-        """Mark ``slot`` ``state`` (IDLE), not busy, having served ``requests`` requests in all.
-        Runs in the worker, on the request path."""
-        _DONE.pack_into(self._memory, _offset(slot) + 12, state, 0.0, requests)
+    def request_finished(
+        self, slot: int, requests: int, state: WorkerState = WorkerState.IDLE, busy_seconds: float = 0.0
+    ) -> None:
+        """Mark ``slot`` ``state`` (IDLE), not busy, having served ``requests`` requests in all,
+        busy ``busy_seconds`` seconds in all. Runs in the worker, on the request path."""
+        _DONE.pack_into(self._memory, _offset(slot) + 12, state, 0.0, requests, busy_seconds)
 
     def request_writers(
         self, slot: int
-    ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int], None]]:
+    ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int, float], None]]:
         """The two writes of the request path for ``slot``, bound to its offset once: each is a
         ``functools.partial`` of ``struct.pack_into``, so a call runs no Python code (the sync
         worker makes both for every request). ``started(time.monotonic())`` writes what
-        :meth:`request_started` does; ``finished(state, 0.0, requests)`` what
+        :meth:`request_started` does; ``finished(state, 0.0, requests, busy_seconds)`` what
         :meth:`request_finished` does. Runs in the worker."""
         offset = _offset(slot) + 12
         return (
@@ -276,18 +397,49 @@ class Scoreboard:
             functools.partial(_DONE.pack_into, self._memory, offset),
         )
 
-    def request_progress(self, slot: int, requests: int, started: float) -> None:
+    def durations(self, slot: int) -> memoryview:
+        """The request-duration counts of ``slot`` as a writable memoryview of uint64, one per
+        bucket of :data:`DURATION_BUCKETS` then +Inf: the worker adds one with
+        ``view[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1`` (a bucket's bound is
+        inclusive, as Prometheus' ``le``). Runs in the worker. The view must be released
+        before :meth:`close`; :meth:`detach` makes earlier views private too."""
+        offset = _offset(slot) + _DURATIONS
+        return memoryview(self._memory)[offset : offset + 8 * (len(DURATION_BUCKETS) + 1)].cast("Q")
+
+    def request_progress(self, slot: int, requests: int, started: float, busy_seconds: float = 0.0) -> None:
         """Mark ``slot`` BUSY since ``started`` (a ``time.monotonic()`` value: the oldest
-        request still in flight) with ``requests`` served so far. Runs in the worker (the
-        ``thread`` worker, whose requests overlap)."""
-        _DONE.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, started, requests)
+        request still in flight) with ``requests`` served so far, busy ``busy_seconds`` in
+        all. Runs in the worker (the ``thread`` worker, whose requests overlap)."""
+        _DONE.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, started, requests, busy_seconds)
 
     def count_denied(self, slot: int) -> None:
         """Add one connection refused by ``verify_request`` to ``slot``. Runs in the worker."""
-        offset = _offset(slot) + 32
-        (denied,) = _DENIED.unpack_from(self._memory, offset)
-        _DENIED.pack_into(self._memory, offset, denied + 1)
+        self._add_one(_offset(slot) + _DENIED)
+
+    def count_error(self, slot: int) -> None:
+        """Add one request whose processing raised (a ``handle_error`` call) to ``slot``.
+        Runs in the worker."""
+        self._add_one(_offset(slot) + _ERRORS)
+
+    def _add_one(self, offset: int) -> None:
+        _U64.pack_into(self._memory, offset, _U64.unpack_from(self._memory, offset)[0] + 1)
+
+
+class PoolFigures(NamedTuple):
+    """What the master keeps in the scoreboard's header (:meth:`Scoreboard.pool`):
+    ``master_pid``, ``generation``, ``workers_wanted``, ``started_at`` (``time.time()``),
+    the listen queue's ``listen_queue_length`` and ``listen_queue_limit`` (connections; None:
+    unknown), ``restarts`` (count per cause of :data:`RESTART_CAUSES`) and ``boot_failures``."""
+
+    master_pid: int
+    generation: int
+    workers_wanted: int
+    started_at: float
+    listen_queue_length: int | None
+    listen_queue_limit: int | None
+    restarts: dict[str, int]
+    boot_failures: int
 
 
 def _offset(slot: int) -> int:
-    return HEADER_SIZE + slot * SLOT_SIZE
+    return _FIRST_SLOT + slot * SLOT_SIZE

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from _socket import _RetAddress
     from socketserver import _RequestType
 
+    from prefork.accesslog import AccessLog
     from prefork.scoreboard import Scoreboard
     from prefork.workers.base import Worker
 
@@ -98,6 +99,10 @@ class PreforkMixIn(_Base):
     request_socket: type[socket.socket] = connections.RequestSocket
     allow: tuple[config.Network, ...] = config.ALLOW.default
     deny: tuple[config.Network, ...] = config.DENY.default
+    control_socket: str | None = config.CONTROL_SOCKET.default
+    metrics: str | None = config.METRICS.default
+    log_format: str = config.LOG_FORMAT.default
+    access_log: str | None = config.ACCESS_LOG.default
     unix_socket_mode: int | None = config.UNIX_SOCKET_MODE.default
     proc_name: str | None = config.PROC_NAME.default
     pidfile: str | None = config.PIDFILE.default
@@ -121,6 +126,8 @@ class PreforkMixIn(_Base):
     verifies_everyone: bool = False
     #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
     scoreboard: Scoreboard | None = None
+    #: The ``access_log`` while ``serve_forever()`` runs (master and workers), else None.
+    access: AccessLog | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         for setting in config.SETTINGS:

@@ -57,6 +57,9 @@ class Spawner:
         self.backoff = BootBackoff(limit=sys.maxsize)
         #: The per-worker sockets of ``accept = "reuseport"`` (set by the master), or None.
         self.reuseport: ReuseportSockets | None = None
+        #: Called in each new worker with its slot, after the master's descriptors are closed
+        #: (set by the master: its observer's, which closes the control socket).
+        self.in_child: Callable[[int], None] | None = None
 
     def spawn(self, number: int, generation: int, serving: int = 0) -> WorkerRecord | None:
         """Fork worker ``number`` of ``generation``; return the master's record of it (its
@@ -98,7 +101,7 @@ class Spawner:
         else:  # the worker: never returns
             run_forked(
                 number,
-                lambda: self.close_in_worker(own),
+                lambda: self.close_in_worker(own, slot),
                 lambda: self.worker_class(
                     self.server,
                     number,
@@ -135,15 +138,18 @@ class Spawner:
                 backoff.failures,
             )
 
-    def close_in_worker(self, own: list[socket.socket] | None) -> None:
-        """In a freshly forked worker, drop what belongs to the master: its signal wake-up
-        fd, its descriptors (:meth:`MasterEvents.close_in_worker
+    def close_in_worker(self, own: list[socket.socket] | None, slot: int | None = None) -> None:
+        """In a freshly forked worker (or the exporter: no ``slot``), drop what belongs to the
+        master: its signal wake-up fd, its descriptors (:meth:`MasterEvents.close_in_worker
         <prefork.events.MasterEvents.close_in_worker>`) and the other workers' reuseport
-        sockets; with reuseport, the worker accepts on ``own``, its sockets."""
+        sockets; with reuseport, the worker accepts on ``own``, its sockets. Then, in a
+        worker, :attr:`in_child` with its ``slot``."""
         if self.reuseport is not None:
             self.reuseport.use_in_worker(own)
         signal.set_wakeup_fd(-1)
         self.events.close_in_worker(record.pidfd for record in self.records)
+        if slot is not None and self.in_child is not None:
+            self.in_child(slot)
 
 
 def run_forked(number: int, prepare: Callable[[], object], build: Callable[[], Worker]) -> NoReturn:

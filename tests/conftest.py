@@ -4,6 +4,7 @@
   127.0.0.1 port 0 (unless a ``--bind`` is given), waits until it logs where it listens, and
   returns a :class:`CLIServer`; teardown SIGKILLs the group and checks it is gone.
 - every test checks that it left no child process of the test process behind (psutil).
+- the session's servers keep their default control sockets in a private ``XDG_RUNTIME_DIR``.
 """
 
 from __future__ import annotations
@@ -202,6 +203,22 @@ def serve_cli() -> Iterator[Callable[..., CLIServer]]:
     yield start
     for server in started:
         server.destroy()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every server of the test session puts its default control socket in a directory of its
+    own (``XDG_RUNTIME_DIR``, mode 0700), not in the user's: ``prefork status`` in a test sees
+    only the test's servers, and a SIGKILLed master's socket file is not left in the user's."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    before = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    yield runtime
+    if before is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = before
 
 
 @pytest.fixture(autouse=True)

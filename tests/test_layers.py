@@ -21,6 +21,9 @@ PACKAGE = ROOT / "prefork"
 ORDER = (
     "prefork.__main__",
     "prefork.cli",
+    # prefork status / prefork ctl, the control socket's client.
+    "prefork.ctl",
+    "prefork.ctltable",
     # prefork bench, the pool-size load tester: imports no server.
     "prefork.bench.client",
     "prefork.bench",
@@ -39,6 +42,14 @@ ORDER = (
     "prefork.server",
     # The master.
     "prefork.master",
+    "prefork.commands",
+    "prefork.observer",
+    # What the master serves about the pool: the exporter process, its pages, the control socket.
+    "prefork.exporter",
+    "prefork.exposition",
+    "prefork.statuspage",
+    "prefork.control",
+    "prefork.stats",
     "prefork.spawn",
     "prefork.process",
     "prefork.upgrade",
@@ -59,13 +70,19 @@ ORDER = (
     "prefork.connections",
     "prefork.sockets",
     "prefork.contract",
+    "prefork.metrics",
+    "prefork.metricsregion",
     "prefork.scoreboard",
+    "prefork.runtime",
     "prefork.systemd",
     "prefork.pidfile",
+    "prefork.accesslog",
     "prefork.logs",
     "prefork.command",
     "prefork.config.__main__",
     "prefork.config",
+    "prefork.config.observability",
+    "prefork.config.setting",
     "prefork.config.convert",
     "prefork.errors",
 )

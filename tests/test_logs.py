@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import json
+import logging
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -240,3 +243,193 @@ def test_a_pipe_safe_stream_drops_what_a_gone_reader_cannot_take() -> None:
     finally:
         with contextlib.suppress(OSError):
             raw.close()
+
+
+# --- --log-format json ---------------------------------------------------------------------
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+
+
+@pytest.fixture
+def json_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own (not propagating) writing JSON lines to a StringIO; the worker
+    number is put back afterwards."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger(f"test.json.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    before = logs.worker()
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+        logs.set_worker(before)
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    text = stream.getvalue()
+    assert text.endswith("\n") and text.isascii()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_json_line_has_the_fields(json_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = json_logger
+    logs.set_worker(None)
+    logger.info("hello %s, %d", "world", 42)
+    logs.set_worker(3)
+    logger.warning("from a worker", extra={"request_id": "abc", "peer": object()})
+    master, worker = json_lines(stream)
+    assert list(master) == ["time", "level", "logger", "message", "pid", "worker"]
+    assert ISO_UTC.match(str(master["time"]))
+    assert (master["level"], master["logger"], master["message"]) == ("INFO", logger.name, "hello world, 42")
+    assert (master["pid"], master["worker"]) == (os.getpid(), None)
+    assert (worker["level"], worker["worker"], worker["request_id"]) == ("WARNING", 3, "abc")
+    assert str(worker["peer"]).startswith("<object object")  # not JSON: its str()
+    assert "traceback" not in worker
+
+
+def test_a_json_line_carries_the_traceback(json_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = json_logger
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        logger.exception("it failed")
+    logger.info("with the stack", stack_info=True)
+    (failed, stacked) = json_lines(stream)
+    assert failed["level"] == "ERROR" and failed["message"] == "it failed"
+    traceback = str(failed["traceback"])
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert traceback.endswith("ValueError: bad\nvalue")
+    assert str(stacked["stack"]).startswith("Stack (most recent call last):")
+
+
+#: By name: a value with surrogates in a parameter breaks pytest-xdist's reports.
+HOSTILE = {
+    "quotes": 'quote " and backslash \\ and }{',
+    "controls": "new\nline\r\nand\ttab and \x00 nul and \x1b[31m escape",
+    "unicode": "line\u2028separator and paragraph\u2029and non-ASCII: \u00e9, \u2603, \U0001f40d",
+    "surrogates": "undecodable bytes \udcff\udc80 from surrogateescape",
+    "high-surrogate": "\ud800 a lone high surrogate",
+}
+
+
+def make_record(message: str, *args: object, **extra: object) -> logging.LogRecord:
+    """A record as ``logging.getLogger("app").error(message, *args, extra=extra)`` makes,
+    not handed to any handler (pytest's log capture cannot take lone surrogates)."""
+    record = logging.LogRecord("app", logging.ERROR, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_message_gives_one_valid_json_line(name: str) -> None:
+    message = HOSTILE[name]
+    formatter = logs.JsonFormatter()
+    for record in (
+        make_record(message),
+        make_record("%s", message, field=message),
+        make_record(message, **{message: 1}),  # a hostile extra key too
+    ):
+        line = formatter.format(record)
+        assert "\n" not in line and "\r" not in line and line.isascii()
+        fields = json.loads(line)
+        assert fields["message"] == logs.clean_text(message)
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
+    assert logs.clean_text("\udcff") == "\\udcff"
+    assert logs.clean_text("plain \u00e9") == "plain \u00e9"
+
+
+def test_the_text_format_is_unchanged() -> None:
+    assert logs.LOG_FORMAT == "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    chosen = logs.formatter("text")
+    assert type(chosen) is logging.Formatter and chosen._fmt == logs.LOG_FORMAT
+    record = logging.LogRecord("prefork", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    logs.set_worker(5)  # the text format does not show it
+    try:
+        assert chosen.format(record) == f"[{chosen.formatTime(record)}] [{os.getpid()}] [INFO] hello you"
+    finally:
+        logs.set_worker(None)
+    with pytest.raises(ValueError, match="unknown log format"):
+        logs.formatter("xml")
+
+
+def test_setup_in_json_to_a_file_and_to_stderr(tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    code = """
+        import logging, sys
+        from prefork import logs
+        logs.setup("info", sys.argv[1], log_format="json")
+        logs.set_worker(7)
+        logging.getLogger("prefork").info("to %s", sys.argv[1])
+        logging.getLogger("prefork").debug("not at info")
+        """
+    for target in (str(log_file), "-"):
+        done = run_python(code, target)
+        assert done.returncode == 0, done.stderr
+        text = log_file.read_text() if target != "-" else done.stderr
+        (line,) = [json.loads(line) for line in text.splitlines()]
+        assert (line["message"], line["worker"], line["logger"]) == (f"to {target}", 7, "prefork")
+
+
+def test_apply_format_for_servers_of_the_python_api() -> None:
+    done = run_python(
+        """
+        import io, json, logging, sys
+        from prefork import logs
+        logs.apply_format("text")  # nothing changes
+        assert logging.getLogger().handlers == []
+        logs.apply_format("json")  # no handler: one on stderr
+        logs.apply_format("json")  # idempotent
+        assert len(logging.getLogger().handlers) == 1
+        logging.getLogger("prefork").warning("on stderr")
+        own = logging.StreamHandler(io.StringIO())
+        logging.getLogger().handlers = [own]
+        logs.apply_format("json")  # the application's handler gets the JSON format
+        logging.getLogger("app").warning("to its handler")
+        assert json.loads(own.stream.getvalue())["message"] == "to its handler"
+        try:
+            logs.apply_format("yaml")
+        except ValueError:
+            print("refused")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "refused\n"
+    (line,) = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (line["message"], line["level"], line["worker"]) == ("on stderr", "WARNING", None)
+
+
+@pytest.mark.timeout(40)
+def test_the_command_logs_only_json_lines(serve_cli: Serve) -> None:
+    server = serve_cli("--workers", "1", "--log-format", "json", "--log-level", "debug")
+    (worker,) = server.wait_workers(1)
+    host, port = server.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200  # the demo logs it at DEBUG, in the worker
+    conn.close()
+    wait_for(lambda: f'"pid": {worker}' in server.log)
+    server.signal(signal.SIGTERM)
+    server.wait(20)
+    server._reader.join(5)
+    lines = [json.loads(line) for line in server.log.splitlines()]  # every line parses
+    assert any("Listening at" in str(line["message"]) for line in lines)
+    assert {line["pid"] for line in lines} >= {server.pid, worker}
+    assert all(line["worker"] is None for line in lines if line["pid"] == server.pid)
+
+
+@pytest.mark.timeout(40)
+def test_the_json_log_of_a_worker_names_it(serve_cli: Serve) -> None:
+    server = serve_cli("--workers", "1", "--log-format", "json", "--log-level", "debug")
+    (worker,) = server.wait_workers(1)
+    host, port = server.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
+    wait_for(lambda: f'"pid": {worker}' in server.log)
+    lines = [json.loads(line) for line in server.log.splitlines()]
+    assert {line["worker"] for line in lines if line["pid"] == worker} == {0}

@@ -12,7 +12,7 @@ import pytest
 
 from prefork import PreforkTCPServer
 from prefork.errors import PreforkError
-from prefork.scoreboard import SLOT_SIZE, Scoreboard, WorkerState
+from prefork.scoreboard import DURATION_BUCKETS, HEADER_SIZE, SLOT_SIZE, Scoreboard, WorkerState
 from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
 from tests.test_server import serving
@@ -51,10 +51,57 @@ def test_request_writers_write_what_the_methods_write() -> None:
         assert written.state is WorkerState.BUSY and 0 <= written.busy_for() < 1
         assert written._replace(request_started=busy.request_started) == busy
         by_method.request_finished(1, 5, WorkerState.STOPPING)
-        finished(WorkerState.STOPPING, 0.0, 5)
+        finished(WorkerState.STOPPING, 0.0, 5, 0.0)
         assert by_writer.read(1) == by_method.read(1)
         assert by_writer.read(1).requests == 5
         assert by_writer.read(0) == by_method.read(0)  # the other slot is untouched
+
+
+def test_counters_fold_into_the_totals_when_a_worker_is_retired() -> None:
+    with Scoreboard(4) as board:
+        for number in (0, 1):
+            board.assign(number, 0)
+        board.request_finished(0, 3, WorkerState.IDLE, 0.5)
+        durations = board.durations(0)
+        durations[0] += 2
+        durations[len(DURATION_BUCKETS)] += 1  # over the last bound: +Inf
+        durations.release()
+        board.count_error(0)
+        board.count_denied(1)
+        board.request_finished(1, 4, WorkerState.IDLE, 0.25)
+        folded: list[int] = []
+        retired = board.retire(0, folded.append)
+        assert folded == [0] and retired.requests == 3 and retired.errors == 1
+        assert board.read(0).state is WorkerState.EMPTY and board.read(0).requests == 0
+        totals = board.read(-1)
+        assert (totals.requests, totals.errors, totals.denied, totals.busy_seconds) == (3, 1, 0, 0.5)
+        assert totals.durations == (2, *[0] * (len(DURATION_BUCKETS) - 1), 1)
+        assert board.assign(2, 1) == 0  # reused, zeroed: the totals keep the old counts
+        assert board.read(0).requests == 0 and board.read(-1).requests == 3
+        assert board.consistent(lambda: board.read(-1).requests + sum(s.requests for s in board.slots())) == 7
+
+
+def test_pool_figures_are_kept_in_the_header() -> None:
+    with Scoreboard(4) as board:
+        figures = board.pool()
+        assert (figures.listen_queue_length, figures.listen_queue_limit) == (None, None)
+        assert set(figures.restarts.values()) == {0} and figures.boot_failures == 0
+        board.set_pool(1234, 2, 8, 1.5e9)
+        board.set_listen_queue(3, 128)
+        board.count_restart("max_requests")
+        board.count_restart("max_requests")
+        board.count_restart("crash")
+        board.count_boot_failure()
+        figures = board.pool()
+        assert (figures.master_pid, figures.generation, figures.workers_wanted) == (1234, 2, 8)
+        assert figures.started_at == 1.5e9 and (figures.listen_queue_length, figures.listen_queue_limit) == (
+            3,
+            128,
+        )
+        assert figures.restarts["max_requests"] == 2 and figures.restarts["crash"] == 1
+        assert figures.boot_failures == 1
+        with pytest.raises(ValueError):
+            board.count_restart("boredom")
 
 
 def test_all_slots_taken_gives_none() -> None:
@@ -66,7 +113,7 @@ def test_all_slots_taken_gives_none() -> None:
 def test_a_scoreboard_file_is_readable_by_another_process_and_removed(tmp_path: Path) -> None:
     path = str(tmp_path / "board")
     board = Scoreboard(8, path)
-    assert os.path.getsize(path) == 64 + 8 * SLOT_SIZE
+    assert os.path.getsize(path) == HEADER_SIZE + 9 * SLOT_SIZE
     slot = board.assign(3, 2)
     assert slot is not None
     board.set_pid(slot, 42)
@@ -107,7 +154,7 @@ def test_a_scoreboard_file_replaces_symlinks_and_never_writes_where_they_point(t
         assert board.assign(0, 0) == 0
         assert victim.read_text() == "precious, not to be truncated\n"
         assert all(link.is_symlink() and link.resolve() == victim for link in predictable)
-        assert not path.is_symlink() and path.stat().st_size == 64 + 4 * SLOT_SIZE
+        assert not path.is_symlink() and path.stat().st_size == HEADER_SIZE + 5 * SLOT_SIZE
         with Scoreboard.open(str(path)) as view:
             assert [s.slot for s in view.slots()] == [0]
         names = set(os.listdir(tmp_path)) - {"victim", "board"} - {link.name for link in predictable}

@@ -512,6 +512,10 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "user": str(os.getuid()),
         "group": str(os.getgid()),
         "umask": "022",
+        "control_socket": str(tmp_path / "control.sock"),
+        "metrics": "127.0.0.1:0",
+        "log_format": "text",
+        "access_log": str(tmp_path / "access.log"),
     }
     assert set(strings) == {s.name for s in config.SETTINGS}, "a new setting needs a string form here"
     cls = type("StringSettingsServer", (PreforkTCPServer,), dict(strings))

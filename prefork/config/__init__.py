@@ -9,9 +9,7 @@ validate the values are in :mod:`prefork.config.convert`.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from prefork.config.convert import (
     WORKER_CLASS_NAMES,
@@ -29,44 +27,24 @@ from prefork.config.convert import (
     worker_class_name,
     workers_count,
 )
+from prefork.config.observability import ACCESS_LOG, CONTROL_SOCKET, LOG_FORMAT, METRICS
+from prefork.config.setting import Setting, usable_cpus
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
 
-T = TypeVar("T")
-
-__all__ = ["SETTINGS", "WORKER_CLASS_NAMES", "Network", "Setting", "reference_markdown", "usable_cpus"]
-
-
-def usable_cpus() -> int:
-    """Return the number of CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-class Setting(NamedTuple, Generic[T]):
-    """One setting: its name (the server attribute and constructor keyword), default and docs.
-
-    ``convert`` validates a value given to the constructor or on the command line and returns
-    it converted; it raises ValueError with a message that completes "NAME ...".
-    """
-
-    name: str
-    section: str
-    default: T
-    convert: Callable[[Any], T]
-    flags: tuple[str, ...]
-    metavar: str
-    help: str
-
-    def validate(self, value: Any) -> T:
-        """Return ``convert(value)``; raise ValueError("NAME must ...") when it is invalid."""
-        try:
-            return self.convert(value)
-        except ValueError as exc:
-            raise ValueError(f"{self.name} {exc}") from None
+__all__ = [
+    "ACCESS_LOG",
+    "CONTROL_SOCKET",
+    "LOG_FORMAT",
+    "METRICS",
+    "SETTINGS",
+    "WORKER_CLASS_NAMES",
+    "Network",
+    "Setting",
+    "reference_markdown",
+    "usable_cpus",
+]
 
 
 WORKERS: Setting[int | None] = Setting(
@@ -387,6 +365,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
     USER,
     GROUP,
     UMASK,
+    CONTROL_SOCKET,
+    METRICS,
+    LOG_FORMAT,
+    ACCESS_LOG,
 )
 
 #: The settings the server constructor uses (binding and listening), converted there even

@@ -176,6 +176,22 @@ def optional_str(value: Any) -> str | None:
     return text
 
 
+def metrics_address(value: Any) -> str | None:
+    """Pass None through; check ``HOST:PORT`` (port 0..65535; ``[::1]:PORT`` for IPv6) or
+    ``unix:PATH`` (a non-empty path)."""
+    if value is None:
+        return None
+    text = str(value)
+    if text.startswith("unix:"):
+        if len(text) == len("unix:"):
+            raise ValueError("must be HOST:PORT or unix:PATH, with a path after unix:")
+        return text
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"must be HOST:PORT or unix:PATH, got {text!r}")
+    return text
+
+
 def choice(value: Any, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of ``choices``."""
     if value not in choices:

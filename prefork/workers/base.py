@@ -16,12 +16,15 @@ import functools
 import logging
 import os
 import sys
+from bisect import bisect_left
 from time import monotonic
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import setproctitle
 
+from prefork.accesslog import DENIED, SERVED, outcome_of
 from prefork.contract import pool_servers
+from prefork.logs import set_worker
 from prefork.messages import (
     BOOT_ERROR,
     READY,
@@ -29,7 +32,7 @@ from prefork.messages import (
     WORKER_EXIT_OK,
     send_message,
 )
-from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState
 from prefork.workers.signals import HANDLED_SIGNALS, SignalHandling, default_signals
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
 from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter, accept_queued
@@ -74,6 +77,10 @@ class Worker(SignalHandling):
     #: master's death). See :class:`ListenerWaiter` and docs/architecture.md.
     accept_wait: ClassVar[str] = "exclusive"
 
+    #: :meth:`handle_request` times each request into the slot's duration histogram (False
+    #: in a worker whose requests end elsewhere: the ``thread`` worker times them itself).
+    times_requests: ClassVar[bool] = True
+
     def __init__(
         self,
         server: PoolServer,
@@ -106,8 +113,10 @@ class Worker(SignalHandling):
         self.terminated = False
         #: True once :meth:`wait_for_listeners` has seen the master's death.
         self.master_died = False
-        #: Requests processed so far.
+        #: Requests processed so far, and the sum of their durations (seconds).
         self.requests = 0
+        self.busy_seconds = 0.0
+        self._began = 0.0  # monotonic start of the request in progress (hooks overridden)
         self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
         self.wakeup_fd = -1  # read end of this worker's wake-up pipe (signals, :meth:`wake`)
         self._wakeup_w = -1  # its write end
@@ -120,6 +129,7 @@ class Worker(SignalHandling):
         self.blocking_accept = False
         # The scoreboard writes of the request path, bound to the slot.
         self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
+        self._durations = scoreboard.durations(slot)
         # Neither hook overridden (the sync worker): handle_request() writes the slot itself,
         # two calls fewer per request (docs/performance.md).
         cls = type(self)
@@ -167,6 +177,7 @@ class Worker(SignalHandling):
 
         Raises PermissionError when the user or group cannot be switched to.
         """
+        set_worker(self.number)  # the JSON log names the worker
         self.init_signals()
         try:
             faulthandler.enable(file=sys.stderr, all_threads=True)
@@ -243,17 +254,17 @@ class Worker(SignalHandling):
         """Take one request from ``server`` and process it, as BaseServer._handle_request_noblock.
         Return True when a connection was accepted, False when none was waiting.
 
-        ``get_request`` -> ``verify_request`` (False: ``shutdown_request``, never processed)
-        -> ``process_request``; an exception goes to ``handle_error`` and the request is shut
-        down. accept() finding nothing (another worker took the connection) returns quietly,
-        and counts in ``empty_accepts`` when ``woken`` (the wait said a connection was there;
-        False: the worker is only trying, see :meth:`SyncWorker.serve`). EMFILE, ENFILE,
-        ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The worker's scoreboard
-        slot is BUSY from accept to the end, then counts the request (or, when
-        verify_request refused it, the denied connection); after ``max_requests`` the worker
-        stops (``alive`` becomes False). With ``accepted`` (a request and its client address,
-        taken by :meth:`drain`), that request is processed without ``get_request``. Runs in
-        the worker.
+        ``get_request`` -> ``verify_request`` (False: ``shutdown_request``, never processed) ->
+        ``process_request``; an exception goes to ``handle_error`` and the request is shut down
+        (and counted in the slot's ``errors``). accept() finding nothing (another worker took the
+        connection) returns quietly, and counts in ``empty_accepts`` when ``woken`` (the wait said
+        a connection was there; False: the worker is only trying, see :meth:`SyncWorker.serve`).
+        EMFILE, ENFILE, ENOMEM and ENOBUFS are logged and followed by a 0.1 s pause. The worker's
+        scoreboard slot is BUSY from accept to the end, then counts the request and its duration
+        in the slot's histogram (or, when verify_request refused it, the denied connection); after
+        ``max_requests`` the worker stops (``alive`` becomes False). With ``accepted`` (a request
+        and its client address, taken by :meth:`drain`), that request is processed without
+        ``get_request``. Runs in the worker.
         """
         if accepted is None:
             try:
@@ -263,31 +274,45 @@ class Worker(SignalHandling):
                 return False
         else:
             request, client_address = accepted
+        started = monotonic()
         if self._plain_slot:
-            self._slot_started(monotonic())
+            self._slot_started(started)
         else:
+            self._began = started
             self.request_started(request)
         processed = False
         try:
             if server.verifies_everyone or server.verify_request(request, client_address):
                 self.requests += 1
+                outcome = SERVED
                 try:
                     server.process_request(request, client_address)
                     processed = True
-                except Exception:
+                except Exception as exc:
+                    self.scoreboard.count_error(self.slot)
+                    outcome = outcome_of(exc)
                     server.handle_error(request, client_address)
                     server.shutdown_request(request)
                 except BaseException:
                     server.shutdown_request(request)
                     raise
+                if self.times_requests:
+                    elapsed = monotonic() - started
+                    self.busy_seconds += elapsed
+                    self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
+                    if server.access is not None:
+                        server.access.record(client_address, self.number, self.pid, elapsed, outcome)
             else:
                 self.scoreboard.count_denied(self.slot)
                 server.shutdown_request(request)
+                if server.access is not None:
+                    elapsed = monotonic() - started
+                    server.access.record(client_address, self.number, self.pid, elapsed, DENIED)
         finally:
             if self.max_requests:
                 self.check_max_requests()
             if self._plain_slot:
-                self._slot_finished(_IDLE if self.alive else _STOPPING, 0.0, self.requests)
+                self._slot_finished(_IDLE if self.alive else _STOPPING, 0.0, self.requests, self.busy_seconds)
             else:
                 self.request_returned(request, processed)
         return True
@@ -306,7 +331,7 @@ class Worker(SignalHandling):
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
         be overridden (the ``thread`` worker counts requests in flight)."""
-        self._slot_started(monotonic())
+        self._slot_started(self._began)
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when
@@ -314,7 +339,8 @@ class Worker(SignalHandling):
         request. Here the request is over: the slot says IDLE (STOPPING once not ``alive``)
         with the count of requests. Runs in the worker. May be overridden (the ``thread``
         worker's requests go on in a handler thread)."""
-        self._slot_finished(WorkerState.IDLE if self.alive else WorkerState.STOPPING, 0.0, self.requests)
+        state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+        self._slot_finished(state, 0.0, self.requests, self.busy_seconds)
 
     def accept_failed(self, error: OSError, woken: bool) -> None:
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
@@ -345,6 +371,7 @@ def leave_pool(worker: Worker) -> None:
     worker.forked = True
     worker.scoreboard.detach()
     worker._slot_started, worker._slot_finished = worker.scoreboard.request_writers(worker.slot)
+    worker._durations = worker.scoreboard.durations(worker.slot)
     default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
     if worker._waiter is not None:  # closed, not emptied: its epoll is the worker's too
         worker._waiter.close()

@@ -8,10 +8,13 @@ import os
 import signal
 import socket
 from types import FrameType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from prefork.logs import reopen_log_files
 from prefork.messages import WORKER_EXIT_OK
+
+if TYPE_CHECKING:
+    from prefork.contract import PoolServer
 
 #: The code object of ``socket.socket.accept``: a TERM arriving in a blocking accept() runs
 #: the handler in that frame (the ``blocking`` wait raises there, else PEP 475 retries accept).
@@ -22,6 +25,7 @@ class SignalHandling:
     """The worker's signal handlers and its wake-up pipe (see :meth:`init_signals`). Runs in
     the worker process."""
 
+    server: PoolServer
     alive: bool
     terminated: bool
     blocking_accept: bool
@@ -110,6 +114,8 @@ class SignalHandling:
         if self.reopen_logs:
             self.reopen_logs = False
             reopen_log_files()
+            if self.server.access is not None:
+                self.server.access.reopen()
 
 
 #: The signals a worker handles (see :meth:`Worker.init_signals`).

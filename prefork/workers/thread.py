@@ -30,10 +30,12 @@ import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, TypeAlias
+from bisect import bisect_left
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
+from prefork.accesslog import SERVED, outcome_of
 from prefork.messages import WORKER_EXIT_ERROR, WORKER_EXIT_OK
-from prefork.scoreboard import WorkerState
+from prefork.scoreboard import DURATION_BUCKETS, WorkerState
 from prefork.workers.base import Worker
 
 if TYPE_CHECKING:
@@ -72,6 +74,9 @@ class ThreadWorker(Worker):
     (with :meth:`request_started` and :meth:`request_returned`) run in the main thread;
     :meth:`serve_thread` in each handler thread. They may be extended.
     """
+
+    #: Requests are timed when their thread finishes them (:meth:`request_finished`).
+    times_requests: ClassVar[bool] = False
 
     def init_process(self) -> None:
         """Prepare this process to serve (the base class's boot), then create the queue and
@@ -179,10 +184,13 @@ class ThreadWorker(Worker):
         get = self._queue.get
         while (work := get()) is not None:
             server, request, client_address = work
+            outcome = SERVED
             try:
                 try:
                     server.finish_request(request, client_address)
-                except Exception:
+                except Exception as exc:
+                    self.scoreboard.count_error(self.slot)
+                    outcome = outcome_of(exc)
                     server.handle_error(request, client_address)
                 finally:
                     server.shutdown_request(request)
@@ -199,7 +207,9 @@ class ThreadWorker(Worker):
                 self.alive = False
                 self.request_finished(request, wake=True)
                 return
-            self.request_finished(request)
+            elapsed = self.request_finished(request)
+            if server.access is not None:
+                server.access.record(client_address, self.number, self.pid, elapsed, outcome)
             if self.forked:  # this is a process a handler forked, back from the handler
                 os._exit(WORKER_EXIT_OK)
 
@@ -213,23 +223,31 @@ class ThreadWorker(Worker):
                 self.scoreboard.request_started(self.slot)
             self._in_flight[id(request)] = time.monotonic()
 
-    def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> None:
-        """``request`` is no longer in flight (``served``: count it). The slot then says
-        IDLE (STOPPING once not ``alive``) if none is left, else BUSY since the oldest left;
-        the main thread is woken if it waits for a thread (or ``wake``). Runs in a handler
+    def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> float:
+        """``request`` is no longer in flight (``served``: count it, and its duration in the
+        slot's histogram). The slot then says IDLE (STOPPING once not ``alive``) if none is
+        left, else BUSY since the oldest left; the main thread is woken if it waits for a
+        thread (or ``wake``). Returns the request's duration (seconds). Runs in a handler
         thread, or in the main thread for a request never handed off."""
+        elapsed = 0.0
         key = id(request)
         scoreboard = self.scoreboard
         with self._lock:
             in_flight = self._in_flight
-            in_flight.pop(key, None)
+            started = in_flight.pop(key, None)
             if served:
                 self._served += 1
+                if started is not None:
+                    elapsed = time.monotonic() - started
+                    self.busy_seconds += elapsed
+                    self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
             if not in_flight:
                 state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-                scoreboard.request_finished(self.slot, self._served, state)
+                scoreboard.request_finished(self.slot, self._served, state, self.busy_seconds)
             else:  # BUSY since the oldest request still in flight
-                scoreboard.request_progress(self.slot, self._served, next(iter(in_flight.values())))
+                oldest = next(iter(in_flight.values()))
+                scoreboard.request_progress(self.slot, self._served, oldest, self.busy_seconds)
             if self._waiting or wake:
                 self._waiting = False
                 self.wake()
+        return elapsed

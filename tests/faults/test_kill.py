@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.conftest import CLIServer
+from tests.conftest import CLIServer, wait_for
 from tests.faults.figures import distribution, report
 from tests.faults.load import LoadProcess
 from tests.faults.procs import pool, wait_pool
@@ -30,10 +32,10 @@ REFILL_LIMIT = 0.1  # the issue's "pool back to full size within 100 ms of each 
 REFILL_CEILING = REFILL_LIMIT if os.environ.get("PREFORK_FAULT_STRICT") == "1" else 1.0
 
 
-@pytest.mark.long
-@pytest.mark.timeout(90)
-def test_sigkill_storm_fails_only_in_flight_requests(serve_cli: Serve) -> None:
-    server = serve_cli(ECHO, "--workers", str(WORKERS))
+def storm(server: CLIServer, name: str) -> None:
+    """SIGKILL a random worker of ``server`` every KILL_EVERY s for STORM_SECONDS under load;
+    check that only in-flight requests fail and every refill is within the limit; report the
+    figures under ``name``."""
     wait_pool(server.pid, WORKERS)
     rng = random.Random(3)
     refills: list[float] = []
@@ -57,7 +59,7 @@ def test_sigkill_storm_fails_only_in_flight_requests(serve_cli: Serve) -> None:
     spread = distribution(refills)
     late = sum(r > REFILL_LIMIT for r in refills)
     report(
-        "sigkill_storm_failed_requests",
+        f"{name}_failed_requests",
         result.failed,
         f"<= kills = {kills}",
         ok=result.ok,
@@ -65,7 +67,7 @@ def test_sigkill_storm_fails_only_in_flight_requests(serve_cli: Serve) -> None:
         seconds=STORM_SECONDS,
     )
     report(
-        "sigkill_storm_refill_s",
+        f"{name}_refill_s",
         spread["max"],
         f"each <= {REFILL_LIMIT} s; asserted median <= {REFILL_LIMIT} s, max <= {REFILL_CEILING} s",
         median=spread["median"],
@@ -78,6 +80,74 @@ def test_sigkill_storm_fails_only_in_flight_requests(serve_cli: Serve) -> None:
     assert kills >= 0.8 * STORM_SECONDS / KILL_EVERY
     assert spread["median"] <= REFILL_LIMIT
     assert spread["max"] <= REFILL_CEILING, f"{late} of {kills} refills took longer than {REFILL_LIMIT} s"
+
+
+@pytest.mark.long
+@pytest.mark.timeout(90)
+def test_sigkill_storm_fails_only_in_flight_requests(serve_cli: Serve) -> None:
+    storm(serve_cli(ECHO, "--workers", str(WORKERS)), "sigkill_storm")
+
+
+def hostile_control_clients(path: str, metrics: tuple[str, int], stop: threading.Event) -> None:
+    """Until ``stop``: garbage, 10 MB requests, clients that connect and say nothing, clients
+    that vanish mid-request on the control socket at ``path``, and scrapers that connect to
+    the ``metrics`` address and never send their request."""
+    held: list[socket.socket] = []
+    rng = random.Random(5)
+    while not stop.is_set():
+        kind = rng.randrange(4)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            if kind == 0:
+                sock.sendall(b"\xff\x00 garbage {{{\n")
+            elif kind == 1:
+                sock.sendall(b"x" * 10 * 1024 * 1024)
+            elif kind == 2:  # connects and sends nothing; and a scraper that sends nothing
+                held += [sock, socket.create_connection(metrics, timeout=1.0)]
+            else:
+                sock.sendall(b'{"command": "sta')  # and vanishes
+        except OSError:
+            pass
+        finally:
+            if not held or held[-2] is not sock:
+                sock.close()
+        if len(held) > 64:
+            for old in held[:32]:
+                old.close()
+            del held[:32]
+        stop.wait(0.005)
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.long
+@pytest.mark.timeout(90)
+def test_sigkill_storm_with_hostile_control_clients(serve_cli: Serve, unix_path: str) -> None:
+    server = serve_cli(
+        ECHO, "--workers", str(WORKERS), "--control-socket", unix_path, "--metrics", "127.0.0.1:0"
+    )
+    metrics = wait_for(lambda: re.search(r"Metrics at http://([\d.]+):(\d+)", server.log))
+    stop = threading.Event()
+    attacker = threading.Thread(
+        target=hostile_control_clients, args=(unix_path, (metrics[1], int(metrics[2])), stop), daemon=True
+    )
+    attacker.start()
+    try:
+        storm(server, "sigkill_storm_hostile_control")
+    finally:
+        stop.set()
+        attacker.join(10)
+    reply = request_status(unix_path)
+    assert reply["ok"] and reply["status"]["restarts"]["crash"] >= 0.8 * STORM_SECONDS / KILL_EVERY
+
+
+def request_status(path: str) -> dict[str, Any]:
+    """The control socket's status reply (its client: prefork.ctl.call)."""
+    from prefork.ctl import call
+
+    return call(path, {"command": "status"})
 
 
 @pytest.mark.timeout(30)

@@ -1,0 +1,265 @@
+"""What the master shows of the pool: the control socket, the exporter process, the figures.
+
+:class:`Observer` is the master's one object for being seen from outside. It keeps the
+scoreboard's pool figures current (the pool's size and generation, the listen queue), folds a
+reaped worker's counters and application metrics into the totals, serves the control socket
+(:mod:`prefork.control`) from the master's own wait, and supervises the exporter: a small
+process the master forks (while single-threaded, as a worker) to serve ``--metrics``, so a
+slow or stuck scraper, or the work of rendering, never delays supervision. The exporter reads
+the same shared memory as the master; when it exits it is forked again, after a delay
+doubling from 1 s to 30 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prefork import metrics, runtime, stats
+from prefork.contract import PoolServer
+from prefork.control import Command, ControlServer
+from prefork.errors import PreforkError
+from prefork.events import MasterEvents
+from prefork.logs import flush_std_streams
+from prefork.metricsregion import MetricsRegion
+from prefork.pool import WorkerRecord
+from prefork.scoreboard import Scoreboard, WorkerStats
+from prefork.signals import SIGNALS
+
+log = logging.getLogger("prefork")
+
+#: Seconds between the exporter's exit and its first restart; doubled up to the maximum.
+EXPORTER_RESTART = (1.0, 30.0)
+
+
+class Observer:
+    """The master's control socket, exporter and pool figures for ``server``'s pool named
+    ``name``, over ``scoreboard``, waiting with ``events``. Created in the master before it
+    forks (the application metrics region is created here, so workers inherit it). Raises
+    ValueError or OSError when the ``metrics`` address is bad or cannot be bound.
+    """
+
+    def __init__(self, server: PoolServer, name: str, scoreboard: Scoreboard, events: MasterEvents) -> None:
+        self.server = server
+        self.name = name
+        self.scoreboard = scoreboard
+        self.events = events
+        #: The application metrics of :mod:`prefork.metrics`, one area per scoreboard slot.
+        self.app_metrics = MetricsRegion(scoreboard.capacity)
+        self.control: ControlServer | None = None
+        self.metrics_socket: socket.socket | None = None
+        self.exporter_pid = 0
+        self._exporter_delay = EXPORTER_RESTART[0]
+        self._exporter_at = 0.0  # monotonic time of the next exporter fork (0: none due)
+        self.info: dict[str, Any] = {
+            "name": name,
+            "worker_class": server.worker_class,
+            "control_socket": None,
+            "metrics_address": None,
+        }
+
+    # -- in the master -----------------------------------------------------------------------
+
+    def start(
+        self,
+        act: Callable[[Command], dict[str, Any]],
+        listeners: Iterable[socket.socket],
+        close_master_fds: Callable[[], None],
+        takeover: bool = False,
+    ) -> None:
+        """Bind the metrics address (the exporter is forked by :meth:`tick`), open the control
+        socket (answering ``status`` here, the other commands with ``act(command)``).
+        ``listeners`` are the sockets whose listen queue is sampled, and are closed in the
+        exporter with the rest of the master's descriptors (``close_master_fds()``);
+        ``takeover``: this is the new master of a USR2 upgrade (see
+        :func:`~prefork.exporter.bind_metrics`). Raises
+        :class:`~prefork.errors.PreforkError` when an address set explicitly (``metrics``,
+        ``control_socket``) cannot be used; the default control socket failing is only
+        logged."""
+        self.listeners = list(listeners)
+        self.act = act
+        self.close_master_fds = close_master_fds
+        if self.server.metrics:
+            from prefork import exporter  # here: http.server is imported only with --metrics
+
+            try:
+                self.metrics_socket = exporter.bind_metrics(self.server.metrics, takeover=takeover)
+            except (ValueError, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise PreforkError(f"cannot serve metrics at {self.server.metrics}: {reason}") from None
+            self.info["metrics_address"] = exporter.metrics_url(self.metrics_socket)
+            log.info("Metrics at %s (/metrics, /status)", self.info["metrics_address"])
+            self._exporter_at = time.monotonic()
+        path = self.server.control_socket
+        if path != "off":
+            try:
+                path = path or runtime.default_socket_path(self.name, os.getpid())
+                self.control = ControlServer(
+                    path, self.answer, self.events.add, self.events.change, self.events.remove
+                )
+            except PreforkError as exc:
+                if self.server.control_socket:
+                    raise
+                log.warning("No control socket: %s", exc)
+            else:
+                self.info["control_socket"] = path
+                log.info("Control socket at %s (prefork status, prefork ctl)", path)
+
+    def answer(self, command: Command) -> dict[str, Any]:
+        """The reply to a control ``command``: the snapshot for ``status``, else what the
+        master's ``act`` says."""
+        if command.name == "status":
+            return {"status": self.snapshot()}
+        return self.act(command)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool's snapshot (:func:`prefork.stats.snapshot`). Runs in the master or the
+        exporter."""
+        return stats.snapshot(self.scoreboard, self.info)
+
+    def tick(self, size: int, generation: int) -> None:
+        """Once per turn of the master's loop: record the pool's ``size`` and ``generation``
+        and the listen queue, time out control clients, reap and fork the exporter."""
+        now = time.monotonic()
+        self.scoreboard.set_pool(os.getpid(), generation, size, self._started_at())
+        self.scoreboard.set_listen_queue(*stats.listen_queue(self.listeners))
+        if self.control is not None:
+            self.control.expire(now)
+        if self.exporter_pid:
+            self._reap_exporter(now)
+        if self.metrics_socket is not None and not self.exporter_pid and now >= self._exporter_at:
+            self._fork_exporter()
+
+    def deadline(self) -> float:
+        """The monotonic time by which :meth:`tick` has something to do (inf: nothing)."""
+        soonest = self.control.next_deadline() if self.control is not None else float("inf")
+        if self.metrics_socket is not None and not self.exporter_pid:
+            soonest = min(soonest, self._exporter_at)
+        return soonest
+
+    def retire(self, record: WorkerRecord, status: int) -> WorkerStats:
+        """Account for a reaped worker (its ``record``, its wait ``status``): fold the counters
+        and application metrics of its slot into the totals, free the slot, count its exit
+        (a boot failure, or a restart by cause, :func:`prefork.stats.exit_cause`); return
+        what the slot held."""
+        held = self.scoreboard.retire(record.slot, self.app_metrics.fold)
+        if record.failed_to_boot():
+            self.scoreboard.count_boot_failure()
+        elif cause := stats.exit_cause(record, os.waitstatus_to_exitcode(status), held.state):
+            self.scoreboard.count_restart(cause)
+        return held
+
+    def _started_at(self) -> float:
+        started: float = self.info.setdefault("started_at", time.time())
+        return started
+
+    def _reap_exporter(self, now: float) -> None:
+        try:
+            pid, status = os.waitpid(self.exporter_pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.exporter_pid, 0
+        if pid:
+            how = os.waitstatus_to_exitcode(status)
+            log.warning(
+                "The metrics exporter (pid %d) exited (%d); restarting it in %g s",
+                pid,
+                how,
+                self._exporter_delay,
+            )
+            self.exporter_pid = 0
+            self._exporter_at = now + self._exporter_delay
+            self._exporter_delay = min(self._exporter_delay * 2, EXPORTER_RESTART[1])
+
+    def _fork_exporter(self) -> None:
+        flush_std_streams()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # unblocked by the exporter
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            log.error("Cannot fork the metrics exporter: %s", exc.strerror or exc)
+            self._exporter_at = time.monotonic() + self._exporter_delay
+            return
+        if pid == 0:
+            self._run_exporter()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.exporter_pid = pid
+        log.debug("Metrics exporter started (pid %d)", pid)
+
+    def _run_exporter(self) -> None:
+        """The exporter process: never returns."""
+        status = 1
+        try:
+            import setproctitle
+
+            setproctitle.setproctitle(f"prefork: metrics [{self.name}]")
+            assert self.metrics_socket is not None
+            for listener in self.listeners:
+                listener.close()  # a new master can bind the address once this one is gone
+            if self.control is not None:
+                self.control.close_in_child()
+            self.close_master_fds()
+            region, scoreboard = self.app_metrics, self.scoreboard
+            from prefork import exporter
+
+            def families() -> list[Any]:
+                return region.collect({s.slot: s.number for s in scoreboard.slots()})
+
+            exporter.serve_exporter(
+                self.metrics_socket,
+                lambda: stats.add_process_info(self.snapshot()),
+                families,
+                self.events.master_r,
+            )
+            status = 0
+        except BaseException:
+            log.exception("The metrics exporter failed")
+        finally:
+            flush_std_streams()
+            os._exit(status)
+
+    def prepare_worker(self, slot: int) -> None:
+        """In a worker just forked for ``slot``: close the control socket and the metrics
+        socket, and send the application's metrics to the slot's area
+        (:func:`prefork.metrics.attach`)."""
+        if self.control is not None:
+            self.control.close_in_child()
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
+        metrics.attach(self.app_metrics, slot)
+
+    def close(self) -> None:
+        """Stop the exporter (SIGTERM, then SIGKILL after 1 s), close the sockets and the
+        application metrics region. Runs in the master, once the pool is stopped."""
+        if self.exporter_pid:
+            _stop_child(self.exporter_pid)
+            self.exporter_pid = 0
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.metrics_socket is not None:
+            from prefork import exporter
+
+            exporter.close_metrics(self.metrics_socket)
+            self.metrics_socket = None
+        self.app_metrics.close()
+
+
+def _stop_child(pid: int) -> None:
+    """SIGTERM child ``pid``, wait up to 1 s, then SIGKILL it and reap it."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass

@@ -1,0 +1,245 @@
+"""The control socket (prefork/control.py) as served by a real master: the commands, the
+default path, the counters it reports, and clients that misbehave."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefork import control, ctl
+from prefork.control import Command, parse_command
+from tests.conftest import CLIServer, request_line, wait_for
+from tests.faults.procs import wait_pool
+
+Serve = Callable[..., CLIServer]
+ECHO = "tests.faults.handlers:EchoHandler"
+FAULTS = "tests.faults.handlers:FaultHandler"
+
+
+def status(path: str) -> dict[str, Any]:
+    snapshot: dict[str, Any] = ctl.call(path, {"command": "status"})["status"]
+    return snapshot
+
+
+def raw(path: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection and read until the master closes it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the master answered and closed before reading it all
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        return reply
+
+
+# -- the request format, without a master ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        ({"command": "status"}, Command("status")),
+        ({"command": "workers", "count": 3}, Command("workers", 3)),
+        ({"command": "add"}, Command("add", 1)),
+        ({"command": "remove", "count": 2}, Command("remove", 2)),
+        ({"command": "stop"}, Command("stop")),
+        ({"command": "stop", "mode": "fast"}, Command("stop", fast=True)),
+        ({"command": "reload"}, Command("reload")),
+    ],
+)
+def test_valid_requests_parse(request_: dict[str, Any], expected: Command) -> None:
+    assert parse_command(request_) == expected
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        [],
+        "status",
+        {"command": "explode"},
+        {"command": "workers"},
+        {"command": "workers", "count": 0},
+        {"command": "workers", "count": "3"},
+        {"command": "workers", "count": True},
+        {"command": "add", "count": -1},
+        {"command": "stop", "mode": "now"},
+        {"command": "x" * 10_000},
+    ],
+)
+def test_invalid_requests_are_refused_in_one_line(request_: Any) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_command(request_)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200
+
+
+# -- a real master -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_the_default_socket_is_private_logged_and_removed(serve_cli: Serve, tmp_path: Path) -> None:
+    server = serve_cli(ECHO, "--workers", "1", "--name", "web/1 ../x")
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / "prefork"
+    path = runtime / f"web_1_.._x-{server.pid}.sock"
+    server.wait_logged(f"Control socket at {path}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    snapshot = status(str(path))
+    assert snapshot["name"] == "web/1 ../x" and snapshot["master_pid"] == server.pid
+    assert snapshot["control_socket"] == str(path)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not path.exists()
+
+
+@pytest.mark.timeout(30)
+def test_control_socket_off(serve_cli: Serve) -> None:
+    server = serve_cli(ECHO, "--workers", "1", "--control-socket", "off")
+    wait_pool(server.pid, 1)
+    assert "Control socket at" not in server.log
+
+
+@pytest.mark.timeout(30)
+def test_a_live_socket_of_another_server_is_refused(serve_cli: Serve, unix_path: str) -> None:
+    first = serve_cli(ECHO, "--workers", "1", "--control-socket", unix_path)
+    first.wait_logged("Control socket at")
+    second = serve_cli(ECHO, "--workers", "1", "--control-socket", unix_path, wait=False)
+    assert second.wait(10) == 2
+    assert "another server listens there" in second.log
+    assert status(unix_path)["master_pid"] == first.pid  # the first one's socket is untouched
+
+
+@pytest.mark.timeout(60)
+def test_commands_resize_reload_and_stop_the_pool(serve_cli: Serve, unix_path: str) -> None:
+    server = serve_cli(ECHO, "--workers", "2", "--control-socket", unix_path)
+    first = wait_pool(server.pid, 2)
+    assert ctl.call(unix_path, {"command": "workers", "count": 4})["workers"] == 4
+    wait_pool(server.pid, 4)
+    assert ctl.call(unix_path, {"command": "remove", "count": 3})["workers"] == 1
+    wait_pool(server.pid, 1)
+    assert ctl.call(unix_path, {"command": "add"})["workers"] == 2
+    now = wait_pool(server.pid, 2)
+    with pytest.raises(ctl.CommandRefused, match="minimum of 1 worker"):
+        ctl.call(unix_path, {"command": "remove", "count": 5})
+    wait_pool(server.pid, 1)
+    ctl.call(unix_path, {"command": "add"})
+    now = wait_pool(server.pid, 2)
+    assert ctl.call(unix_path, {"command": "reload"}) == {"ok": True}
+    reloaded = wait_pool(server.pid, 2, without=now)
+    assert not reloaded & first
+    snapshot = wait_for(
+        lambda: (s := status(unix_path))["generation"] == 1 and s["restarts"]["reload"] == 2 and s
+    )
+    assert snapshot["restarts"]["resize"] >= 3
+    assert ctl.call(unix_path, {"command": "reopen"}) == {"ok": True}
+    server.wait_logged("reopening log files")
+    assert ctl.call(unix_path, {"command": "stop"}) == {"ok": True}
+    assert server.wait(15) == 0
+    assert "Received SIGTERM" in server.log
+
+
+@pytest.mark.timeout(60)
+def test_counters_survive_recycling_and_count_restarts_by_cause(serve_cli: Serve, unix_path: str) -> None:
+    server = serve_cli(FAULTS, "--workers", "2", "--max-requests", "5", "--control-socket", unix_path)
+    wait_pool(server.pid, 2)
+    for _ in range(30):
+        assert request_line(server.address, b"hello\n").endswith(b"hello\n")
+    request_line(server.address, b"raise\n")  # the handler raises: an error, counted
+    snapshot = wait_for(
+        lambda: (
+            (s := status(unix_path))["restarts"]["max_requests"] >= 5 and s["totals"]["requests"] == 31 and s
+        )
+    )
+    totals = snapshot["totals"]
+    assert totals["requests"] == 31 and totals["errors"] == 1
+    assert sum(totals["duration_counts"]) == 31 and totals["busy_seconds"] > 0
+    # One that will not recycle meanwhile (no request comes), so its exit is a crash.
+    victim = wait_for(
+        lambda: [w["pid"] for w in status(unix_path)["workers"] if w["state"] == "idle" and w["requests"] < 5]
+    )[0]
+    os.kill(victim, signal.SIGKILL)
+    after = wait_for(lambda: (s := status(unix_path))["restarts"]["crash"] == 1 and s)
+    assert after["totals"]["requests"] >= 31  # the killed worker's counts were folded in
+    server.signal(signal.SIGHUP)
+    reloaded = wait_for(
+        lambda: (s := status(unix_path))["generation"] == 1 and s["restarts"]["reload"] == 2 and s
+    )
+    assert reloaded["totals"]["requests"] >= 31 and reloaded["boot_failures"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_misbehaving_clients_never_stop_the_master(serve_cli: Serve, unix_path: str) -> None:
+    server = serve_cli(ECHO, "--workers", "2", "--control-socket", unix_path)
+    workers = wait_pool(server.pid, 2)
+    silent = []
+    for _ in range(control.MAX_CLIENTS + 4):  # more than are served at once; they say nothing
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(unix_path)
+        silent.append(sock)
+    started = time.monotonic()
+    assert request_line(server.address, b"still served\n").endswith(b"still served\n")
+    os.kill(next(iter(workers)), signal.SIGKILL)  # the master still supervises
+    wait_pool(server.pid, 2, without=workers & {next(iter(workers))})
+    # The silent clients are closed after CLIENT_TIMEOUT (those over MAX_CLIENTS at once).
+    for sock in silent:
+        sock.settimeout(control.CLIENT_TIMEOUT + 3)
+        assert sock.recv(10) == b""
+        sock.close()
+    assert time.monotonic() - started < control.CLIENT_TIMEOUT + 3
+    garbage = json.loads(raw(unix_path, b"\x00\xff{{{ not json\n"))
+    assert garbage["ok"] is False
+    huge = raw(unix_path, b"x" * 10 * 1024 * 1024)  # 10 MB, no newline
+    assert json.loads(huge) == {"ok": False, "error": f"request over {control.MAX_REQUEST} bytes"}
+    unknown = json.loads(raw(unix_path, b'{"command": "rm -rf /"}\n'))
+    assert unknown["ok"] is False and "unknown command" in unknown["error"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as vanished:  # half a request, gone
+        vanished.connect(unix_path)
+        vanished.sendall(b'{"command": "sta')
+    assert status(unix_path)["master_pid"] == server.pid
+    assert server.proc.poll() is None
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_another_user_is_refused_by_peer_credentials(serve_cli: Serve, tmp_path: Path) -> None:
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(0o755)
+    for parent in directory.parents:  # let nobody reach it: only SO_PEERCRED stands in the way
+        if parent == Path("/tmp") or parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    path = str(directory / "control.sock")
+    server = serve_cli(ECHO, "--workers", "1", "--control-socket", path)
+    server.wait_logged("Control socket at")
+    os.chmod(path, 0o666)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other user
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, raw(path, b'{"command": "stop", "mode": "fast"}\n'))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        reply = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert reply == {"ok": False, "error": "permission denied (another user)"}
+    assert status(path)["master_pid"] == server.pid and server.proc.poll() is None

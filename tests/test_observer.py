@@ -1,0 +1,153 @@
+"""The pool seen from outside, end to end: a real master with ``--metrics``, scraped by a real
+Prometheus server, its ``/status`` page in headless Chromium, and application counters exact
+across worker recycling and a reload (prefork/observer.py, with the exporter it forks)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CLIServer, request_line, wait_for
+from tests.exporter_child import fetch
+from tests.faults.procs import pool, wait_pool
+from tests.prom_server import prometheus_scraping
+from tests.test_statuspage import CHROMIUM, run_chromium
+
+Serve = Callable[..., CLIServer]
+METRICS_AT = re.compile(r"Metrics at (http://\S+|unix:\S+) ")
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def metrics_url(server: CLIServer) -> str:
+    return str(wait_for(lambda: (m := METRICS_AT.search(server.log)) and m.group(1)))
+
+
+def samples(url: str) -> dict[str, float]:
+    """Every sample of ``/metrics``, parsed with prometheus_client's parser, by name+labels."""
+    text = fetch(url, "/metrics").body.decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+def settled(url: str, name: str, value: float, timeout: float = 15.0) -> dict[str, float]:
+    """The samples of ``/metrics`` once ``name`` reads ``value`` (a worker counts a request
+    once its reply is sent, so the last ones show up a moment after the client has them)."""
+    seen: list[float] = []
+
+    def reached() -> dict[str, float] | None:
+        found = samples(url)
+        seen.append(found[name])
+        assert found[name] <= value, f"{name} went over {value}: {found[name]}"
+        return found if found[name] == value else None
+
+    try:
+        return dict(wait_for(reached, timeout))
+    except AssertionError:
+        raise AssertionError(f"{name} never read {value}; last readings {seen[-5:]}") from None
+
+
+def http_get(address: tuple[str, int]) -> bool:
+    with socket.create_connection(address, timeout=10) as conn:
+        conn.sendall(HTTP_GET)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    return reply.startswith(b"HTTP/1.0 200")
+
+
+@pytest.mark.timeout(120)
+def test_a_real_prometheus_scrapes_what_the_load_generator_sent(serve_cli: Serve, tmp_path: Path) -> None:
+    server = serve_cli("--workers", "4", "--metrics", "127.0.0.1:0")
+    wait_pool(server.pid, 4)
+    url = metrics_url(server)
+    sent = 2000
+    with concurrent.futures.ThreadPoolExecutor(16) as clients:
+        answered = sum(clients.map(lambda _: http_get(server.address), range(sent)))
+    assert answered == sent
+    # A worker counts a request once its reply is sent: the last one shows up a moment later.
+    scraped = settled(url, "prefork_requests_total", sent)
+    assert scraped["prefork_request_duration_seconds_count"] == sent
+    assert sum(v for k, v in scraped.items() if k.startswith("prefork_worker_requests_total")) == sent
+    assert scraped["prefork_workers{state=idle}"] == 4 and scraped["prefork_workers_wanted"] == 4
+    assert scraped["prefork_request_errors_total"] == 0
+    assert scraped["prefork_listen_queue_limit"] > 0
+    with prometheus_scraping(url[len("http://") :], tmp_path) as prometheus:
+        assert prometheus.wait_until("prefork_requests_total", lambda v: v == sent) == sent
+        assert prometheus.query("sum(prefork_worker_requests_total)") == sent
+        assert prometheus.query('prefork_request_duration_seconds_bucket{le="+Inf"}') == sent
+        assert prometheus.query("sum(prefork_workers)") == 4
+        assert prometheus.query('sum(prefork_worker_restarts_total{cause="crash"})') == 0
+        resident = prometheus.query("min(prefork_worker_resident_memory_bytes)")
+        assert resident is not None and resident > 1_000_000
+        victim = min(pool(server.pid))
+        os.kill(victim, signal.SIGKILL)
+        wait_pool(server.pid, 4, without={victim})
+        assert prometheus.wait_until('prefork_worker_restarts_total{cause="crash"}', lambda v: v == 1) == 1
+        assert prometheus.query("prefork_requests_total") == sent  # the dead worker's counts stay
+    status = json.loads(fetch(url, "/status?json").body)
+    assert status["totals"]["requests"] == sent and len(status["workers"]) == 4
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_the_status_page_of_a_real_server_in_headless_chromium(serve_cli: Serve, tmp_path: Path) -> None:
+    server = serve_cli("--workers", "3", "--metrics", "127.0.0.1:0", "--name", "chromium <test>")
+    workers = wait_pool(server.pid, 3)
+    url = metrics_url(server)
+    for _ in range(20):
+        assert http_get(server.address)
+    dom = run_chromium(["--dump-dom", url + "/status"], tmp_path).stdout
+    assert "chromium &lt;test&gt;" in dom and "<svg" in dom
+    for pid in workers:
+        assert f"<td>{pid}</td>" in dom
+    assert "<td>20</td>" in dom or ">20<" in dom  # the requests served
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("preload", [False, True], ids=["imported-in-workers", "preload"])
+def test_an_app_counter_is_exact_across_recycling_and_a_reload(serve_cli: Serve, preload: bool) -> None:
+    flags = ["--preload"] if preload else []
+    server = serve_cli(
+        "tests.metrics_app:CountingHandler",
+        "-w",
+        "4",
+        "--max-requests",
+        "100",
+        "--metrics",
+        "127.0.0.1:0",
+        *flags,
+    )
+    wait_pool(server.pid, 4)
+    url = metrics_url(server)
+
+    def send(count: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(8) as clients:
+            replies = list(
+                clients.map(lambda i: request_line(server.address, b"hit\n", timeout=20), range(count))
+            )
+        assert all(reply.endswith(b" hit\n") for reply in replies)
+
+    send(5000)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: json.loads(fetch(url, "/status?json").body)["generation"] == 1, timeout=20)
+    send(5000)
+    scraped = settled(url, "prefork_requests_total", 10_000)
+    assert scraped["app_hits_total{kind=line}"] == 10_000
+    assert scraped["app_line_bytes_count"] == 10_000 and scraped["app_line_bytes_sum"] == 40_000
+    assert scraped["app_line_bytes_bucket{le=4.0}"] == 10_000
+    assert scraped["prefork_requests_total"] == 10_000
+    assert scraped["prefork_worker_restarts_total{cause=max_requests}"] >= 90
+    assert 1 <= scraped["prefork_worker_restarts_total{cause=reload}"] <= 4  # or recycled meanwhile
