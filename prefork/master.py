@@ -329,4 +329,5 @@ def log_exit(record: WorkerRecord, code: int, state: WorkerState, requests: int)
     elif code == 0 and state is WorkerState.STOPPING:
         log.info("Worker %d (pid %d) recycled after %d requests", number, pid, requests)
     else:
-        log.warning("Worker %d (pid %d) %s; replacing it", number, pid, how)
+        state_was = f" (its slot said {state.name})" if code == 0 else ""  # exited 0 unasked
+        log.warning("Worker %d (pid %d) %s%s; replacing it", number, pid, how, state_was)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 import pytest
@@ -203,6 +203,21 @@ def serve_cli() -> Iterator[Callable[..., CLIServer]]:
     yield start
     for server in started:
         server.destroy()
+
+
+def skip_unless_installed(what: str, found: object) -> None:
+    """Skip the test when a real component (``what``: a Debian package) is not ``found``;
+    fail it instead under CI (``PREFORK_REQUIRE_COMPONENTS=1``, set by ``.ci/run``, which
+    installs them), so a missing install step cannot turn into a skip."""
+    if not found:
+        missing_component(what)
+
+
+def missing_component(what: str) -> NoReturn:
+    """Skip (or under CI fail) the test: the real component ``what`` is not installed."""
+    if os.environ.get("PREFORK_REQUIRE_COMPONENTS") == "1":
+        pytest.fail(f"{what} is not installed, and .ci/run requires it")
+    pytest.skip(f"{what} is not installed (Debian package {what!r})")
 
 
 @pytest.fixture(autouse=True, scope="session")

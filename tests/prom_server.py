@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import missing_component
 
 #: Where the Debian package installs it; else whatever ``prometheus`` is on PATH.
 PROMETHEUS = "/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else shutil.which("prometheus")
@@ -122,7 +122,7 @@ def prometheus_scraping(target: str, tmp_path: Path, metrics_path: str = "/metri
     """A Prometheus server scraping ``target`` (``HOST:PORT``) every second, ready and with
     the target up; killed when the block ends. Skips the test when prometheus is absent."""
     if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (Debian package 'prometheus')")
+        missing_component("prometheus")
     config = tmp_path / "prometheus.json"
     write_config(config, target, metrics_path)
     log_path = tmp_path / "prometheus.log"

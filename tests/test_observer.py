@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CLIServer, request_line, wait_for
+from tests.conftest import CLIServer, request_line, skip_unless_installed, wait_for
 from tests.exporter_child import fetch
 from tests.faults.procs import pool, wait_pool
 from tests.prom_server import prometheus_scraping
@@ -102,8 +102,8 @@ def test_a_real_prometheus_scrapes_what_the_load_generator_sent(serve_cli: Serve
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_the_status_page_of_a_real_server_in_headless_chromium(serve_cli: Serve, tmp_path: Path) -> None:
+    skip_unless_installed("chromium", CHROMIUM)
     server = serve_cli("--workers", "3", "--metrics", "127.0.0.1:0", "--name", "chromium <test>")
     workers = wait_pool(server.pid, 3)
     url = metrics_url(server)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prefork.statuspage import REFRESH_SECONDS, History, Point, chart_svg, render_html
-from tests.conftest import wait_for
+from tests.conftest import skip_unless_installed, wait_for
 from tests.exporter_child import exporter_child, fetch, make_snapshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -168,7 +168,7 @@ def run_chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess
 
 def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
+        skip_unless_installed("chromium", None)
     with exporter_child("127.0.0.1:0", sample_interval=0.2) as child:
         # A few samples, so the chart has lines.
         wait_for(lambda: b"<polyline" in fetch(child.url, "/status").body, timeout=5, interval=0.1)
