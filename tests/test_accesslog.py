@@ -7,15 +7,17 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from prefork.accesslog import OUTCOMES, AccessLog, client_text, outcome_of
-from tests.conftest import ROOT
+from tests.conftest import ROOT, CLIServer, request_line, wait_for
 
 TEXT_LINE = re.compile(
     r"^(?P<client>\S+) - worker (?P<worker>\d+) \[pid (?P<pid>\d+)\] "
@@ -272,3 +274,42 @@ def test_full_disk_drops_the_line() -> None:
         assert access.drops == 1
     finally:
         access.close()
+
+
+# -- a real server with --access-log --------------------------------------------------------------
+
+FAULTS = "tests.faults.handlers:FaultHandler"
+LINE = re.compile(
+    r"^(?P<client>\S+) - worker (?P<worker>\d+) \[pid (?P<pid>\d+)\] \S+ "
+    r"(?P<outcome>\w+) (?P<seconds>[\d.]+)s$"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "thread"])
+def test_a_server_logs_each_connection_with_its_outcome(
+    serve_cli: Callable[..., CLIServer], tmp_path: Path, worker_class: str
+) -> None:
+    path = tmp_path / "access.log"
+    flags = ["-w", "1", "-k", worker_class, "--access-log", str(path), "--socket-timeout", "0.5"]
+    server = serve_cli(FAULTS, *flags, "--read-deadline", "0.5")
+    (worker,) = server.wait_workers(1)
+    assert request_line(server.address, b"hello\n").endswith(b"hello\n")
+    request_line(server.address, b"raise\n")
+    with socket.create_connection(server.address, timeout=5) as silent:  # says nothing: cut
+        assert silent.recv(10) == b""
+    denied = serve_cli(FAULTS, *flags, "--deny", "127.0.0.0/8", "--access-log", str(path))
+    denied.wait_workers(1)
+    with socket.create_connection(denied.address, timeout=5) as refused:
+        assert refused.recv(10) == b""
+    lines = wait_for(lambda: len(found := path.read_text().splitlines()) == 4 and found)
+    parsed = [LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    outcomes = [m["outcome"] for m in parsed if m]
+    assert sorted(outcomes) == ["denied", "error", "served", "timeout"]
+    served = next(m for m in parsed if m and m["outcome"] == "served")
+    assert (
+        served["pid"] == str(worker) and served["worker"] == "0" and served["client"].startswith("127.0.0.1:")
+    )
+    timed_out = next(m for m in parsed if m and m["outcome"] == "timeout")
+    assert 0.4 <= float(timed_out["seconds"]) < 5

@@ -153,8 +153,12 @@ def test_commands_resize_reload_and_stop_the_pool(serve_cli: Serve, unix_path: s
 
 
 @pytest.mark.timeout(60)
-def test_counters_survive_recycling_and_count_restarts_by_cause(serve_cli: Serve, unix_path: str) -> None:
-    server = serve_cli(FAULTS, "--workers", "2", "--max-requests", "5", "--control-socket", unix_path)
+@pytest.mark.parametrize("worker_class", ["sync", "thread"])
+def test_counters_survive_recycling_and_count_restarts_by_cause(
+    serve_cli: Serve, unix_path: str, worker_class: str
+) -> None:
+    flags = ["--workers", "2", "-k", worker_class, "--max-requests", "5", "--control-socket", unix_path]
+    server = serve_cli(FAULTS, *flags)
     wait_pool(server.pid, 2)
     for _ in range(30):
         assert request_line(server.address, b"hello\n").endswith(b"hello\n")
