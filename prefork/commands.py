@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from prefork.contract import PoolServer
     from prefork.control import Command
     from prefork.events import MasterEvents
+    from prefork.observer import Observer
     from prefork.pool import Pool
     from prefork.scoreboard import Scoreboard
     from prefork.spawn import Spawner
@@ -66,6 +67,7 @@ class MasterCommands:
     stop_mode: StopMode | None
     stop_at: float
     signalled_stop: bool
+    observer: Observer
 
     def dispatch_signals(self) -> None:
         """Act on the recorded signals, in order, with their ``handle_<name>`` methods."""
@@ -132,16 +134,24 @@ class MasterCommands:
 
     def command(self, command: Command) -> dict[str, Any]:
         """Act on a control socket ``command`` (not ``status``): a resize, or what a signal
-        does (queued as that signal). Returns the reply's fields; raises ValueError for a
-        resize out of bounds (after doing what fits)."""
+        does (queued as that signal). Returns the reply's fields. Raises ValueError, having
+        done nothing, for a command that would be ignored: anything but ``stop`` while the
+        pool stops, an ``upgrade`` while one runs, a size out of 1 .. a quarter of the
+        scoreboard's slots."""
+        if self.stop_mode is not None and command.name != "stop":
+            raise ValueError("the pool is stopping")
+        if command.name == "upgrade" and self.upgrade.new_pid:
+            raise ValueError(f"an upgrade is in progress (new master pid {self.upgrade.new_pid})")
         if command.name in ("workers", "add", "remove"):
             change = {
                 "workers": command.workers - self.size,
                 "add": command.workers,
                 "remove": -command.workers,
             }
-            if error := self.resize(self.size + change[command.name], f"Control socket: {command.name}"):
-                raise ValueError(error)
+            size, limit = self.size + change[command.name], self.scoreboard.capacity // 4
+            if not 1 <= size <= limit:
+                raise ValueError(f"the pool can have 1 to {limit} workers; it has {self.size}")
+            self.resize(size, f"Control socket: {command.name}")
             return {"workers": self.size}
         self.signals.pending.append(COMMAND_SIGNALS[command.name] if not command.fast else signal.SIGINT)
         return {}
@@ -155,6 +165,7 @@ class MasterCommands:
         reopen_log_files()
         if self.server.access is not None:
             self.server.access.reopen()
+        self.observer.reopen_logs()
         for record in self.pool:
             _kill(record.pid, signal.SIGUSR1)
 

@@ -48,6 +48,9 @@ MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 2.0
 #: Clients served at once; one more is closed as soon as it is accepted.
 MAX_CLIENTS = 16
+#: Seconds the control socket is left unwatched after accept() failed for lack of a resource
+#: (EMFILE, ENFILE, ENOBUFS, ENOMEM): it stays readable, and would spin the master's loop.
+PAUSE = 0.5
 #: The commands, and the signal each one acts as (None: not a signal's).
 COMMANDS = ("status", "workers", "add", "remove", "reload", "stop", "upgrade", "reopen")
 
@@ -104,8 +107,12 @@ class ControlServer:
     error reply). ``register``, ``modify`` and ``unregister`` hook its sockets into the
     master's wait. Created, served and closed in the master.
 
-    Raises :class:`~prefork.errors.PreforkError` when the socket cannot be created: ``path``
-    exists and is not a socket, or another process listens there, or bind() fails.
+    With ``takeover`` (the new master of a USR2 upgrade, given the old one's path) the socket
+    is bound beside ``path`` and renamed over the old master's live one, which then removes
+    nothing at its stop (the file is no longer its own). Raises
+    :class:`~prefork.errors.PreforkError` when the socket cannot be created: ``path`` exists
+    and is not a socket, or (without ``takeover``) another process listens there, or bind()
+    fails.
     """
 
     def __init__(
@@ -115,13 +122,16 @@ class ControlServer:
         register: Register,
         modify: Register,
         unregister: Callable[[socket.socket], None],
+        *,
+        takeover: bool = False,
     ) -> None:
         self.path = path
         self.handle = handle
         self._register, self._modify, self._unregister = register, modify, unregister
         self._clients: dict[socket.socket, _Client] = {}
-        self.listener = _bind(path)
+        self.listener = _bind(path, takeover)
         self._inode = os.stat(path).st_ino
+        self._paused_until = 0.0  # accept() failed for lack of a resource: not watched until then
         register(self.listener, selectors.EVENT_READ, self._accept)
 
     def _accept(self, mask: int) -> None:
@@ -130,8 +140,12 @@ class ControlServer:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: the client waits, retried next wake
-                log.warning("Control socket: accept failed: %s", exc.strerror or exc)
+            except OSError as exc:  # EMFILE and the like: stop watching (it stays readable)
+                log.warning(
+                    "Control socket: accept failed (%s); retrying in %g s", exc.strerror or exc, PAUSE
+                )
+                self._unregister(self.listener)
+                self._paused_until = time.monotonic() + PAUSE
                 return
             sock.setblocking(False)
             if len(self._clients) >= MAX_CLIENTS:
@@ -195,13 +209,19 @@ class ControlServer:
         client.sock.close()
 
     def next_deadline(self) -> float:
-        """The monotonic time at which the oldest client times out (inf: none)."""
-        return min((c.deadline for c in self._clients.values()), default=float("inf"))
+        """The monotonic time at which the oldest client times out, or accepting resumes
+        (inf: none)."""
+        soonest = min((c.deadline for c in self._clients.values()), default=float("inf"))
+        return min(soonest, self._paused_until or soonest)
 
     def expire(self, now: float) -> None:
-        """Close the clients whose :data:`CLIENT_TIMEOUT` is over at monotonic time ``now``."""
+        """Close the clients whose :data:`CLIENT_TIMEOUT` is over at monotonic time ``now``;
+        accept again after a pause."""
         for client in [c for c in self._clients.values() if c.deadline <= now]:
             self._forget(client)
+        if self._paused_until and now >= self._paused_until:
+            self._paused_until = 0.0
+            self._register(self.listener, selectors.EVENT_READ, self._accept)
 
     def close_in_child(self) -> None:
         """In a process forked by the master (a worker, the exporter): close its copies of the
@@ -214,17 +234,21 @@ class ControlServer:
         """Close every socket and remove the socket file if it is still ours. In the master."""
         for client in list(self._clients.values()):
             self._forget(client)
-        with contextlib.suppress(KeyError, ValueError):
-            self._unregister(self.listener)
+        if not self._paused_until:
+            with contextlib.suppress(KeyError, ValueError):
+                self._unregister(self.listener)
         self.listener.close()
         with contextlib.suppress(OSError):
             if os.lstat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
 
 
-def _bind(path: str) -> socket.socket:
+def _bind(path: str, takeover: bool) -> socket.socket:
     """A non-blocking Unix socket listening at ``path``, mode 0600; a stale socket file there
-    (nobody listening) is replaced, anything else is refused."""
+    (nobody listening) is replaced, anything else is refused; with ``takeover`` a live socket
+    too (bound beside, renamed over)."""
+    if takeover:
+        return _bind_over(path)
     try:
         status = os.lstat(path)
     except FileNotFoundError:
@@ -252,6 +276,29 @@ def _bind(path: str) -> socket.socket:
         sock.listen(MAX_CLIENTS)
     except OSError as exc:
         sock.close()
+        raise PreforkError(f"cannot create control socket {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(umask)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_over(path: str) -> socket.socket:
+    """Bind beside ``path`` (mode 0600) and rename over it: a socket or nothing may be there."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise PreforkError(f"cannot use control socket {path}: a file that is not a socket is there")
+    beside = f"{path}.{os.urandom(8).hex()}.tmp"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)
+    try:
+        sock.bind(beside)
+        sock.listen(MAX_CLIENTS)
+        os.replace(beside, path)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(beside)
         raise PreforkError(f"cannot create control socket {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(umask)

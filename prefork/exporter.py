@@ -30,15 +30,14 @@ import select
 import signal
 import socket
 import socketserver
-import stat
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prefork.exposition import FamilyLike, render
+from prefork.logs import reopen_log_files
 from prefork.statuspage import History, render_html
 
 log = logging.getLogger(__name__)
@@ -52,139 +51,11 @@ CONNECTION_TIMEOUT = 10.0
 CONNECTION_DEADLINE = 30.0
 #: Seconds between two samples of the status page's history.
 SAMPLE_INTERVAL = 2.0
-#: Listen backlog of the metrics socket: scrapers are few, but a burst of browsers or a
-#: reconnecting Prometheus must not see ECONNREFUSED while the accept thread catches up.
-BACKLOG = 64
 #: accept() errors that mean "out of a resource": wait a little instead of spinning on them.
 _ACCEPT_PAUSE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 Snapshot = Callable[[], Mapping[str, Any]]
 Families = Callable[[], Iterable[FamilyLike]]
-
-# Unix sockets bound here: path, device and inode of the socket file, for close_metrics().
-_UNIX_PATHS: weakref.WeakKeyDictionary[socket.socket, tuple[str, int, int]] = weakref.WeakKeyDictionary()
-
-
-def bind_metrics(address: str, *, takeover: bool = False) -> socket.socket:
-    """A listening socket for ``address``: ``HOST:PORT`` (TCP; ``[::1]:PORT`` for IPv6, an
-    empty HOST for all IPv4 interfaces, PORT 0 for any free port) or ``unix:PATH``. Runs in
-    the master before it forks anything (a Unix path is bound under a temporary umask, which
-    is process-wide).
-
-    A Unix socket is created mode 0600. A socket file left at PATH by a dead process is
-    removed first (after ``lstat``: only a socket, and only when nothing accepts on it); any
-    other file, or a symlink, is left alone, and the bind fails with EADDRINUSE. With
-    ``takeover`` (the new master of a USR2 upgrade) the socket is bound beside PATH and renamed
-    over the old master's live one. A TCP socket has SO_REUSEPORT, so that new master binds
-    the port while the old one still serves it.
-
-    Raises ValueError (a one-line message) when ``address`` is malformed or its host does not
-    resolve; OSError when the socket cannot be bound (EADDRINUSE, EACCES...).
-    """
-    if address.startswith("unix:"):
-        return _bind_unix(address[len("unix:") :], takeover)
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"metrics address {address!r} is not HOST:PORT or unix:PATH")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        infos = socket.getaddrinfo(
-            host or "0.0.0.0", int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ValueError(f"metrics address {address!r}: cannot resolve {host!r} ({exc})") from None
-    family, kind, proto, _, sockaddr = infos[0]
-    if not takeover and int(port_text):  # nobody else may serve there (SO_REUSEPORT would share)
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(sockaddr)
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):  # the new master of a USR2 upgrade binds it too
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sockaddr)
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _bind_unix(path: str, takeover: bool) -> socket.socket:
-    if not path or "\0" in path:
-        raise ValueError(f"metrics address 'unix:{path}' needs a path")
-    if not takeover:
-        _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o177)
-        try:
-            if takeover:  # bound beside, then renamed over the old master's live socket
-                beside = f"{path}.{os.urandom(8).hex()}.tmp"
-                sock.bind(beside)
-                try:
-                    with contextlib.suppress(FileNotFoundError):
-                        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                            raise FileExistsError(errno.EEXIST, "a file that is not a socket is there", path)
-                    os.replace(beside, path)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(beside)
-            else:
-                sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        status = os.lstat(path)
-        _UNIX_PATHS[sock] = (path, status.st_dev, status.st_ino)
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove the socket file at ``path`` if nothing accepts on it. Raises OSError
-    (EADDRINUSE) when a live process listens there."""
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return
-    except FileNotFoundError:
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        except OSError:
-            return  # let bind() report it
-    raise OSError(errno.EADDRINUSE, f"a process already listens on {path}")
-
-
-def close_metrics(sock: socket.socket) -> None:
-    """Close a socket of :func:`bind_metrics`; for a Unix socket, also remove its file if it
-    is still the one bound here (not replaced since). Runs in the master, at exit."""
-    bound = _UNIX_PATHS.pop(sock, None)
-    sock.close()
-    if bound is not None:
-        path, device, inode = bound
-        with contextlib.suppress(OSError):
-            status = os.lstat(path)
-            if (status.st_dev, status.st_ino) == (device, inode):
-                os.unlink(path)
-
-
-def metrics_url(sock: socket.socket) -> str:
-    """Where ``sock`` (of :func:`bind_metrics`) listens, for the snapshot and the logs:
-    ``http://HOST:PORT`` (``[HOST]`` for IPv6) or ``unix:PATH``."""
-    if sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname()}"
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 def serve_exporter(
@@ -211,8 +82,9 @@ def serve_exporter(
     and ignored.
 
     First the signal dispositions inherited from the master are reset: TERM, INT and QUIT end
-    the process (the default), HUP, USR1, USR2, TTIN and TTOU (the master's, often sent to the
-    whole process group) are ignored, the master's wake-up fd is dropped, and the signals the
+    the process (the default), USR1 reopens the log files (the master forwards its own), HUP,
+    USR2, TTIN and TTOU (the master's, often sent to the whole process group) are ignored, the
+    master's wake-up fd is dropped, and the signals the
     master blocked around the fork are unblocked. At most ``max_connections`` connections are
     answered at once (one more is closed at once); a connection silent for ``timeout`` seconds,
     or open for ``deadline`` seconds, is closed. Raises nothing of its own: accept() errors are
@@ -250,9 +122,9 @@ def _init_signals() -> None:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, lambda number, frame: reopen_log_files())  # forwarded by the master
         ignored = (
             signal.SIGHUP,
-            signal.SIGUSR1,
             signal.SIGUSR2,
             signal.SIGTTIN,
             signal.SIGTTOU,
@@ -334,6 +206,7 @@ class ExporterServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.connection_timeout = timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: dict[socket.socket, float] = {}  # connection -> time.monotonic() accepted
+        self._reading: set[socket.socket] = set()  # those that have not sent their whole request
         self._open_lock = threading.Lock()
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -350,12 +223,13 @@ class ExporterServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Answer in a new thread, or close the connection at once when ``max_connections``
         are being answered."""
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False) and not self._evict_for_newcomer():
             log.debug("Metrics connection from %s closed: too many connections", client_address)
             self.shutdown_request(request)
             return
         with self._open_lock:
             self._open[request] = time.monotonic()
+            self._reading.add(request)
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -371,7 +245,29 @@ class ExporterServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def _forget(self, request: socket.socket) -> None:
         with self._open_lock:
             del self._open[request]
+            self._reading.discard(request)
         self._slots.release()
+
+    def request_read(self, conn: socket.socket) -> None:
+        """``conn`` has sent its whole request: from now on it is never evicted. Runs in the
+        connection's thread."""
+        with self._open_lock:
+            self._reading.discard(conn)
+
+    def _evict_for_newcomer(self) -> bool:
+        """Every slot is taken: shut down the oldest connection still sending its request (a
+        slow or silent client; a scraper sends its request at once) and wait up to 0.5 s for
+        its slot. Returns whether a slot was taken. So clients trickling their requests never
+        keep a scraper out."""
+        with self._open_lock:
+            slowest = min(self._reading, key=self._open.__getitem__, default=None)
+            self._reading.discard(slowest)
+        if slowest is None:
+            return False
+        log.debug("Metrics connection still sending its request cut off for a newcomer")
+        with contextlib.suppress(OSError):
+            slowest.shutdown(socket.SHUT_RDWR)
+        return self._slots.acquire(timeout=0.5)
 
     def cut_off_older_than(self, seconds: float) -> None:
         """Shut down the connections open for more than ``seconds``: their threads' blocking
@@ -398,6 +294,13 @@ class ExporterHandler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.connection_timeout)
+
+    def parse_request(self) -> bool:
+        """Parse the request (BaseHTTPRequestHandler's), then tell the server it was read
+        whole: the connection is no longer one to evict for a newcomer."""
+        parsed = super().parse_request()
+        self.server.request_read(self.connection)
+        return parsed
 
     def do_GET(self) -> None:
         self._answer(send_body=True)

@@ -36,6 +36,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import exposition as _exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from prefork.scoreboard import RESTART_CAUSES  # each cause of prefork_worker_restarts_total, always exported
+
 log = logging.getLogger(__name__)
 
 #: The content type of :func:`render`'s body: the text format 0.0.4 that ``generate_latest``
@@ -44,8 +46,6 @@ CONTENT_TYPE: str = getattr(_exposition, "CONTENT_TYPE_PLAIN_0_0_4", _exposition
 
 #: The worker states of ``prefork_workers{state}``, each always exported (0 when none).
 WORKER_STATES = ("idle", "busy", "starting", "stopping")
-#: The causes of ``prefork_worker_restarts_total{cause}``, each always exported.
-RESTART_CAUSES = ("crash", "request_timeout", "memory", "max_requests", "reload", "resize")
 
 _APP_TYPES = ("counter", "gauge", "histogram")
 
@@ -210,8 +210,13 @@ class PoolCollector:
             "User and system CPU time of the worker process, in seconds.",
             labels=["worker"],
         )
+        newest: dict[int, Mapping[str, Any]] = {}  # during a reload two workers share a number
         for worker in workers:
-            label = [str(int(worker["number"]))]
+            number = int(worker["number"])
+            if number not in newest or worker["generation"] >= newest[number]["generation"]:
+                newest[number] = worker
+        for number, worker in sorted(newest.items()):
+            label = [str(number)]
             requests.add_metric(label, worker["requests"])
             busy.add_metric(label, 1 if worker["state"] == "busy" else 0)
             age.add_metric(label, worker.get("request_age") or 0.0)

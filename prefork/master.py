@@ -102,7 +102,8 @@ class Master(MasterCommands):
             started = True
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
-            listeners = [server.socket for server in servers]
+            listeners = [server.socket for server in servers]  # and each worker's copy:
+            listeners += self.spawner.reuseport.copies() if self.spawner.reuseport is not None else []
             close_fds = lambda: self.spawner.close_in_worker(None)  # noqa: E731
             self.observer.start(self.command, listeners, close_fds, takeover=bool(self.upgrade.old_pid))
             while self.stop_mode is None:
@@ -111,6 +112,8 @@ class Master(MasterCommands):
                 self.dispatch_signals()
             if self.signalled_stop:  # once the workers' copies close, connections are refused
                 process.close_listeners(self.spawner.reuseport)
+            if self.upgrade.new_pid:  # the new master's exporter serves the metrics now
+                self.observer.stop_exporter()
             self.stop_pool()
         finally:
             self.observer.close()
@@ -126,7 +129,7 @@ class Master(MasterCommands):
         """Reap exited workers, fork missing ones, retire excess ones, stop those the
         watchdog names, SIGKILL late ones. Called by the server's ``service_actions()``.
         Runs in the master."""
-        self.observer.tick(self.size, self.generation)
+        self.observer.tick(self.size, self.generation, stopping=self.stop_mode is not None)
         self.reap()
         if self.stop_at and self.stop_mode is None and time.monotonic() >= self.stop_at:
             log.info("shutdown_delay over: stopping gracefully (up to %g s).", self.server.graceful_timeout)

@@ -12,6 +12,7 @@ doubling from 1 s to 30 s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,12 +21,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prefork import metrics, runtime, stats
+from prefork import metrics, metricsocket, runtime, stats
 from prefork.contract import PoolServer
 from prefork.control import Command, ControlServer
 from prefork.errors import PreforkError
 from prefork.events import MasterEvents
 from prefork.logs import flush_std_streams
+from prefork.messages import describe_exit
 from prefork.metricsregion import MetricsRegion
 from prefork.pool import WorkerRecord
 from prefork.scoreboard import Scoreboard, WorkerStats
@@ -56,6 +58,7 @@ class Observer:
         self.exporter_pid = 0
         self._exporter_delay = EXPORTER_RESTART[0]
         self._exporter_at = 0.0  # monotonic time of the next exporter fork (0: none due)
+        self._exporter_forked_at = 0.0
         self.info: dict[str, Any] = {
             "name": name,
             "worker_class": server.worker_class,
@@ -77,31 +80,29 @@ class Observer:
         ``listeners`` are the sockets whose listen queue is sampled, and are closed in the
         exporter with the rest of the master's descriptors (``close_master_fds()``);
         ``takeover``: this is the new master of a USR2 upgrade (see
-        :func:`~prefork.exporter.bind_metrics`). Raises
+        :func:`~prefork.metricsocket.bind_metrics`). Raises
         :class:`~prefork.errors.PreforkError` when an address set explicitly (``metrics``,
         ``control_socket``) cannot be used; the default control socket failing is only
         logged."""
-        self.listeners = list(listeners)
+        self.listeners = list({id(sock): sock for sock in listeners}.values())
         self.act = act
         self.close_master_fds = close_master_fds
         if self.server.metrics:
-            from prefork import exporter  # here: http.server is imported only with --metrics
-
             try:
-                self.metrics_socket = exporter.bind_metrics(self.server.metrics, takeover=takeover)
+                self.metrics_socket = metricsocket.bind_metrics(self.server.metrics, takeover=takeover)
             except (ValueError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise PreforkError(f"cannot serve metrics at {self.server.metrics}: {reason}") from None
-            self.info["metrics_address"] = exporter.metrics_url(self.metrics_socket)
+            self.info["metrics_address"] = metricsocket.metrics_url(self.metrics_socket)
             log.info("Metrics at %s (/metrics, /status)", self.info["metrics_address"])
             self._exporter_at = time.monotonic()
         path = self.server.control_socket
         if path != "off":
             try:
                 path = path or runtime.default_socket_path(self.name, os.getpid())
-                self.control = ControlServer(
-                    path, self.answer, self.events.add, self.events.change, self.events.remove
-                )
+                hooks = (self.events.add, self.events.change, self.events.remove)
+                explicit = bool(self.server.control_socket)  # the default path has our pid in it
+                self.control = ControlServer(path, self.answer, *hooks, takeover=takeover and explicit)
             except PreforkError as exc:
                 if self.server.control_socket:
                     raise
@@ -122,17 +123,22 @@ class Observer:
         exporter."""
         return stats.snapshot(self.scoreboard, self.info)
 
-    def tick(self, size: int, generation: int) -> None:
+    def tick(self, size: int, generation: int, stopping: bool = False) -> None:
         """Once per turn of the master's loop: record the pool's ``size`` and ``generation``
-        and the listen queue, time out control clients, reap and fork the exporter."""
+        and the listen queue, time out control clients, reap the exporter and (unless
+        ``stopping``) fork it again."""
         now = time.monotonic()
         self.scoreboard.set_pool(os.getpid(), generation, size, self._started_at())
         self.scoreboard.set_listen_queue(*stats.listen_queue(self.listeners))
         if self.control is not None:
             self.control.expire(now)
         if self.exporter_pid:
-            self._reap_exporter(now)
-        if self.metrics_socket is not None and not self.exporter_pid and now >= self._exporter_at:
+            self._reap_exporter(now, stopping)
+        if (
+            self.metrics_socket is not None
+            and not (self.exporter_pid or stopping)
+            and now >= self._exporter_at
+        ):
             self._fork_exporter()
 
     def deadline(self) -> float:
@@ -150,7 +156,7 @@ class Observer:
         held = self.scoreboard.retire(record.slot, self.app_metrics.fold)
         if record.failed_to_boot():
             self.scoreboard.count_boot_failure()
-        elif cause := stats.exit_cause(record, os.waitstatus_to_exitcode(status), held.state):
+        elif cause := stats.exit_cause(record, os.waitstatus_to_exitcode(status), held):
             self.scoreboard.count_restart(cause)
         return held
 
@@ -158,20 +164,21 @@ class Observer:
         started: float = self.info.setdefault("started_at", time.time())
         return started
 
-    def _reap_exporter(self, now: float) -> None:
+    def _reap_exporter(self, now: float, stopping: bool) -> None:
         try:
             pid, status = os.waitpid(self.exporter_pid, os.WNOHANG)
         except ChildProcessError:
             pid, status = self.exporter_pid, 0
         if pid:
-            how = os.waitstatus_to_exitcode(status)
-            log.warning(
-                "The metrics exporter (pid %d) exited (%d); restarting it in %g s",
-                pid,
-                how,
-                self._exporter_delay,
-            )
             self.exporter_pid = 0
+            if stopping:  # e.g. a TERM sent to the whole process group
+                return
+            if now - self._exporter_forked_at > EXPORTER_RESTART[1]:  # it had served a while
+                self._exporter_delay = EXPORTER_RESTART[0]
+            how = describe_exit(os.waitstatus_to_exitcode(status))
+            log.warning(
+                "The metrics exporter (pid %d) %s; restarting it in %g s", pid, how, self._exporter_delay
+            )
             self._exporter_at = now + self._exporter_delay
             self._exporter_delay = min(self._exporter_delay * 2, EXPORTER_RESTART[1])
 
@@ -188,7 +195,7 @@ class Observer:
         if pid == 0:
             self._run_exporter()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.exporter_pid = pid
+        self.exporter_pid, self._exporter_forked_at = pid, time.monotonic()
         log.debug("Metrics exporter started (pid %d)", pid)
 
     def _run_exporter(self) -> None:
@@ -203,6 +210,8 @@ class Observer:
                 listener.close()  # a new master can bind the address once this one is gone
             if self.control is not None:
                 self.control.close_in_child()
+            if self.server.access is not None:
+                self.server.access.close()  # its copy: the exporter writes no access log
             self.close_master_fds()
             region, scoreboard = self.app_metrics, self.scoreboard
             from prefork import exporter
@@ -233,20 +242,31 @@ class Observer:
             self.metrics_socket.close()
         metrics.attach(self.app_metrics, slot)
 
-    def close(self) -> None:
-        """Stop the exporter (SIGTERM, then SIGKILL after 1 s), close the sockets and the
-        application metrics region. Runs in the master, once the pool is stopped."""
+    def reopen_logs(self) -> None:
+        """Forward USR1 to the exporter, which reopens its log files. Runs in the master."""
+        if self.exporter_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.exporter_pid, signal.SIGUSR1)
+
+    def stop_exporter(self) -> None:
+        """Stop the exporter (SIGTERM, then SIGKILL after 1 s) and close the metrics socket:
+        at once when a new master of a USR2 upgrade took over (else scrapes would alternate
+        between the two masters' exporters until this one's pool has stopped), or at
+        :meth:`close`. Runs in the master."""
         if self.exporter_pid:
             _stop_child(self.exporter_pid)
             self.exporter_pid = 0
+        if self.metrics_socket is not None:
+            metricsocket.close_metrics(self.metrics_socket)
+            self.metrics_socket = None
+
+    def close(self) -> None:
+        """Stop the exporter, close the sockets and the application metrics region. Runs in
+        the master, once the pool is stopped."""
+        self.stop_exporter()
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self.metrics_socket is not None:
-            from prefork import exporter
-
-            exporter.close_metrics(self.metrics_socket)
-            self.metrics_socket = None
         self.app_metrics.close()
 
 

@@ -46,6 +46,7 @@ class WorkerRecord:
         "booted",
         "generation",
         "killed",
+        "max_requests",
         "number",
         "pid",
         "pidfd",
@@ -81,6 +82,8 @@ class WorkerRecord:
         self.aborted = False
         #: Sent SIGKILL (its stop deadline passed).
         self.killed = False
+        #: Requests after which it exits by itself (``max_requests`` plus its jitter; 0: never).
+        self.max_requests = 0
         #: Why the master stopped it ("reload", "resize", "memory"; None: the pool stops).
         self.stop_cause: str | None = None
 

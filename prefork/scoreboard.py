@@ -1,23 +1,20 @@
 """The scoreboard: one slot of shared memory per worker, as Apache's.
 
-The master creates it before forking the pool, so every worker inherits the same mapping. Each
-worker writes only its own slot (state, requests served, start of the current request); the
-master assigns and frees slots and reads them all, for request timeouts, recycling and stats.
-On the request path a worker does two ``struct.pack_into`` calls and one histogram increment
-on memory it already has: no file I/O and no system call (``time.monotonic()`` is read from
-the vDSO on Linux).
+The master creates it before forking, so every worker inherits the mapping. Each worker
+writes only its own slot; on the request path that is two stores and one histogram increment
+into memory it already has (no file I/O, no system call). The master assigns and frees slots
+(finding free ones in its own record, :meth:`Scoreboard.assign`, never from a state a worker
+writes) and reads them all, for request timeouts, recycling and stats. Every store copies the
+packed bytes in (``memory[a:b] = S.pack(...)``), never with ``struct.pack_into``, which zeroes
+its target first: a reader would see a live slot EMPTY, or its counts 0, for a moment.
 
-The master keeps the pool's figures in the header (restarts by cause, boot failures, the
-listen queue, its pid and generation) and, in a totals slot before the first worker slot, the
-counts of the workers that exited: when it reaps a worker it folds that worker's counters into
-the totals (:meth:`Scoreboard.retire`), so the pool's totals (totals slot + live slots) only
-grow, across recycling, reloads and crashes. A fold is bracketed by a sequence number (odd
-while folding, as a seqlock): :meth:`Scoreboard.consistent` reads again when a fold ran
-meanwhile, so a reader never counts a worker twice or not at all.
+The master keeps the pool's figures in the header, and in a totals slot the counts of exited
+workers: reaping a worker, it folds its counters into the totals (:meth:`Scoreboard.retire`),
+so totals plus live slots only grow. A fold is bracketed by a sequence number, odd while
+folding (a seqlock): :meth:`Scoreboard.consistent` reads again when a fold ran meanwhile.
 
-By default the memory is anonymous (``mmap`` with ``MAP_SHARED``), so only the master and its
-workers see it. With ``scoreboard_file`` it is backed by that file, and any process can read it
-with :meth:`Scoreboard.open`, as Apache's ``ScoreBoardFile``.
+The memory is anonymous (``MAP_SHARED``), or backed by ``scoreboard_file`` for other
+processes to read with :meth:`Scoreboard.open`, as Apache's ``ScoreBoardFile``.
 
 Header layout (256 bytes, native byte order)::
 
@@ -26,7 +23,7 @@ Header layout (256 bytes, native byte order)::
     24 master pid (int32)   28 generation (int32)   32 workers wanted (int32)
     40 master started_at (double, time.time())
     48 listen queue length (int64, -1: unknown)   56 listen queue limit (int64, -1: unknown)
-    64 restarts by cause (6 x uint64, in the order of RESTART_CAUSES)   112 boot failures (uint64)
+    64 restarts by cause (7 x uint64, in the order of RESTART_CAUSES)   120 boot failures (uint64)
 
 Slot layout (256 bytes, native byte order; the totals slot has the same layout)::
 
@@ -44,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import mmap
 import os
 import struct
@@ -59,7 +55,9 @@ from prefork.pidfile import create_beside
 #: Prometheus client's default buckets.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Why a worker left the pool to be replaced (or not: resize), as counted in the header.
-RESTART_CAUSES = ("crash", "request_timeout", "memory", "max_requests", "reload", "resize")
+#: "external": a clean exit the master did not ask for (a TERM from outside, the handler
+#: exiting with status 0).
+RESTART_CAUSES = ("crash", "request_timeout", "memory", "max_requests", "reload", "resize", "external")
 
 #: Bytes per worker slot, and of the header before the totals slot.
 SLOT_SIZE = 256
@@ -86,7 +84,6 @@ _PID = struct.Struct("=i")  # offset 0
 _IDENTITY = struct.Struct("=iiiB")  # pid, number, generation, state (offset 0)
 _BUSY = struct.Struct("=B3xd")  # state, request_started (offset 12)
 _DONE = struct.Struct("=B3xdQd")  # state, request_started, requests, busy_seconds (offset 12)
-_STATE = struct.Struct("=B")  # offset 12
 _DENIED = 40
 _BOOTED = struct.Struct("=d")  # offset 48
 _ERRORS = 56
@@ -144,14 +141,9 @@ class Scoreboard:
     It is removed by :meth:`close`. Raises OSError when the file cannot be created (then no
     temporary file is left behind).
 
-    For the master: :meth:`assign`, :meth:`set_pid`, :meth:`retire`, :meth:`release`,
-    :meth:`read`, :meth:`close`, and the pool's figures (:meth:`set_pool`,
-    :meth:`count_restart`, :meth:`count_boot_failure`, :meth:`set_listen_queue`). For a
-    worker, on its own slot: :meth:`set_state`, :meth:`booted`, :meth:`request_started`,
-    :meth:`request_finished`, :meth:`request_writers`, :meth:`durations`,
-    :meth:`count_denied`, :meth:`count_error`. For anyone: :meth:`read` (slot -1: the
-    totals slot), :meth:`slots`, :meth:`pool`, :meth:`consistent`, and :meth:`open` for
-    another process.
+    Each method says which process calls it: the master (:meth:`assign`, :meth:`retire`, the
+    pool's figures), a worker on its own slot, or any reader (:meth:`read`, :meth:`slots`,
+    :meth:`pool`, :meth:`consistent`; :meth:`open` in another process).
     """
 
     def __init__(self, capacity: int, path: str | None = None, *, _readonly_fd: int = -1) -> None:
@@ -189,8 +181,9 @@ class Scoreboard:
                 raise
             finally:
                 os.close(fd)
-        _HEADER.pack_into(self._memory, 0, MAGIC, VERSION, SLOT_SIZE, capacity)
-        _QUEUE.pack_into(self._memory, 48, -1, -1)
+        _store(self._memory, 0, _HEADER, MAGIC, VERSION, SLOT_SIZE, capacity)
+        _store(self._memory, 48, _QUEUE, -1, -1)
+        self._taken: set[int] = set()  # the master's record of the slots in use
 
     @classmethod
     def for_pool(cls, workers: int, path: str | None = None) -> Scoreboard:
@@ -218,7 +211,7 @@ class Scoreboard:
     def set_pool_stopping(self) -> None:
         """Say that the whole pool is stopping gracefully (not one worker retiring): a worker
         told to stop then serves what is queued before it exits. Runs in the master."""
-        _STOPPING.pack_into(self._memory, _HEADER.size, 1)
+        _store(self._memory, _HEADER.size, _STOPPING, 1)
 
     def pool_stopping(self) -> bool:
         """Whether the master said the whole pool is stopping gracefully."""
@@ -302,21 +295,25 @@ class Scoreboard:
 
     def assign(self, number: int, generation: int) -> int | None:
         """Take a free slot for a worker about to be forked (state STARTING); return its
-        number, or None when all ``capacity`` slots are in use. Runs in the master."""
+        number, or None when all ``capacity`` slots are in use. Free means not taken in the
+        master's own record (never read from the shared state, which workers write). Runs in
+        the master."""
         for slot in range(self.capacity):
-            offset = _offset(slot)
-            if self._memory[offset + 12] == WorkerState.EMPTY:
+            if slot not in self._taken:
+                self._taken.add(slot)
+                offset = _offset(slot)
                 self._memory[offset : offset + SLOT_SIZE] = bytes(SLOT_SIZE)
-                _IDENTITY.pack_into(self._memory, offset, 0, number, generation, WorkerState.STARTING)
+                _store(self._memory, offset, _IDENTITY, 0, number, generation, WorkerState.STARTING)
                 return slot
         return None
 
     def set_pid(self, slot: int, pid: int) -> None:
         """Record the pid of the worker forked for ``slot``. Runs in the master."""
-        _PID.pack_into(self._memory, _offset(slot), pid)
+        _store(self._memory, _offset(slot), _PID, pid)
 
     def release(self, slot: int) -> None:
         """Free ``slot`` after its worker was reaped. Runs in the master."""
+        self._taken.discard(slot)
         self._memory[_offset(slot) : _offset(slot) + SLOT_SIZE] = bytes(SLOT_SIZE)
 
     def retire(self, slot: int, also: Callable[[int], None] | None = None) -> WorkerStats:
@@ -327,75 +324,79 @@ class Scoreboard:
         stats = self.read(slot)
         memory, totals = self._memory, _offset(-1) + 24
         (sequence,) = _U64.unpack_from(memory, _SEQUENCE)
-        _U64.pack_into(memory, _SEQUENCE, sequence + 1)
+        _store(memory, _SEQUENCE, _U64, sequence + 1)
         try:
             old = _COUNTERS.unpack_from(memory, totals)
             new = _COUNTERS.unpack_from(memory, _offset(slot) + 24)
-            _COUNTERS.pack_into(memory, totals, *(a + b for a, b in zip(old, new, strict=True)))
+            _store(memory, totals, _COUNTERS, *(a + b for a, b in zip(old, new, strict=True)))
             if also is not None:
                 also(slot)
             self.release(slot)
         finally:
-            _U64.pack_into(memory, _SEQUENCE, sequence + 2)
+            _store(memory, _SEQUENCE, _U64, sequence + 2)
         return stats
 
     def set_pool(self, pid: int, generation: int, wanted: int, started_at: float) -> None:
         """Record the master's ``pid``, the pool's ``generation`` and ``wanted`` size, and the
         master's start (``time.time()``, seconds). Runs in the master."""
-        _POOL.pack_into(self._memory, 24, pid, generation, wanted, started_at)
+        _store(self._memory, 24, _POOL, pid, generation, wanted, started_at)
 
     def count_restart(self, cause: str) -> None:
         """Count a worker that left the pool for ``cause``, one of :data:`RESTART_CAUSES`
         (ValueError otherwise). Runs in the master."""
-        offset = _RESTARTS + 8 * RESTART_CAUSES.index(cause)
-        _U64.pack_into(self._memory, offset, _U64.unpack_from(self._memory, offset)[0] + 1)
+        self._add_one(_RESTARTS + 8 * RESTART_CAUSES.index(cause))
 
     def count_boot_failure(self) -> None:
         """Count a worker that exited before it was ready. Runs in the master."""
-        _U64.pack_into(self._memory, _BOOT_FAILURES, _U64.unpack_from(self._memory, _BOOT_FAILURES)[0] + 1)
+        self._add_one(_BOOT_FAILURES)
 
     def set_listen_queue(self, length: int | None, limit: int | None) -> None:
         """Record the listen queue's ``length`` and ``limit`` (connections; None: unknown).
         Runs in the master."""
-        _QUEUE.pack_into(self._memory, 48, -1 if length is None else length, -1 if limit is None else limit)
+        _store(self._memory, 48, _QUEUE, -1 if length is None else length, -1 if limit is None else limit)
 
     # -- for a worker, on its own slot ------------------------------------------------------
 
     def set_state(self, slot: int, state: WorkerState) -> None:
         """Set the state of ``slot``. Runs in the worker."""
-        _STATE.pack_into(self._memory, _offset(slot) + 12, state)
+        self._memory[_offset(slot) + 12] = state
 
     def booted(self, slot: int, pid: int) -> None:
         """Mark ``slot`` IDLE, booted now, with ``pid``. Runs in the worker."""
         offset = _offset(slot)
-        _PID.pack_into(self._memory, offset, pid)
-        _BOOTED.pack_into(self._memory, offset + 48, time.time())
-        _STATE.pack_into(self._memory, offset + 12, WorkerState.IDLE)
+        _store(self._memory, offset, _PID, pid)
+        _store(self._memory, offset + 48, _BOOTED, time.time())
+        self._memory[offset + 12] = WorkerState.IDLE
 
     def request_started(self, slot: int) -> None:
         """Mark ``slot`` BUSY since now. Runs in the worker, on the request path."""
-        _BUSY.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, time.monotonic())
+        _store(self._memory, _offset(slot) + 12, _BUSY, WorkerState.BUSY, time.monotonic())
 
     def request_finished(
         self, slot: int, requests: int, state: WorkerState = WorkerState.IDLE, busy_seconds: float = 0.0
     ) -> None:
         """Mark ``slot`` ``state`` (IDLE), not busy, having served ``requests`` requests in all,
         busy ``busy_seconds`` seconds in all. Runs in the worker, on the request path."""
-        _DONE.pack_into(self._memory, _offset(slot) + 12, state, 0.0, requests, busy_seconds)
+        _store(self._memory, _offset(slot) + 12, _DONE, state, 0.0, requests, busy_seconds)
 
     def request_writers(
         self, slot: int
     ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int, float], None]]:
-        """The two writes of the request path for ``slot``, bound to its offset once: each is a
-        ``functools.partial`` of ``struct.pack_into``, so a call runs no Python code (the sync
+        """The two writes of the request path for ``slot``, bound to its offset once (the sync
         worker makes both for every request). ``started(time.monotonic())`` writes what
         :meth:`request_started` does; ``finished(state, 0.0, requests, busy_seconds)`` what
         :meth:`request_finished` does. Runs in the worker."""
-        offset = _offset(slot) + 12
-        return (
-            functools.partial(_BUSY.pack_into, self._memory, offset, WorkerState.BUSY),
-            functools.partial(_DONE.pack_into, self._memory, offset),
-        )
+        memory, offset = self._memory, _offset(slot) + 12
+        at_busy, at_done = slice(offset, offset + _BUSY.size), slice(offset, offset + _DONE.size)
+        pack_busy, pack_done, busy = _BUSY.pack, _DONE.pack, int(WorkerState.BUSY)
+
+        def started(now: float) -> None:
+            memory[at_busy] = pack_busy(busy, now)
+
+        def finished(state: WorkerState, started: float, requests: int, busy_seconds: float) -> None:
+            memory[at_done] = pack_done(state, started, requests, busy_seconds)
+
+        return started, finished
 
     def durations(self, slot: int) -> memoryview:
         """The request-duration counts of ``slot`` as a writable memoryview of uint64, one per
@@ -410,7 +411,7 @@ class Scoreboard:
         """Mark ``slot`` BUSY since ``started`` (a ``time.monotonic()`` value: the oldest
         request still in flight) with ``requests`` served so far, busy ``busy_seconds`` in
         all. Runs in the worker (the ``thread`` worker, whose requests overlap)."""
-        _DONE.pack_into(self._memory, _offset(slot) + 12, WorkerState.BUSY, started, requests, busy_seconds)
+        _store(self._memory, _offset(slot) + 12, _DONE, WorkerState.BUSY, started, requests, busy_seconds)
 
     def count_denied(self, slot: int) -> None:
         """Add one connection refused by ``verify_request`` to ``slot``. Runs in the worker."""
@@ -422,7 +423,7 @@ class Scoreboard:
         self._add_one(_offset(slot) + _ERRORS)
 
     def _add_one(self, offset: int) -> None:
-        _U64.pack_into(self._memory, offset, _U64.unpack_from(self._memory, offset)[0] + 1)
+        _store(self._memory, offset, _U64, _U64.unpack_from(self._memory, offset)[0] + 1)
 
 
 class PoolFigures(NamedTuple):
@@ -443,3 +444,9 @@ class PoolFigures(NamedTuple):
 
 def _offset(slot: int) -> int:
     return _FIRST_SLOT + slot * SLOT_SIZE
+
+
+def _store(memory: mmap.mmap, offset: int, packer: struct.Struct, *values: object) -> None:
+    """Copy ``packer.pack(*values)`` into ``memory`` at ``offset`` (no zeroing first, unlike
+    ``struct.pack_into``: a reader sees each field's old value or its new one)."""
+    memory[offset : offset + packer.size] = packer.pack(*values)

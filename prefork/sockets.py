@@ -269,6 +269,10 @@ class ReuseportSockets:
         """Close every copy (the pool stopped)."""
         self.close_from(0)
 
+    def copies(self) -> list[socket.socket]:
+        """Every per-worker copy the master holds (each has its own accept queue)."""
+        return [sock for socks in self._copies.values() for sock in socks]
+
     def use_in_worker(self, own: list[socket.socket] | None) -> None:
         """In a freshly forked worker: with ``own`` (its sockets, one per server, from
         :meth:`for_worker`), each server's ``socket`` becomes its own one; the copies that

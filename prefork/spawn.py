@@ -84,6 +84,7 @@ class Spawner:
         reuseport = self.reuseport
         own = reuseport.for_worker(number) if reuseport is not None else None
         record = WorkerRecord(number, generation, slot, spawned_at=time.monotonic())
+        record.max_requests = max_requests
         events = self.events
         # Signals wait (blocked) from the fork until the worker's own handlers are installed
         # (Worker.init_signals unblocks them): else a TERM to a booting worker runs the

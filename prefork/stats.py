@@ -116,20 +116,21 @@ def add_process_info(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-def exit_cause(record: WorkerRecord, code: int, state: WorkerState) -> str | None:
+def exit_cause(record: WorkerRecord, code: int, held: WorkerStats) -> str | None:
     """Why a reaped worker left the pool, one of :data:`~prefork.scoreboard.RESTART_CAUSES`,
     or None when the pool is stopping (not a restart). ``record`` is the master's record,
-    ``code`` the exit code (``os.waitstatus_to_exitcode``), ``state`` its slot's last state:
+    ``code`` the exit code (``os.waitstatus_to_exitcode``), ``held`` its slot at the end:
     aborted after ``request_timeout``; stopped by the master for a reload, a resize or its
-    memory (``record.stop_cause``); exited by itself with status 0 after saying STOPPING
-    (``max_requests``); anything else is a crash. Runs in the master."""
+    memory (``record.stop_cause``); exited by itself with status 0 having served its
+    ``max_requests``; any other exit with status 0 is ``external`` (a TERM from outside, the
+    handler exiting 0); anything else is a crash. Runs in the master."""
     if record.aborted:
         return "request_timeout"
     if record.stopping:
         return record.stop_cause
-    if code == 0 and state is WorkerState.STOPPING:
+    if code == 0 and held.state is WorkerState.STOPPING and 0 < record.max_requests <= held.requests:
         return "max_requests"
-    return "crash"
+    return "external" if code == 0 else "crash"
 
 
 def listen_queue(sockets: Iterable[socket.socket]) -> tuple[int | None, int | None]:

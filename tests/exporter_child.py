@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-from prefork.exporter import bind_metrics, metrics_url, serve_exporter
+from prefork.exporter import serve_exporter
+from prefork.metricsocket import bind_metrics, metrics_url
 
 DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as ParsedSample
 
-from prefork.exposition import CONTENT_TYPE, RESTART_CAUSES, WORKER_STATES, render
+from prefork.exposition import CONTENT_TYPE, WORKER_STATES, render
+from prefork.scoreboard import RESTART_CAUSES
 from tests.exporter_child import Family, Sample, make_families, make_snapshot
 
 
@@ -87,6 +88,17 @@ def test_per_worker_series() -> None:
     assert value(parsed, "prefork_worker_cpu_seconds_total", worker="1") == 0.5
     rss_workers = {s.labels["worker"] for s in parsed["prefork_worker_resident_memory_bytes"][1]}
     assert rss_workers == {"0", "1", "2"}  # worker 3 has no psutil fields
+
+
+def test_per_worker_series_name_the_newest_generation_of_a_number() -> None:
+    """During a reload an old worker and its replacement share a number: one series each."""
+    snapshot = make_snapshot()
+    old = dict(snapshot["workers"][0], generation=snapshot["workers"][0]["generation"] - 1, requests=999)
+    snapshot["workers"] = [old, *snapshot["workers"]]
+    parsed = parse(render(snapshot)[0])
+    samples = parsed["prefork_worker_requests"][1]  # the family's name, without _total
+    zeros = [s for s in samples if s.name == "prefork_worker_requests_total" and s.labels["worker"] == "0"]
+    assert len(zeros) == 1 and zeros[0].value == snapshot["workers"][1]["requests"]
 
 
 def test_optional_metrics_omitted() -> None:

@@ -46,6 +46,7 @@ ORDER = (
     "prefork.observer",
     # What the master serves about the pool: the exporter process, its pages, the control socket.
     "prefork.exporter",
+    "prefork.metricsocket",
     "prefork.exposition",
     "prefork.statuspage",
     "prefork.control",

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CLIServer, request_line, skip_unless_installed, wait_for
+from prefork import ctl
+from tests.conftest import CLIServer, group_processes, request_line, skip_unless_installed, wait_for
 from tests.exporter_child import fetch
 from tests.faults.procs import pool, wait_pool
-from tests.prom_server import prometheus_scraping
+from tests.prom_server import free_port, prometheus_scraping
 from tests.test_statuspage import CHROMIUM, run_chromium
 
 Serve = Callable[..., CLIServer]
@@ -151,3 +152,30 @@ def test_an_app_counter_is_exact_across_recycling_and_a_reload(serve_cli: Serve,
     assert scraped["prefork_requests_total"] == 10_000
     assert scraped["prefork_worker_restarts_total{cause=max_requests}"] >= 90
     assert 1 <= scraped["prefork_worker_restarts_total{cause=reload}"] <= 4  # or recycled meanwhile
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_ctl_upgrade_hands_the_metrics_address_to_the_new_master(
+    serve_cli: Serve, unix_path: str, kind: str
+) -> None:
+    """USR2 through the control socket: the new master serves the same metrics address and
+    the same control socket path (given explicitly); the old one removes neither."""
+    address = f"127.0.0.1:{free_port()}" if kind == "tcp" else f"unix:{unix_path}"
+    control = unix_path.replace(".sock", "-control.sock")
+    server = serve_cli("--workers", "2", "--metrics", address, "--control-socket", control)
+    wait_pool(server.pid, 2)
+    url = metrics_url(server)
+    assert url == (f"http://{address}" if kind == "tcp" else address)
+    server.wait_logged("Control socket at")
+    assert ctl.call(control, {"command": "upgrade"}) == {"ok": True}
+    with pytest.raises(ctl.CommandRefused, match="an upgrade is in progress"):
+        ctl.call(control, {"command": "upgrade"})
+    assert server.wait(20) == 0  # the old master retires once the new pool is ready
+    masters = [p for p in group_processes(server.pid) if "prefork: master" in " ".join(p.cmdline())]
+    assert len(masters) == 1
+    new = masters[0].pid
+    assert json.loads(fetch(url, "/status?json").body)["master_pid"] == new  # the old exporter is gone
+    assert "cannot serve metrics" not in server.log and "cannot use control socket" not in server.log
+    assert ctl.call(control, {"command": "status"})["status"]["master_pid"] == new
+    os.unlink(control)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -221,3 +222,43 @@ def test_workers_report_state_requests_and_denied_connections() -> None:
         )
         assert after.denied == 0
     assert server.scoreboard is None
+
+
+def test_a_live_slot_is_never_assigned_again_whatever_its_state_byte_reads() -> None:
+    """The master finds free slots in its own record: a worker's slot that reads EMPTY for a
+    moment (a store in progress) is not handed to another worker."""
+    with Scoreboard(2) as board:
+        assert board.assign(0, 0) == 0
+        board._memory[HEADER_SIZE + SLOT_SIZE + 12] = WorkerState.EMPTY  # slot 0's state byte
+        assert board.assign(1, 0) == 1
+        assert board.assign(2, 0) is None
+        board.release(0)
+        assert board.assign(3, 0) == 0
+
+
+def test_stores_never_zero_what_they_overwrite() -> None:
+    """struct.pack_into zeroes its target before it writes; the scoreboard's stores copy the
+    bytes in, so another process never sees a live slot EMPTY or its count at 0 while the
+    worker rewrites it."""
+    with Scoreboard(1) as board:
+        board.assign(0, 0)
+        started, finished = board.request_writers(0)
+        finished(WorkerState.IDLE, 0.0, 1000, 0.5)
+        pid = os.fork()
+        if pid == 0:  # the worker: rewrites its slot as fast as it can
+            try:
+                for count in range(1001, 300_000):
+                    started(1.0)
+                    finished(WorkerState.IDLE, 0.0, count, 0.5)
+            finally:
+                os._exit(0)
+        torn = reads = 0
+        try:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                stats = board.read(0)
+                reads += 1
+                torn += stats.state is WorkerState.EMPTY or stats.requests < 1000
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        assert reads > 1000 and torn == 0, f"{torn} of {reads} reads saw a zeroed slot"

@@ -189,7 +189,8 @@ class ThreadWorker(Worker):
                 try:
                     server.finish_request(request, client_address)
                 except Exception as exc:
-                    self.scoreboard.count_error(self.slot)
+                    with self._lock:  # a read-modify-write, from several threads
+                        self.scoreboard.count_error(self.slot)
                     outcome = outcome_of(exc)
                     server.handle_error(request, client_address)
                 finally:
