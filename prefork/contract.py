@@ -73,6 +73,8 @@ class PoolServer(Protocol):
     scoreboard: Scoreboard | None
     #: The access log while the pool runs (the ``access_log`` setting), else None.
     access: AccessLog | None
+    #: process_request() only hands the request to the worker class (set in each worker).
+    hands_over: bool
     #: verify_request() is trivially True: the worker skips it (set in each worker).
     verifies_everyone: bool
     #: The class an accepted connection with a timeout is given (set by the master).
@@ -108,6 +110,9 @@ class PoolServer(Protocol):
 
     def verify_request_is_trivial(self) -> bool:
         """Whether verify_request() returns True for every request (no rule, no override)."""
+
+    def process_request_is_plain(self) -> bool:
+        """Whether process_request() only hands the request to the worker class."""
 
     def post_fork(self, worker: Any) -> None:
         """Called in each worker after the fork, before it serves."""

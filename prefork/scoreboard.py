@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import mmap
 import os
 import struct
@@ -379,24 +380,13 @@ class Scoreboard:
         busy ``busy_seconds`` seconds in all. Runs in the worker, on the request path."""
         _store(self._memory, _offset(slot) + 12, _DONE, state, 0.0, requests, busy_seconds)
 
-    def request_writers(
-        self, slot: int
-    ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int, float], None]]:
-        """The two writes of the request path for ``slot``, bound to its offset once (the sync
-        worker makes both for every request). ``started(time.monotonic())`` writes what
-        :meth:`request_started` does; ``finished(state, 0.0, requests, busy_seconds)`` what
-        :meth:`request_finished` does. Runs in the worker."""
-        memory, offset = self._memory, _offset(slot) + 12
-        at_busy, at_done = slice(offset, offset + _BUSY.size), slice(offset, offset + _DONE.size)
-        pack_busy, pack_done, busy = _BUSY.pack, _DONE.pack, int(WorkerState.BUSY)
-
-        def started(now: float) -> None:
-            memory[at_busy] = pack_busy(busy, now)
-
-        def finished(state: WorkerState, started: float, requests: int, busy_seconds: float) -> None:
-            memory[at_done] = pack_done(state, started, requests, busy_seconds)
-
-        return started, finished
+    def request_stores(self, slot: int) -> tuple[mmap.mmap, slice, slice]:
+        """Where the request path's two writes of ``slot`` go, for a worker that makes them
+        inline (no call but the packing): ``memory[busy_at] = pack_busy(now)`` and
+        ``memory[done_at] = pack_done(state, 0.0, requests, busy_seconds)``. Runs in the
+        worker; after :meth:`detach`, ask again."""
+        offset = _offset(slot) + 12
+        return self._memory, slice(offset, offset + _BUSY.size), slice(offset, offset + _DONE.size)
 
     def durations(self, slot: int) -> memoryview:
         """The request-duration counts of ``slot`` as a writable memoryview of uint64, one per
@@ -444,6 +434,12 @@ class PoolFigures(NamedTuple):
 
 def _offset(slot: int) -> int:
     return _FIRST_SLOT + slot * SLOT_SIZE
+
+
+#: The request path's packings (see :meth:`Scoreboard.request_stores`): BUSY since ``now``;
+#: ``state``, not busy, ``requests`` and ``busy_seconds`` in all.
+pack_busy: Callable[[float], bytes] = functools.partial(_BUSY.pack, WorkerState.BUSY)
+pack_done: Callable[[WorkerState, float, int, float], bytes] = _DONE.pack
 
 
 def _store(memory: mmap.mmap, offset: int, packer: struct.Struct, *values: object) -> None:

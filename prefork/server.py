@@ -28,6 +28,7 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prefork import config, connections, sockets
@@ -124,6 +125,8 @@ class PreforkMixIn(_Base):
     #: less per request (docs/performance.md). Set the ``allow`` and ``deny`` networks, or
     #: replace ``verify_request``, before the workers are forked or in ``post_fork()``.
     verifies_everyone: bool = False
+    #: process_request() only hands the request to the worker class: the worker does it.
+    hands_over: bool = False
     #: The pool's scoreboard while ``serve_forever()`` runs (master and workers), else None.
     scoreboard: Scoreboard | None = None
     #: The ``access_log`` while ``serve_forever()`` runs (master and workers), else None.
@@ -140,6 +143,9 @@ class PreforkMixIn(_Base):
         self._children: set[int] = set()  # handle_request() children
         self._shutdown_request = False
         self._is_shut_down = threading.Event()
+        #: The base class's get_request(), bound once: a zero-argument super() call costs as
+        #: much again per request (docs/performance.md).
+        self._accept: Callable[[], tuple[Any, Any]] | None = getattr(super(), "get_request", None)
         super().__init__(*args, **kwargs)
 
     # -- for the caller, in the master -------------------------------------------------------
@@ -248,7 +254,7 @@ class PreforkMixIn(_Base):
         when they would block (CPython's poll before each call) and whose reads then apply
         the ``read_min_rate`` and ``read_deadline`` rules (and ``defer_accept``'s). Runs in
         the worker. May be extended."""
-        request, client_address = super().get_request()
+        request, client_address = (self._accept or super().get_request)()
         timeout = self.socket_timeout or None
         if type(request) is socket.socket:
             if timeout:
@@ -296,6 +302,16 @@ class PreforkMixIn(_Base):
         after = getattr(super().verify_request, "__func__", None)
         trivial = mine is PreforkMixIn.verify_request and after is socketserver.BaseServer.verify_request
         return trivial and not (self.allow or self.deny)
+
+    def process_request_is_plain(self) -> bool:
+        """Whether :meth:`process_request` is this mixin's, not extended on the instance, its
+        class or after the mixin in its MRO: then it only hands the request to the worker, and
+        each worker (``hands_over`` set once ``post_fork()`` has run) calls the worker class's
+        ``process_request`` itself, a frame fewer per request."""
+        if "process_request" in vars(self):
+            return False
+        mine = getattr(type(self).process_request, "__func__", type(self).process_request)
+        return mine is PreforkMixIn.process_request
 
     def service_actions(self) -> None:
         """Reap exited workers and restart them; collect ``handle_request()`` children.

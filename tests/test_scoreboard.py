@@ -13,7 +13,15 @@ import pytest
 
 from prefork import PreforkTCPServer
 from prefork.errors import PreforkError
-from prefork.scoreboard import DURATION_BUCKETS, HEADER_SIZE, SLOT_SIZE, Scoreboard, WorkerState
+from prefork.scoreboard import (
+    DURATION_BUCKETS,
+    HEADER_SIZE,
+    SLOT_SIZE,
+    Scoreboard,
+    WorkerState,
+    pack_busy,
+    pack_done,
+)
 from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
 from tests.test_server import serving
@@ -40,12 +48,19 @@ def test_slots_are_assigned_written_and_released() -> None:
         assert board.assign(2, 1) == 0  # a freed slot is reused
 
 
-def test_request_writers_write_what_the_methods_write() -> None:
+def test_request_stores_write_what_the_methods_write() -> None:
     with Scoreboard(4) as by_method, Scoreboard(4) as by_writer:
         for board in (by_method, by_writer):
             board.assign(0, 0)
             board.assign(1, 0)
-        started, finished = by_writer.request_writers(1)
+        memory, busy_at, done_at = by_writer.request_stores(1)
+
+        def started(now: float) -> None:
+            memory[busy_at] = pack_busy(now)
+
+        def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
+            memory[done_at] = pack_done(state, started, requests, busy)
+
         by_method.request_started(1)
         started(time.monotonic())
         busy, written = by_method.read(1), by_writer.read(1)
@@ -242,7 +257,14 @@ def test_stores_never_zero_what_they_overwrite() -> None:
     worker rewrites it."""
     with Scoreboard(1) as board:
         board.assign(0, 0)
-        started, finished = board.request_writers(0)
+        memory, busy_at, done_at = board.request_stores(0)
+
+        def started(now: float) -> None:
+            memory[busy_at] = pack_busy(now)
+
+        def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
+            memory[done_at] = pack_done(state, started, requests, busy)
+
         finished(WorkerState.IDLE, 0.0, 1000, 0.5)
         pid = os.fork()
         if pid == 0:  # the worker: rewrites its slot as fast as it can

@@ -234,6 +234,27 @@ def test_verify_request_is_trivial_only_without_networks_or_overrides() -> None:
             assert not server.verify_request_is_trivial(), cls
 
 
+def test_an_extended_process_request_is_still_called(tmp_path: Path) -> None:
+    """The workers call the worker class's process_request() themselves only where the
+    server's is the mixin's: an extension (calling super()) in the class or on the
+    instance still runs, in the worker."""
+    marks = tmp_path / "marks"
+
+    class Extending(PreforkTCPServer):
+        def process_request(self, request: Any, client_address: Any) -> None:
+            with open(marks, "a") as out:
+                out.write(f"{os.getpid()}\n")
+            super().process_request(request, client_address)
+
+    with PreforkTCPServer(("127.0.0.1", 0), PidEchoHandler) as plain:
+        assert plain.process_request_is_plain()
+    server = Extending(("127.0.0.1", 0), PidEchoHandler, workers=1)
+    assert not server.process_request_is_plain()
+    with serving(server, workers=1):
+        pid = request_line(address(server), b"hi\n").split()[0]
+    assert marks.read_text().split() == [pid.decode()]
+
+
 def test_handle_error_runs_in_the_worker_which_keeps_serving(tmp_path: Path) -> None:
     errors = tmp_path / "errors"
 

@@ -32,7 +32,7 @@ from prefork.messages import (
     WORKER_EXIT_OK,
     send_message,
 )
-from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState
+from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState, pack_busy, pack_done
 from prefork.workers.signals import HANDLED_SIGNALS, SignalHandling, default_signals
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
 from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter, accept_queued
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork")
 
 _IDLE, _STOPPING = WorkerState.IDLE, WorkerState.STOPPING
+_FASTEST = DURATION_BUCKETS[0]  # most requests: their bucket without a search
 
 #: A request already accepted and its client address (see :meth:`Worker.drain`).
 Accepted: TypeAlias = "tuple[_RequestType, _RetAddress]"
@@ -116,7 +117,6 @@ class Worker(SignalHandling):
         #: Requests processed so far, and the sum of their durations (seconds).
         self.requests = 0
         self.busy_seconds = 0.0
-        self._began = 0.0  # monotonic start of the request in progress (hooks overridden)
         self.reopen_logs = False  # USR1 arrived: reopen log files in the loop
         self.wakeup_fd = -1  # read end of this worker's wake-up pipe (signals, :meth:`wake`)
         self._wakeup_w = -1  # its write end
@@ -128,7 +128,10 @@ class Worker(SignalHandling):
         #: The ``blocking`` accept wait is in use: TERM must interrupt accept().
         self.blocking_accept = False
         # The scoreboard writes of the request path, bound to the slot.
-        self._slot_started, self._slot_finished = scoreboard.request_writers(slot)
+        # Where the request path writes the slot, inline (no call but the packing). Few
+        # attributes: over 30, an instance's attribute lookups get slower (CPython 3.11).
+        self._memory, self._busy_at, self._done_at = scoreboard.request_stores(slot)
+        self._timed = self.times_requests  # an instance attribute: quicker to read per request
         self._durations = scoreboard.durations(slot)
         # Neither hook overridden (the sync worker): handle_request() writes the slot itself,
         # two calls fewer per request (docs/performance.md).
@@ -192,6 +195,7 @@ class Worker(SignalHandling):
         self.server.post_fork(self)
         for server in self.servers:  # after post_fork(), which may set allow, deny, verify_request
             server.verifies_everyone = server.verify_request_is_trivial()
+            server.hands_over = server.process_request_is_plain()
 
     def wait_for_listeners(self, timeout: float | None = None, *, listen: bool = True) -> list[PoolServer]:
         """Wait until a listening socket of this worker is readable; return the servers whose
@@ -276,17 +280,18 @@ class Worker(SignalHandling):
             request, client_address = accepted
         started = monotonic()
         if self._plain_slot:
-            self._slot_started(started)
+            self._memory[self._busy_at] = pack_busy(started)
         else:
-            self._began = started
             self.request_started(request)
         processed = False
         try:
             if server.verifies_everyone or server.verify_request(request, client_address):
                 self.requests += 1
-                outcome = SERVED
                 try:
-                    server.process_request(request, client_address)
+                    if server.hands_over:  # what server.process_request() would do, a frame fewer
+                        self.process_request(server, request, client_address)
+                    else:
+                        server.process_request(request, client_address)
                     processed = True
                 except Exception as exc:
                     self.scoreboard.count_error(self.slot)
@@ -296,11 +301,12 @@ class Worker(SignalHandling):
                 except BaseException:
                     server.shutdown_request(request)
                     raise
-                if self.times_requests:
+                if self._timed:
                     elapsed = monotonic() - started
                     self.busy_seconds += elapsed
-                    self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
+                    self._durations[0 if elapsed <= _FASTEST else bisect_left(DURATION_BUCKETS, elapsed)] += 1
                     if server.access is not None:
+                        outcome = SERVED if processed else outcome  # set by the except clause
                         server.access.record(client_address, self.number, self.pid, elapsed, outcome)
             else:
                 self.scoreboard.count_denied(self.slot)
@@ -312,7 +318,8 @@ class Worker(SignalHandling):
             if self.max_requests:
                 self.check_max_requests()
             if self._plain_slot:
-                self._slot_finished(_IDLE if self.alive else _STOPPING, 0.0, self.requests, self.busy_seconds)
+                done = pack_done(_IDLE if self.alive else _STOPPING, 0.0, self.requests, self.busy_seconds)
+                self._memory[self._done_at] = done
             else:
                 self.request_returned(request, processed)
         return True
@@ -331,7 +338,7 @@ class Worker(SignalHandling):
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
         be overridden (the ``thread`` worker counts requests in flight)."""
-        self._slot_started(self._began)
+        self._memory[self._busy_at] = pack_busy(monotonic())
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when
@@ -340,7 +347,7 @@ class Worker(SignalHandling):
         with the count of requests. Runs in the worker. May be overridden (the ``thread``
         worker's requests go on in a handler thread)."""
         state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-        self._slot_finished(state, 0.0, self.requests, self.busy_seconds)
+        self._memory[self._done_at] = pack_done(state, 0.0, self.requests, self.busy_seconds)
 
     def accept_failed(self, error: OSError, woken: bool) -> None:
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
@@ -370,8 +377,8 @@ def leave_pool(worker: Worker) -> None:
     worker.alive = False
     worker.forked = True
     worker.scoreboard.detach()
-    worker._slot_started, worker._slot_finished = worker.scoreboard.request_writers(worker.slot)
     worker._durations = worker.scoreboard.durations(worker.slot)
+    worker._memory, worker._busy_at, worker._done_at = worker.scoreboard.request_stores(worker.slot)
     default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
     if worker._waiter is not None:  # closed, not emptied: its epoll is the worker's too
         worker._waiter.close()
