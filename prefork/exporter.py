@@ -133,7 +133,8 @@ def _init_signals() -> None:
         for sig in ignored:
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(
-            signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, *ignored)
+            signal.SIG_UNBLOCK,
+            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, *ignored),
         )
 
 

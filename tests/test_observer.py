@@ -179,3 +179,27 @@ def test_ctl_upgrade_hands_the_metrics_address_to_the_new_master(
     assert "cannot serve metrics" not in server.log and "cannot use control socket" not in server.log
     assert ctl.call(control, {"command": "status"})["status"]["master_pid"] == new
     os.unlink(control)
+
+
+@pytest.mark.timeout(40)
+def test_the_exporter_reopens_its_log_on_usr1_and_is_not_restarted_while_stopping(
+    serve_cli: Serve, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "prefork.log"
+    server = serve_cli("--workers", "1", "--metrics", "127.0.0.1:0", "--log-file", str(log_file), wait=False)
+    wait_for(lambda: log_file.exists() and "Metrics at" in log_file.read_text(), timeout=10)
+    exporter = wait_for(
+        lambda: [p for p in group_processes(server.pid) if "prefork: metrics" in " ".join(p.cmdline())]
+    )[0]
+
+    def exporter_writes_to(path: Path) -> bool:
+        inode = path.stat().st_ino
+        return any(os.stat(f"/proc/{exporter.pid}/fd/{fd}").st_ino == inode for fd in (1, 2))
+
+    assert exporter_writes_to(log_file)
+    os.rename(log_file, tmp_path / "prefork.log.1")
+    server.signal(signal.SIGUSR1)  # the master reopens its log and forwards USR1 to the exporter
+    wait_for(lambda: log_file.exists() and exporter_writes_to(log_file), timeout=10)
+    os.killpg(server.pid, signal.SIGTERM)  # a TERM to the whole group, as a terminal or systemd sends
+    assert server.wait(15) == 0
+    assert "restarting it" not in log_file.read_text()  # stopping: the exporter is not forked again
