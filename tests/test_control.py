@@ -9,6 +9,8 @@ import resource
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -283,3 +285,32 @@ def test_running_out_of_descriptors_pauses_the_control_socket_without_spinning(
         for sock in clients:
             sock.close()
     assert wait_for(lambda: status(unix_path))["master_pid"] == server.pid  # accepting again
+
+
+@pytest.mark.timeout(60)
+def test_prefork_status_and_ctl_find_a_server_started_with_no_flags(serve_cli: Serve) -> None:
+    """The commands an operator runs, as processes: the server is found in the runtime
+    directory by its pid (other tests' servers may be there too)."""
+    server = serve_cli(ECHO, "--workers", "2")
+    wait_pool(server.pid, 2)
+    command = [sys.executable, "-m", "prefork"]
+    shown = subprocess.run(
+        [*command, "status", "--pid", str(server.pid), "--json"], capture_output=True, timeout=20
+    )
+    assert shown.returncode == 0, shown.stderr
+    snapshot = json.loads(shown.stdout)
+    assert snapshot["master_pid"] == server.pid and len(snapshot["workers"]) == 2
+    assert all(worker["rss"] > 0 for worker in snapshot["workers"])  # psutil, read by the client
+    table = subprocess.run(
+        [*command, "status", "--pid", str(server.pid), "--interval", "0.2"], capture_output=True, timeout=20
+    )
+    assert table.returncode == 0 and f"master pid {server.pid}" in table.stdout.decode()
+    done = subprocess.run(
+        [*command, "ctl", "--pid", str(server.pid), "workers", "3"], capture_output=True, timeout=20
+    )
+    assert done.returncode == 0 and b"3 workers" in done.stdout
+    wait_pool(server.pid, 3)
+    refused = subprocess.run(
+        [*command, "ctl", "--pid", str(server.pid), "workers", "100000"], capture_output=True, timeout=20
+    )
+    assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1
