@@ -39,6 +39,7 @@ def storm(server: CLIServer, name: str) -> None:
     wait_pool(server.pid, WORKERS)
     rng = random.Random(3)
     refills: list[float] = []
+    vanished: list[int] = []  # chosen, but gone before the kill (seen once in CI; why is logged)
     with LoadProcess(server.address, concurrency=8, timeout=10, max_seconds=STORM_SECONDS + 30) as load:
         load.wait_started()
         workers = wait_pool(server.pid, WORKERS)
@@ -48,7 +49,12 @@ def storm(server: CLIServer, name: str) -> None:
             time.sleep(max(0.0, next_kill - time.monotonic()))
             victim = rng.choice(sorted(workers))
             killed_at = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:  # it exited by itself: reported below, not a refill
+                vanished.append(victim)
+                workers = wait_pool(server.pid, WORKERS, timeout=10, without={victim})
+                continue
             workers = wait_pool(server.pid, WORKERS, timeout=10, without={victim})
             refills.append(time.monotonic() - killed_at)
             next_kill = max(next_kill + KILL_EVERY, time.monotonic())
@@ -74,7 +80,10 @@ def storm(server: CLIServer, name: str) -> None:
         p90=spread["p90"],
         kills=kills,
         late=late,
+        vanished=len(vanished),
     )
+    for pid in vanished:  # the master's lines about it: how it ended
+        print(f"vanished worker {pid}:", [line.strip() for line in server.lines if f"pid {pid}" in line])
     assert result.failed <= kills
     assert result.ok > 10 * kills  # the load really ran through the storm
     assert kills >= 0.8 * STORM_SECONDS / KILL_EVERY
