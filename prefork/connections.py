@@ -219,7 +219,7 @@ def _idle_since_connect(sock: socket.socket) -> bool:
     retransmitted: int
     acked: int
     received: int
-    (unacked,) = struct.unpack_from("=I", info, _TCP_INFO_UNACKED)
+    (unacked,) = struct.unpack_from("=I", info, TCP_INFO_UNACKED)
     (retransmitted,) = struct.unpack_from("=I", info, _TCP_INFO_TOTAL_RETRANS)
     acked, received = struct.unpack_from("=QQ", info, _TCP_INFO_BYTES_ACKED)
     if unacked or acked or received:  # it sent, or we did (acknowledged or still in flight)
@@ -231,7 +231,9 @@ def _idle_since_connect(sock: socket.socket) -> bool:
 #: ``tcpi_total_retrans`` (a child socket starts with
 #: its request's SYN-ACK retransmissions) and ``tcpi_bytes_acked`` (then
 #: ``tcpi_bytes_received``), and the size read (up to ``tcpi_segs_in``).
-_TCP_INFO_UNACKED = 24
+#: Offset of ``tcpi_unacked`` in ``struct tcp_info`` (then ``tcpi_sacked``): on a listening
+#: socket, the accept queue's length (and its limit).
+TCP_INFO_UNACKED = 24
 _TCP_INFO_TOTAL_RETRANS = 100
 _TCP_INFO_BYTES_ACKED = 120
 _TCP_INFO_SIZE = 144

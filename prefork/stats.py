@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from prefork.connections import TCP_INFO_UNACKED
 from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState, WorkerStats
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 #: The version of the snapshot's schema (its "prefork" field).
 SCHEMA = 1
 
-# struct tcp_info (linux/tcp.h): tcpi_state is byte 0; on a listening socket tcpi_unacked
-# (offset 24) is the accept queue's length and tcpi_sacked (offset 28) its limit (the backlog).
+# struct tcp_info (linux/tcp.h): tcpi_state is byte 0; on a listening socket tcpi_unacked is
+# the accept queue's length and tcpi_sacked, next, its limit (the backlog).
 _TCP_LISTEN = 10
 _LISTEN_QUEUE = struct.Struct("=II")
 
@@ -152,6 +153,6 @@ def listen_queue(sockets: Iterable[socket.socket]) -> tuple[int | None, int | No
             continue
         if len(info) < 32 or info[0] != _TCP_LISTEN:
             continue
-        queued, backlog = _LISTEN_QUEUE.unpack_from(info, 24)
+        queued, backlog = _LISTEN_QUEUE.unpack_from(info, TCP_INFO_UNACKED)
         length, limit, known = length + queued, limit + backlog, True
     return (length, limit) if known else (None, None)

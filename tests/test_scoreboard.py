@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ from prefork.scoreboard import (
 from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
 from tests.test_server import serving
+
+
+def inline_writers(
+    board: Scoreboard, slot: int
+) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int, float], None]]:
+    """The request path's two writes of ``slot``, as a worker makes them inline."""
+    memory, busy_at, done_at = board.request_stores(slot)
+
+    def started(now: float) -> None:
+        memory[busy_at] = pack_busy(now)
+
+    def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
+        memory[done_at] = pack_done(state, started, requests, busy)
+
+    return started, finished
 
 
 def test_slots_are_assigned_written_and_released() -> None:
@@ -53,13 +69,7 @@ def test_request_stores_write_what_the_methods_write() -> None:
         for board in (by_method, by_writer):
             board.assign(0, 0)
             board.assign(1, 0)
-        memory, busy_at, done_at = by_writer.request_stores(1)
-
-        def started(now: float) -> None:
-            memory[busy_at] = pack_busy(now)
-
-        def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
-            memory[done_at] = pack_done(state, started, requests, busy)
+        started, finished = inline_writers(by_writer, 1)
 
         by_method.request_started(1)
         started(time.monotonic())
@@ -257,13 +267,7 @@ def test_stores_never_zero_what_they_overwrite() -> None:
     worker rewrites it."""
     with Scoreboard(1) as board:
         board.assign(0, 0)
-        memory, busy_at, done_at = board.request_stores(0)
-
-        def started(now: float) -> None:
-            memory[busy_at] = pack_busy(now)
-
-        def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
-            memory[done_at] = pack_done(state, started, requests, busy)
+        started, finished = inline_writers(board, 0)
 
         finished(WorkerState.IDLE, 0.0, 1000, 0.5)
         pid = os.fork()
