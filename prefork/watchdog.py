@@ -125,6 +125,6 @@ class Watchdog:
                 deadlines.append(record.spawned_at + limit)
                 continue
             stats = self.read_slot(record.slot)
-            if stats.state is WorkerState.BUSY and stats.request_started:
+            if stats.state is WorkerState.BUSY and stats.request_started >= 1.0:  # see busy_for
                 deadlines.append(stats.request_started + limit)
         return deadlines
