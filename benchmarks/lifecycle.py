@@ -46,7 +46,8 @@ from typing import Any
 
 from apps import harness
 
-from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.figures import WorkerState
+from prefork.scoreboard import Scoreboard
 
 CONTENDERS = ("prefork", "prefork-preload", "gunicorn")
 POLL = 0.0005

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import exposition as _exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from prefork.scoreboard import RESTART_CAUSES  # each cause of prefork_worker_restarts_total, always exported
+from prefork.figures import RESTART_CAUSES  # each cause of prefork_worker_restarts_total, always exported
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,12 @@ from prefork.config import usable_cpus
 from prefork.contract import PoolServer, pool_servers
 from prefork.errors import WorkerBootError
 from prefork.events import MasterEvents, Message
+from prefork.figures import WorkerState
 from prefork.messages import BOOT_ERROR, READY, describe_exit
 from prefork.observer import Observer
 from prefork.pool import BootBackoff, BootVerdict, Pool, WorkerRecord, judge_boot_failure
 from prefork.process import MasterProcess
-from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.scoreboard import Scoreboard
 from prefork.signals import SignalQueue
 from prefork.spawn import Spawner
 from prefork.watchdog import Watchdog

@@ -26,11 +26,12 @@ from prefork.contract import PoolServer
 from prefork.control import Command, ControlServer
 from prefork.errors import PreforkError
 from prefork.events import MasterEvents
+from prefork.figures import WorkerStats
 from prefork.logs import flush_std_streams
 from prefork.messages import describe_exit
 from prefork.metricsregion import MetricsRegion
 from prefork.pool import WorkerRecord
-from prefork.scoreboard import Scoreboard, WorkerStats
+from prefork.scoreboard import Scoreboard
 from prefork.signals import SIGNALS
 
 log = logging.getLogger("prefork")

@@ -35,30 +35,24 @@ Slot layout (256 bytes, native byte order; the totals slot has the same layout):
 
 A reader may see a slot while its worker writes it; each field is written whole, but two
 fields may be from two moments (a stats view, not a lock).
+
+The records read out of it (:class:`~prefork.figures.WorkerStats`, :class:`~prefork.figures.PoolFigures`)
+are in :mod:`prefork.figures`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import functools
 import mmap
 import os
 import struct
 import time
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from prefork.errors import PreforkError
+from prefork.figures import DURATION_BUCKETS, RESTART_CAUSES, PoolFigures, WorkerState, WorkerStats
 from prefork.pidfile import create_beside
-
-#: Upper bounds (seconds) of the request-duration histogram's buckets, then +Inf: the
-#: Prometheus client's default buckets.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Why a worker left the pool to be replaced (or not: resize), as counted in the header.
-#: "external": a clean exit the master did not ask for (a TERM from outside, the handler
-#: exiting with status 0).
-RESTART_CAUSES = ("crash", "request_timeout", "memory", "max_requests", "reload", "resize", "external")
 
 #: Bytes per worker slot, and of the header before the totals slot.
 SLOT_SIZE = 256
@@ -83,55 +77,13 @@ _COUNTERS = struct.Struct(f"=QdQ8xQ{len(DURATION_BUCKETS) + 1}Q")
 _SLOT = struct.Struct(f"=iiiB3xdQdQdQ{len(DURATION_BUCKETS) + 1}Q")
 _PID = struct.Struct("=i")  # offset 0
 _IDENTITY = struct.Struct("=iiiB")  # pid, number, generation, state (offset 0)
-_BUSY = struct.Struct("=B3xd")  # state, request_started (offset 12)
+_STARTED = struct.Struct("=d")  # request_started (offset 16: one aligned 8-byte store)
+_TALLY = struct.Struct("=Qd")  # requests, busy_seconds (offset 24)
 _DONE = struct.Struct("=B3xdQd")  # state, request_started, requests, busy_seconds (offset 12)
 _DENIED = 40
 _BOOTED = struct.Struct("=d")  # offset 48
 _ERRORS = 56
 _DURATIONS = 64
-
-
-class WorkerState(enum.IntEnum):
-    """The state of a worker in its slot (EMPTY: the slot is free)."""
-
-    EMPTY = 0
-    STARTING = 1  # forked, not ready yet
-    IDLE = 2  # waiting for a request
-    BUSY = 3  # processing a request since request_started
-    STOPPING = 4  # told to stop, or leaving by itself (recycling)
-
-
-class WorkerStats(NamedTuple):
-    """A copy of one worker's slot, read by :meth:`Scoreboard.read` or :meth:`Scoreboard.slots`.
-
-    ``request_started`` is a ``time.monotonic()`` value (0.0 when not busy), ``booted_at`` a
-    ``time.time()`` value (0.0 while starting); ``requests`` counts requests processed,
-    ``denied`` connections refused by ``verify_request``, ``errors`` the requests whose
-    processing raised (``handle_error`` calls); ``busy_seconds`` is the sum of the requests'
-    durations and ``durations`` their count per bucket of :data:`DURATION_BUCKETS`, then +Inf
-    (not cumulative).
-    """
-
-    slot: int
-    pid: int
-    number: int
-    generation: int
-    state: WorkerState
-    requests: int
-    denied: int
-    request_started: float
-    booted_at: float
-    errors: int = 0
-    busy_seconds: float = 0.0
-    durations: tuple[int, ...] = ()
-
-    def busy_for(self, now: float | None = None) -> float:
-        """Seconds this worker has been processing its current request (0.0 if not busy)."""
-        # Below 1 s: a start being written (the memcpy's first 8-byte store, state and the low
-        # half of the time, seen before its second): not busy yet, never a huge age.
-        if self.state is not WorkerState.BUSY or self.request_started < 1.0:
-            return 0.0
-        return max(0.0, (time.monotonic() if now is None else now) - self.request_started)
 
 
 class Scoreboard:
@@ -373,7 +325,9 @@ class Scoreboard:
 
     def request_started(self, slot: int) -> None:
         """Mark ``slot`` BUSY since now. Runs in the worker, on the request path."""
-        _store(self._memory, _offset(slot) + 12, _BUSY, WorkerState.BUSY, time.monotonic())
+        offset = _offset(slot)
+        _store(self._memory, offset + 16, _STARTED, time.monotonic())  # the time, then the state:
+        self._memory[offset + 12] = WorkerState.BUSY  # a reader never sees BUSY with a torn time
 
     def request_finished(
         self, slot: int, requests: int, state: WorkerState = WorkerState.IDLE, busy_seconds: float = 0.0
@@ -382,13 +336,15 @@ class Scoreboard:
         busy ``busy_seconds`` seconds in all. Runs in the worker, on the request path."""
         _store(self._memory, _offset(slot) + 12, _DONE, state, 0.0, requests, busy_seconds)
 
-    def request_stores(self, slot: int) -> tuple[mmap.mmap, slice, slice]:
-        """Where the request path's two writes of ``slot`` go, for a worker that makes them
-        inline (no call but the packing): ``memory[busy_at] = pack_busy(now)`` and
-        ``memory[done_at] = pack_done(state, 0.0, requests, busy_seconds)``. Runs in the
-        worker; after :meth:`detach`, ask again."""
+    def request_stores(self, slot: int) -> tuple[mmap.mmap, slice, int, slice]:
+        """Where the request path's writes of ``slot`` go, for a worker that makes them inline
+        (no call but the packing): ``(memory, started_at, state_at, done_at)``; a request
+        starts with ``memory[started_at] = pack_started(now)`` then ``memory[state_at] =
+        WorkerState.BUSY`` (in that order: the time is one aligned 8-byte store, written
+        before the state says BUSY), and ends with ``memory[done_at] = pack_done(state, 0.0,
+        requests, busy_seconds)``. Runs in the worker; after :meth:`detach`, ask again."""
         offset = _offset(slot) + 12
-        return self._memory, slice(offset, offset + _BUSY.size), slice(offset, offset + _DONE.size)
+        return self._memory, slice(offset + 4, offset + 12), offset, slice(offset, offset + _DONE.size)
 
     def durations(self, slot: int) -> memoryview:
         """The request-duration counts of ``slot`` as a writable memoryview of uint64, one per
@@ -403,7 +359,10 @@ class Scoreboard:
         """Mark ``slot`` BUSY since ``started`` (a ``time.monotonic()`` value: the oldest
         request still in flight) with ``requests`` served so far, busy ``busy_seconds`` in
         all. Runs in the worker (the ``thread`` worker, whose requests overlap)."""
-        _store(self._memory, _offset(slot) + 12, _DONE, WorkerState.BUSY, started, requests, busy_seconds)
+        offset = _offset(slot)
+        _store(self._memory, offset + 16, _STARTED, started)  # as request_started: time, then state
+        self._memory[offset + 12] = WorkerState.BUSY
+        _store(self._memory, offset + 24, _TALLY, requests, busy_seconds)
 
     def count_denied(self, slot: int) -> None:
         """Add one connection refused by ``verify_request`` to ``slot``. Runs in the worker."""
@@ -418,29 +377,13 @@ class Scoreboard:
         _store(self._memory, offset, _U64, _U64.unpack_from(self._memory, offset)[0] + 1)
 
 
-class PoolFigures(NamedTuple):
-    """What the master keeps in the scoreboard's header (:meth:`Scoreboard.pool`):
-    ``master_pid``, ``generation``, ``workers_wanted``, ``started_at`` (``time.time()``),
-    the listen queue's ``listen_queue_length`` and ``listen_queue_limit`` (connections; None:
-    unknown), ``restarts`` (count per cause of :data:`RESTART_CAUSES`) and ``boot_failures``."""
-
-    master_pid: int
-    generation: int
-    workers_wanted: int
-    started_at: float
-    listen_queue_length: int | None
-    listen_queue_limit: int | None
-    restarts: dict[str, int]
-    boot_failures: int
-
-
 def _offset(slot: int) -> int:
     return _FIRST_SLOT + slot * SLOT_SIZE
 
 
-#: The request path's packings (see :meth:`Scoreboard.request_stores`): BUSY since ``now``;
+#: The request path's packings (see :meth:`Scoreboard.request_stores`): the start ``now``;
 #: ``state``, not busy, ``requests`` and ``busy_seconds`` in all.
-pack_busy: Callable[[float], bytes] = functools.partial(_BUSY.pack, WorkerState.BUSY)
+pack_started: Callable[[float], bytes] = _STARTED.pack
 pack_done: Callable[[WorkerState, float, int, float], bytes] = _DONE.pack
 
 

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prefork.connections import TCP_INFO_UNACKED
-from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState, WorkerStats
+from prefork.figures import DURATION_BUCKETS, WorkerState, WorkerStats
+from prefork.scoreboard import Scoreboard
 
 if TYPE_CHECKING:
     from prefork.pool import WorkerRecord
@@ -118,7 +119,7 @@ def add_process_info(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def exit_cause(record: WorkerRecord, code: int, held: WorkerStats) -> str | None:
-    """Why a reaped worker left the pool, one of :data:`~prefork.scoreboard.RESTART_CAUSES`,
+    """Why a reaped worker left the pool, one of :data:`~prefork.figures.RESTART_CAUSES`,
     or None when the pool is stopping (not a restart). ``record`` is the master's record,
     ``code`` the exit code (``os.waitstatus_to_exitcode``), ``held`` its slot at the end:
     aborted after ``request_timeout``; stopped by the master for a reload, a resize or its

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from prefork.figures import WorkerState, WorkerStats
 from prefork.pool import WorkerRecord
-from prefork.scoreboard import WorkerState, WorkerStats
 
 #: Seconds between two checks of the workers' memory (max_worker_memory).
 MEMORY_CHECK_INTERVAL = 1.0

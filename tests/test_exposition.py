@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as ParsedSample
 
 from prefork.exposition import CONTENT_TYPE, WORKER_STATES, render
-from prefork.scoreboard import RESTART_CAUSES
+from prefork.figures import RESTART_CAUSES
 from tests.exporter_child import Family, Sample, make_families, make_snapshot
 
 

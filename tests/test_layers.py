@@ -74,6 +74,7 @@ ORDER = (
     "prefork.metrics",
     "prefork.metricsregion",
     "prefork.scoreboard",
+    "prefork.figures",
     "prefork.runtime",
     "prefork.systemd",
     "prefork.pidfile",

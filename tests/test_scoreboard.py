@@ -14,15 +14,8 @@ import pytest
 
 from prefork import PreforkTCPServer
 from prefork.errors import PreforkError
-from prefork.scoreboard import (
-    DURATION_BUCKETS,
-    HEADER_SIZE,
-    SLOT_SIZE,
-    Scoreboard,
-    WorkerState,
-    pack_busy,
-    pack_done,
-)
+from prefork.figures import DURATION_BUCKETS, WorkerState
+from prefork.scoreboard import HEADER_SIZE, SLOT_SIZE, Scoreboard, pack_done, pack_started
 from tests.conftest import address, request_line, wait_for
 from tests.handlers import PidEchoHandler
 from tests.test_server import serving
@@ -32,10 +25,11 @@ def inline_writers(
     board: Scoreboard, slot: int
 ) -> tuple[Callable[[float], None], Callable[[WorkerState, float, int, float], None]]:
     """The request path's two writes of ``slot``, as a worker makes them inline."""
-    memory, busy_at, done_at = board.request_stores(slot)
+    memory, started_at, state_at, done_at = board.request_stores(slot)
 
     def started(now: float) -> None:
-        memory[busy_at] = pack_busy(now)
+        memory[started_at] = pack_started(now)
+        memory[state_at] = WorkerState.BUSY
 
     def finished(state: WorkerState, started: float, requests: int, busy: float) -> None:
         memory[done_at] = pack_done(state, started, requests, busy)
@@ -288,3 +282,19 @@ def test_stores_never_zero_what_they_overwrite() -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         assert reads > 1000 and torn == 0, f"{torn} of {reads} reads saw a zeroed slot"
+
+
+def test_a_request_start_is_one_aligned_store_written_before_the_state() -> None:
+    # The start time is one aligned 8-byte store (never torn), and request_started writes it
+    # before the state: a reader that sees BUSY sees the whole time.
+    with Scoreboard(4) as board:
+        slot = board.assign(0, 0)
+        assert slot is not None
+        memory, started_at, state_at, _ = board.request_stores(slot)
+        assert started_at.start % 8 == 0 and started_at.stop - started_at.start == 8
+        assert memory[state_at] == WorkerState.STARTING
+        memory[started_at] = pack_started(12345.5)
+        assert board.read(slot).state is WorkerState.STARTING  # the time alone says nothing
+        memory[state_at] = WorkerState.BUSY
+        stats = board.read(slot)
+        assert stats.state is WorkerState.BUSY and stats.request_started == 12345.5

@@ -3,8 +3,8 @@ fake memory readings: no fork, no clock."""
 
 from __future__ import annotations
 
+from prefork.figures import WorkerState, WorkerStats
 from prefork.pool import WorkerRecord
-from prefork.scoreboard import WorkerState, WorkerStats
 from prefork.watchdog import MEMORY_CHECK_INTERVAL, Watchdog
 
 MiB = 2**20

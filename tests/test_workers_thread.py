@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from prefork import PreforkHTTPServer, PreforkTCPServer
-from prefork.scoreboard import WorkerState, WorkerStats
+from prefork.figures import WorkerState, WorkerStats
 from prefork.workers import ThreadWorker
 from prefork.workers.waiting import ACCEPT_WAITS
 from tests.conftest import CLIServer, address, request_line, wait_for

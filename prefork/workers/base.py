@@ -24,6 +24,7 @@ import setproctitle
 
 from prefork.accesslog import DENIED, SERVED, outcome_of
 from prefork.contract import pool_servers
+from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.logs import set_worker
 from prefork.messages import (
     BOOT_ERROR,
@@ -32,7 +33,7 @@ from prefork.messages import (
     WORKER_EXIT_OK,
     send_message,
 )
-from prefork.scoreboard import DURATION_BUCKETS, Scoreboard, WorkerState, pack_busy, pack_done
+from prefork.scoreboard import Scoreboard, pack_done, pack_started
 from prefork.workers.signals import HANDLED_SIGNALS, SignalHandling, default_signals
 from prefork.workers.user import boot_error_text, prepare_user_switch, switch_user
 from prefork.workers.waiting import ACCEPT_RESOURCE_ERRNOS, AcceptPause, ListenerWaiter, accept_queued
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork")
 
-_IDLE, _STOPPING = WorkerState.IDLE, WorkerState.STOPPING
+_IDLE, _STOPPING, _BUSY = WorkerState.IDLE, WorkerState.STOPPING, int(WorkerState.BUSY)
 _FASTEST = DURATION_BUCKETS[0]  # most requests: their bucket without a search
 
 #: A request already accepted and its client address (see :meth:`Worker.drain`).
@@ -130,7 +131,7 @@ class Worker(SignalHandling):
         # The scoreboard writes of the request path, bound to the slot.
         # Where the request path writes the slot, inline (no call but the packing). Few
         # attributes: over 30, an instance's attribute lookups get slower (CPython 3.11).
-        self._memory, self._busy_at, self._done_at = scoreboard.request_stores(slot)
+        self._memory, self._started_at, self._state_at, self._done_at = scoreboard.request_stores(slot)
         self._timed = self.times_requests  # an instance attribute: quicker to read per request
         self._durations = scoreboard.durations(slot)
         # Neither hook overridden (the sync worker): handle_request() writes the slot itself,
@@ -280,7 +281,9 @@ class Worker(SignalHandling):
             request, client_address = accepted
         started = monotonic()
         if self._plain_slot:
-            self._memory[self._busy_at] = pack_busy(started)
+            memory = self._memory  # the time, then the state (Scoreboard.request_stores)
+            memory[self._started_at] = pack_started(started)
+            memory[self._state_at] = _BUSY
         else:
             self.request_started(request)
         processed = False
@@ -338,7 +341,8 @@ class Worker(SignalHandling):
     def request_started(self, request: _RequestType) -> None:
         """A request was accepted: the scoreboard slot becomes BUSY. Runs in the worker. May
         be overridden (the ``thread`` worker counts requests in flight)."""
-        self._memory[self._busy_at] = pack_busy(monotonic())
+        self._memory[self._started_at] = pack_started(monotonic())
+        self._memory[self._state_at] = _BUSY
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when
@@ -378,7 +382,9 @@ def leave_pool(worker: Worker) -> None:
     worker.forked = True
     worker.scoreboard.detach()
     worker._durations = worker.scoreboard.durations(worker.slot)
-    worker._memory, worker._busy_at, worker._done_at = worker.scoreboard.request_stores(worker.slot)
+    worker._memory, worker._started_at, worker._state_at, worker._done_at = worker.scoreboard.request_stores(
+        worker.slot
+    )
     default_signals((*HANDLED_SIGNALS, *worker.IGNORED_SIGNALS))
     if worker._waiter is not None:  # closed, not emptied: its epoll is the worker's too
         worker._waiter.close()

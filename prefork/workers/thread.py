@@ -34,8 +34,8 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 from prefork.accesslog import SERVED, outcome_of
+from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.messages import WORKER_EXIT_ERROR, WORKER_EXIT_OK
-from prefork.scoreboard import DURATION_BUCKETS, WorkerState
 from prefork.workers.base import Worker
 
 if TYPE_CHECKING:
