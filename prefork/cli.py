@@ -49,6 +49,7 @@ from prefork.server import (
     PreforkUnixStreamServer,
 )
 from prefork.sockets import Address, inherited_sockets, is_http_handler, parse_address
+from prefork.spawn import pause_gc
 from prefork.target import check_target, load_target, reimporting
 
 if TYPE_CHECKING:
@@ -293,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: type[socketserver.BaseRequestHandler]
         pool_class: type[PreforkMixIn] | None = None
         if args.target:
+            if args.preload and settings.get("gc_freeze", config.GC_FREEZE.default):
+                pause_gc()  # until the first fork: see prefork.spawn
             handler = load_target(args.target) if args.preload else check_target(args.target)
         else:
             from prefork.demo import DemoHandler  # imports http.server: only when it is served

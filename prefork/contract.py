@@ -42,6 +42,8 @@ class PoolServer(Protocol):
     request_queue_size: int
     # The settings the master and the workers read (prefork.config declares each one).
     workers: int | None
+    min_workers: int | None
+    max_workers: int | None
     worker_class: str
     threads: int
     accept: str
@@ -51,6 +53,7 @@ class PoolServer(Protocol):
     max_requests: int
     max_requests_jitter: int
     max_worker_memory: int
+    gc_freeze: bool
     scoreboard_file: str | None
     socket_timeout: float
     read_min_rate: int

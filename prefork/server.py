@@ -80,6 +80,8 @@ class PreforkMixIn(_Base):
     """
 
     workers: int | None = config.WORKERS.default
+    min_workers: int | None = config.MIN_WORKERS.default
+    max_workers: int | None = config.MAX_WORKERS.default
     worker_class: str = config.WORKER_CLASS.default
     threads: int = config.THREADS.default
     accept: str = config.ACCEPT.default
@@ -89,6 +91,7 @@ class PreforkMixIn(_Base):
     max_requests: int = config.MAX_REQUESTS.default
     max_requests_jitter: int = config.MAX_REQUESTS_JITTER.default
     max_worker_memory: int = config.MAX_WORKER_MEMORY.default
+    gc_freeze: bool = config.GC_FREEZE.default
     scoreboard_file: str | None = config.SCOREBOARD_FILE.default
     request_queue_size: int = config.REQUEST_QUEUE_SIZE.default
     socket_timeout: float = config.SOCKET_TIMEOUT.default

@@ -6,10 +6,18 @@ The master decides which workers to fork (:meth:`Master.spawn_missing
 descriptors, then builds and runs the worker object in
 :func:`run_forked`, which never returns) and, in the master, the
 record of the new process and the pidfd that wakes the loop when it exits.
+
+With the ``gc_freeze`` setting (the default) the master follows CPython's advice for fork
+without exec (the ``gc`` module's docs): the collector is paused while ``--preload`` imports
+TARGET (:func:`pause_gc`: no holes freed in pages the workers will share), everything is
+frozen right before each fork (:func:`freeze_gc`: a worker's collections never write to the
+objects it shares with the master), and the collector resumes after the first fork in the
+master and in the child.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -30,6 +38,37 @@ from prefork.sockets import ReuseportSockets
 from prefork.workers import WORKER_CLASSES, Worker
 
 log = logging.getLogger("prefork")
+
+#: The collector was paused by :func:`pause_gc` and not resumed yet (in this process).
+_gc_paused = False
+
+
+def pause_gc() -> None:
+    """Pause the garbage collector (if it runs) until the next fork, for the ``gc_freeze``
+    setting: called before ``--preload`` imports TARGET. Runs in the master."""
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+
+
+def freeze_gc() -> None:
+    """Move every object tracked by the collector to its permanent generation
+    (``gc.freeze()``) right before a fork, after collecting what the master made since an
+    earlier freeze (its own garbage, young: the frozen objects are not looked at). Runs in
+    the master, for the ``gc_freeze`` setting."""
+    if gc.get_freeze_count():
+        gc.collect()
+    gc.freeze()
+
+
+def resume_gc() -> None:
+    """Resume the collector if :func:`pause_gc` paused it. Runs right after a fork, in the
+    master and in the child."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.enable()
 
 
 class Spawner:
@@ -90,6 +129,8 @@ class Spawner:
         # (Worker.init_signals unblocks them): else a TERM to a booting worker runs the
         # master's handler in it, and is lost until graceful_timeout SIGKILLs the worker.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # every one the master handles
+        if self.server.gc_freeze:
+            freeze_gc()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -99,6 +140,7 @@ class Spawner:
             return None
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            resume_gc()
         else:  # the worker: never returns
             run_forked(
                 number,
@@ -145,6 +187,7 @@ class Spawner:
         <prefork.events.MasterEvents.close_in_worker>`) and the other workers' reuseport
         sockets; with reuseport, the worker accepts on ``own``, its sockets. Then, in a
         worker, :attr:`in_child` with its ``slot``."""
+        resume_gc()
         if self.reuseport is not None:
             self.reuseport.use_in_worker(own)
         signal.set_wakeup_fd(-1)

@@ -10,17 +10,23 @@ Errors say why in one line (:class:`~prefork.command.UsageError`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import importlib.machinery
 import importlib.util
+import json
 import os
+import select
+import signal
 import socketserver
 import sys
+import time
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefork.command import UsageError
+from prefork.logs import flush_std_streams
 from prefork.server import PreforkMixIn
+from prefork.sockets import is_http_handler
 
 if TYPE_CHECKING:
     from prefork.workers.base import Worker
@@ -82,32 +88,117 @@ def _find_handler(module: Any, target: str) -> Any:
     return found[0]
 
 
+#: Seconds the check of TARGET (its import in a short-lived child) may take.
+CHECK_TIMEOUT = 300.0
+#: The most bytes of facts the checking child may send.
+_MAX_FACTS = 1 << 20
+
+
 def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
-    """Import the handler class named by ``target`` as :func:`load_target`, then forget the
-    modules that import added (``sys.modules``), so that workers import them afresh.
+    """Check that ``target`` loads (as :func:`load_target`) without keeping any of it here:
+    the import runs in a short-lived child process, which sends back only the facts the
+    master needs (the handler's name, the kind of handler, the standard library modules it
+    imported), so the master stays as small as Python with prefork imported, and each
+    worker imports TARGET afresh (``post_fork()``: a HUP serves edited code).
 
-    The standard library's modules stay (they cannot change without a new interpreter, which
-    takes a USR2 upgrade), so a worker imports only the user's and third-party modules: the
-    target's own code and its packages are fresh after a HUP, and a worker's boot does not
-    pay for ``http.server`` or ``email`` again. Extension and built-in modules stay too: most
-    cannot be initialised twice in one process. Module-level code of the target has run in
-    the master, once. Runs in the master, without ``--preload``. Raises UsageError saying why
-    the target cannot be loaded.
+    Returns a stand-in for the handler class, of the same kind (a subclass of the
+    ``http.server``, stream, datagram or base handler), named as it. The standard library's
+    modules the target imported are imported here too, so a worker's boot does not pay for
+    ``http.server`` or ``email`` again (they cannot change without a new interpreter, which
+    takes a USR2 upgrade). Module-level code of the target runs once in the child, never in
+    the master. Runs in the master (single-threaded: it forks), without ``--preload``.
+    Raises UsageError saying why the target cannot be loaded, or when the check takes over
+    :data:`CHECK_TIMEOUT` seconds.
     """
-    before = set(sys.modules)
+    flush_std_streams()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _check_in_child(target, write_end)
+    os.close(write_end)
     try:
-        return load_target(target)
+        data = _read_all(read_end, time.monotonic() + CHECK_TIMEOUT)
+    except BaseException:  # the timeout, a KeyboardInterrupt: the child goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise
     finally:
-        for name in set(sys.modules) - before:
-            module = sys.modules.get(name)
-            if module is None or not (_is_extension(module) or _is_stdlib(name, module)):
-                sys.modules.pop(name, None)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        facts = json.loads(data)
+    except ValueError:
+        raise UsageError(f"cannot import {target!r}: the check ended before it said why") from None
+    if "error" in facts:
+        raise UsageError(str(facts["error"]))
+    for name in facts["stdlib"]:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    return stand_in(str(facts["name"]), str(facts["kind"]))
 
 
-def _is_extension(module: ModuleType) -> bool:
-    spec = getattr(module, "__spec__", None)
-    origin = getattr(spec, "origin", None) or ""
-    return origin == "built-in" or origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+def _check_in_child(target: str, write_end: int) -> NoReturn:
+    """The checking child: load ``target``, write its facts as JSON to ``write_end``, leave
+    with ``os._exit`` (never returning into the master's code)."""
+    try:
+        before = set(sys.modules)
+        try:
+            handler = load_target(target)
+            added = set(sys.modules) - before
+            stdlib = [n for n in added if _is_stdlib(n, sys.modules[n]) or n in sys.builtin_module_names]
+            facts: dict[str, Any] = {"name": handler.__name__, "kind": handler_kind(handler)}
+            facts["stdlib"] = sorted(stdlib)
+        except UsageError as exc:
+            facts = {"error": str(exc)}
+        data = json.dumps(facts).encode()
+        while data:
+            data = data[os.write(write_end, data) :]
+    finally:
+        flush_std_streams()
+        os._exit(0)
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    """What the checking child writes to ``fd`` until it closes it, at most
+    :data:`_MAX_FACTS` bytes. Raises UsageError after ``deadline`` (monotonic seconds)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= _MAX_FACTS:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise UsageError(f"checking TARGET took over {CHECK_TIMEOUT:g} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def handler_kind(handler: type[socketserver.BaseRequestHandler]) -> str:
+    """``http`` (an ``http.server`` handler, XML-RPC's included), ``stream``, ``datagram`` or
+    ``base``: what the master needs to know of a handler class to serve it."""
+    if is_http_handler(handler):
+        return "http"
+    if issubclass(handler, socketserver.StreamRequestHandler):
+        return "stream"
+    return "datagram" if issubclass(handler, socketserver.DatagramRequestHandler) else "base"
+
+
+def stand_in(name: str, kind: str) -> type[socketserver.BaseRequestHandler]:
+    """A handler class named ``name`` of ``kind`` (:func:`handler_kind`), standing in for the
+    one the workers import: the master's servers hold it until ``post_fork()`` sets the real
+    one. It serves nothing."""
+    base: type[socketserver.BaseRequestHandler] = {
+        "stream": socketserver.StreamRequestHandler,
+        "datagram": socketserver.DatagramRequestHandler,
+    }.get(kind, socketserver.BaseRequestHandler)
+    if kind == "http":
+        import http.server
+
+        base = http.server.BaseHTTPRequestHandler
+    return type(name, (base,), {"__doc__": "Stands in for TARGET's handler in the master."})
 
 
 #: The directory of the standard library's pure-Python modules (where ``os`` comes from).

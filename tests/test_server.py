@@ -510,6 +510,8 @@ class SettingsHandler(socketserver.StreamRequestHandler):
 def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tmp_path: Path) -> None:
     strings = {
         "workers": "2",
+        "min_workers": "2",
+        "max_workers": "3",
         "worker_class": "sync",
         "threads": "3",
         "accept": "shared",
@@ -519,6 +521,7 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "max_requests": "1000",
         "max_requests_jitter": "5",
         "max_worker_memory": "512M",
+        "gc_freeze": "off",
         "scoreboard_file": str(tmp_path / "scoreboard"),
         "request_queue_size": "64",
         "socket_timeout": "4",

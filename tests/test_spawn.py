@@ -1,14 +1,22 @@
-"""Forking a worker: a signal sent while the worker boots is not lost."""
+"""Forking a worker: a signal sent while the worker boots is not lost; gc_freeze."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, CLIServer, request_line, wait_for
+
+Serve = Callable[..., CLIServer]
 
 # serve_forever() in the main thread of its own process (so the master's signal handlers are
 # installed); the worker takes 1 s before it installs its own; TERM reaches the master at 0.5 s
@@ -44,3 +52,43 @@ def test_a_term_to_a_booting_worker_waits_for_its_handlers() -> None:
     took = float(done.stdout.split()[-1])
     assert took < 5.0, done.stderr[-2000:]
     assert "did not stop in time" not in done.stderr
+
+
+GC_HANDLER = textwrap.dedent(
+    """
+    import gc, json, socketserver
+    IMPORTED_WITH_GC = gc.isenabled()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            state = [IMPORTED_WITH_GC, gc.isenabled(), gc.get_freeze_count() > 0]
+            self.wfile.write(json.dumps(state).encode() + b"\\n")
+    """
+)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--preload"], [False, True, True]),  # paused for the import, frozen, resumed
+        (["--preload", "--gc-freeze", "off"], [True, True, False]),
+        ([], [True, True, True]),  # imported by the worker after the fork; the master's objects frozen
+    ],
+)
+def test_gc_freeze_keeps_what_the_master_preloaded_out_of_the_workers_collections(
+    serve_cli: Serve, tmp_path: Path, flags: list[str], expected: list[bool]
+) -> None:
+    """As CPython advises for fork without exec: gc paused while --preload imports TARGET,
+    frozen before each fork (the replacement of a killed worker too), resumed in the worker."""
+    app = tmp_path / "gc_app.py"
+    app.write_text(GC_HANDLER)
+    server = serve_cli(f"{app}:Handler", "--workers", "1", *flags)
+    (first,) = server.wait_workers(1)
+    assert json.loads(request_line(server.address, b"x\n")) == expected
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: server.wait_workers(1) != {first}, timeout=15)
+    assert json.loads(request_line(server.address, b"x\n")) == expected
+    master = psutil.Process(server.pid)
+    assert master.is_running()

@@ -29,6 +29,7 @@ from prefork.config.convert import (
 )
 from prefork.config.observability import ACCESS_LOG, CONTROL_SOCKET, LOG_FORMAT, METRICS
 from prefork.config.setting import Setting, usable_cpus
+from prefork.config.sizing import GC_FREEZE, MAX_WORKERS, MIN_WORKERS, pool_bounds
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
@@ -36,12 +37,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCESS_LOG",
     "CONTROL_SOCKET",
+    "GC_FREEZE",
     "LOG_FORMAT",
+    "MAX_WORKERS",
     "METRICS",
+    "MIN_WORKERS",
     "SETTINGS",
     "WORKER_CLASS_NAMES",
     "Network",
     "Setting",
+    "pool_bounds",
     "reference_markdown",
     "usable_cpus",
 ]
@@ -342,6 +347,8 @@ UMASK: Setting[int | None] = Setting(
 
 SETTINGS: tuple[Setting[Any], ...] = (
     WORKERS,
+    MIN_WORKERS,
+    MAX_WORKERS,
     WORKER_CLASS,
     THREADS,
     ACCEPT,
@@ -351,6 +358,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     MAX_REQUESTS,
     MAX_REQUESTS_JITTER,
     MAX_WORKER_MEMORY,
+    GC_FREEZE,
     SCOREBOARD_FILE,
     REQUEST_QUEUE_SIZE,
     SOCKET_TIMEOUT,

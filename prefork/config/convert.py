@@ -49,7 +49,7 @@ def non_negative_float(value: Any) -> float:
 MAX_SECONDS = 1_000_000.0
 #: The largest pool (``workers``): each worker is a process, and the scoreboard has 4 slots
 #: per worker.
-MAX_WORKERS = 1024
+LARGEST_POOL = 1024
 
 
 def seconds(value: Any) -> float:
@@ -69,11 +69,24 @@ def optional_seconds(value: Any) -> float | None:
 
 
 def workers_count(value: Any) -> int | None:
-    """Like :func:`optional_positive_int`, at most :data:`MAX_WORKERS`."""
+    """Like :func:`optional_positive_int`, at most :data:`LARGEST_POOL`."""
     number = optional_positive_int(value)
-    if number is not None and number > MAX_WORKERS:
-        raise ValueError(f"must be 1 to {MAX_WORKERS} (or auto), got {value!r}")
+    if number is not None and number > LARGEST_POOL:
+        raise ValueError(f"must be 1 to {LARGEST_POOL} (or auto), got {value!r}")
     return number
+
+
+def switch(value: Any) -> bool:
+    """Convert ``value`` to a bool: True, False, or (as on a command line or in the
+    environment) ``on``/``off``, ``true``/``false``, ``yes``/``no``, ``1``/``0``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"must be on or off, got {value!r}")
 
 
 def non_negative_int(value: Any) -> int:
