@@ -293,6 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler: type[socketserver.BaseRequestHandler]
         pool_class: type[PreforkMixIn] | None = None
+        try:
+            config.pool_bounds(
+                settings.get("workers") or 1, settings.get("min_workers"), settings.get("max_workers")
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if args.target:
             if args.preload and settings.get("gc_freeze", config.GC_FREEZE.default):
                 pause_gc()  # until the first fork: see prefork.spawn

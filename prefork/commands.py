@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from prefork.events import MasterEvents
     from prefork.observer import Observer
     from prefork.pool import Pool
+    from prefork.scaling import PoolScaler
     from prefork.scoreboard import Scoreboard
     from prefork.spawn import Spawner
 
@@ -57,6 +58,7 @@ class MasterCommands:
 
     server: PoolServer
     size: int
+    scaler: PoolScaler | None
     generation: int
     pool: Pool
     scoreboard: Scoreboard
@@ -107,21 +109,52 @@ class MasterCommands:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=Reloading")
 
     def handle_ttin(self) -> None:
-        """TTIN: one worker more (at most a quarter of the scoreboard's slots)."""
-        self.resize(self.size + 1, "Received SIGTTIN")
+        """TTIN: one worker more (at most a quarter of the scoreboard's slots); on a dynamic
+        pool, ``max_workers`` one more."""
+        self.set_size(self.sized() + 1, "Received SIGTTIN")
 
     def handle_ttou(self) -> None:
-        """TTOU: one worker fewer (the highest-numbered retires), never below 1."""
-        self.resize(self.size - 1, "Received SIGTTOU")
+        """TTOU: one worker fewer (the highest-numbered retires), never below 1; on a dynamic
+        pool, ``max_workers`` one fewer (``min_workers`` too when they meet)."""
+        self.set_size(self.sized() - 1, "Received SIGTTOU")
+
+    def sized(self) -> int:
+        """What the resize commands move: the size of a fixed pool, the ``max_workers`` of a
+        dynamic pool."""
+        return self.size if self.scaler is None else self.scaler.high
+
+    def set_size(self, size: int, why: str) -> str:
+        """A resize command (TTIN, TTOU, the control socket's): make a fixed pool ``size``
+        workers (:meth:`resize`), or a dynamic pool's ``max_workers`` ``size`` (its
+        ``min_workers`` lowered to it if over; workers beyond it retire). Logs ``why`` and
+        what was done; returns "" when done, else why it stopped at a bound."""
+        if self.scaler is None:
+            return self.resize(size, why)
+        size, error = self.within_limits(size)
+        if size != self.scaler.high:
+            low = min(self.scaler.low, size)
+            change = "raising" if size > self.scaler.high else "lowering"
+            log.info("%s, %s the dynamic pool's max_workers to %d (min_workers %d).", why, change, size, low)
+            self.scaler.set_bounds(low, size)
+            self.scoreboard.set_bounds(low, size)
+            if self.size > size:
+                self.resize(size, why)
+        if error:
+            log.info("%s, but %s.", why, error)
+        return error
+
+    def within_limits(self, size: int) -> tuple[int, str]:
+        """``size`` brought within 1 .. a quarter of the scoreboard's slots, and why it had
+        to be ("" when it was within)."""
+        limit = self.scoreboard.capacity // 4
+        bound = "minimum of 1 worker" if size < 1 else f"maximum of {limit} workers"
+        return min(max(size, 1), limit), "" if 1 <= size <= limit else f"the pool is at its {bound}"
 
     def resize(self, size: int, why: str) -> str:
         """Make the pool ``size`` workers, within 1 .. a quarter of the scoreboard's slots
         (the workers numbered from ``size`` on retire), logging ``why`` and what was done.
         Returns "" when done, else why it stopped at a bound (and did what fits)."""
-        limit = self.scoreboard.capacity // 4
-        bound = "minimum of 1 worker" if size < 1 else f"maximum of {limit} workers"
-        error = "" if 1 <= size <= limit else f"the pool is at its {bound}"
-        size = min(max(size, 1), limit)
+        size, error = self.within_limits(size)
         if size != self.size:
             if size < self.size and self.spawner.reuseport is not None:
                 self.spawner.reuseport.close_from(size)  # the retiring workers' copies stay open
@@ -143,16 +176,15 @@ class MasterCommands:
         if command.name == "upgrade" and self.upgrade.new_pid:
             raise ValueError(f"an upgrade is in progress (new master pid {self.upgrade.new_pid})")
         if command.name in ("workers", "add", "remove"):
-            change = {
-                "workers": command.workers - self.size,
-                "add": command.workers,
-                "remove": -command.workers,
-            }
-            size, limit = self.size + change[command.name], self.scoreboard.capacity // 4
+            now = self.sized()
+            change = {"workers": command.workers - now, "add": command.workers, "remove": -command.workers}
+            size, limit = now + change[command.name], self.scoreboard.capacity // 4
             if not 1 <= size <= limit:
-                raise ValueError(f"the pool can have 1 to {limit} workers; it has {self.size}")
-            self.resize(size, f"Control socket: {command.name}")
-            return {"workers": self.size}
+                raise ValueError(f"the pool can have 1 to {limit} workers; it has {now}")
+            self.set_size(size, f"Control socket: {command.name}")
+            if self.scaler is None:
+                return {"workers": self.size}
+            return {"workers": self.size, "min_workers": self.scaler.low, "max_workers": self.scaler.high}
         self.signals.pending.append(COMMAND_SIGNALS[command.name] if not command.fast else signal.SIGINT)
         return {}
 

@@ -1,11 +1,11 @@
 """The table of ``prefork status``: a pool snapshot rendered for an operator, with the memory
 and CPU of its processes read here (psutil).
 
-:func:`add_process_info` adds each process's resident memory and CPU time to a snapshot (the
-schema of :mod:`prefork.stats`); :func:`render` prints header lines (the server, its workers,
-listen queue, totals, restarts) and one row per worker. Rates are the change between two
-snapshots of the same master, timed by the master's ``uptime``. Runs in the client's process
-(:mod:`prefork.ctl`), which is the server's user.
+:func:`add_process_info` (:mod:`prefork.stats`'s) adds each process's memory (RSS, USS,
+PSS) and CPU time to a snapshot (the schema of :mod:`prefork.stats`); :func:`render` prints
+header lines (the server, its workers, listen queue, totals, restarts, memory) and one row per
+worker. Rates are the change between two snapshots of the same master, timed by the master's
+``uptime``. Runs in the client's process (:mod:`prefork.ctl`), which is the server's user.
 """
 
 from __future__ import annotations
@@ -13,40 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import psutil
+from prefork.stats import add_process_info
 
 __all__ = ["HEADINGS", "add_process_info", "render"]
 
 MIB = 1024 * 1024
 #: The worker rows' headings; AGE is the current request's, in seconds.
 HEADINGS = f"{'#':>3} {'PID':>7}  {'STATE':<8} {'REQS':>8} {'REQ/S':>7} {'AGE':>6} {'RSS MiB':>8} " + (
-    f"{'CPU%':>6} {'CPU s':>8}"
+    f"{'USS MiB':>8} {'PSS MiB':>8} {'CPU%':>6} {'CPU s':>8}"
 )
-
-
-# -- the snapshot, with the processes' memory and CPU ----------------------------------------
-
-
-def _process_info(pid: Any) -> tuple[int | None, float | None]:
-    """(RSS bytes, user+system CPU seconds) of ``pid``, (None, None) when gone or unreadable."""
-    if not isinstance(pid, int) or pid <= 0:
-        return None, None
-    try:
-        process = psutil.Process(pid)
-        with process.oneshot():
-            times = process.cpu_times()
-            return int(process.memory_info().rss), float(times.user + times.system)
-    except psutil.Error:
-        return None, None
-
-
-def add_process_info(snapshot: dict[str, Any]) -> None:
-    """Add to ``snapshot`` (in place) each worker's ``rss`` (bytes) and ``cpu_seconds`` (user +
-    system, float), and the master's ``master_rss`` and ``master_cpu_seconds``; None where the
-    process is gone or not readable. Runs in the client's process (psutil; same user)."""
-    snapshot["master_rss"], snapshot["master_cpu_seconds"] = _process_info(snapshot.get("master_pid"))
-    for worker in snapshot.get("workers") or []:
-        worker["rss"], worker["cpu_seconds"] = _process_info(worker.get("pid"))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -104,7 +79,7 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
         f"{snapshot.get('name', '?')}  master pid {snapshot.get('master_pid', '?')}  "
         f"up {_clock(snapshot.get('uptime'))}  generation {snapshot.get('generation', 0)}  "
         f"{snapshot.get('worker_class', '?')} workers",
-        f"workers: {snapshot.get('workers_wanted', '?')} wanted / "
+        f"workers: {snapshot.get('workers_wanted', '?')} wanted{_bounds(snapshot)} / "
         f"{states.count('idle') + states.count('busy')} running / {states.count('busy')} busy"
         + (f" ({extra})" if extra else "")
         + f"    listen queue: {queue_text}",
@@ -115,8 +90,11 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
     if "master_rss" in snapshot:
         lines.append(
             f"master: RSS {_num(snapshot.get('master_rss'), '.1f', MIB)} MiB  "
+            f"USS {_num(snapshot.get('master_uss'), '.1f', MIB)} MiB  "
+            f"PSS {_num(snapshot.get('master_pss'), '.1f', MIB)} MiB  "
             f"CPU {_num(snapshot.get('master_cpu_seconds'), '.2f')} s"
         )
+        lines.append(_memory_line(snapshot, workers))
     lines += ["", HEADINGS]
     # By pid: during a reload two processes (of two generations) may share a worker number.
     before = {w.get("pid"): w for w in (previous or {}).get("workers") or [] if w.get("pid")}
@@ -126,7 +104,28 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
         lines.append(
             f"{worker.get('number', '?'):>3} {worker.get('pid') or '-':>7}  {worker.get('state', '?'):<8} "
             f"{worker.get('requests', 0):>8} {_num(per_second, '.1f'):>7} {_num(age, '.1f'):>6} "
-            f"{_num(worker.get('rss'), '.1f', MIB):>8} {_num(percent, '.1f'):>6} "
+            f"{_num(worker.get('rss'), '.1f', MIB):>8} {_num(worker.get('uss'), '.1f', MIB):>8} "
+            f"{_num(worker.get('pss'), '.1f', MIB):>8} {_num(percent, '.1f'):>6} "
             f"{_num(worker.get('cpu_seconds'), '.2f'):>8}"
         )
     return "\n".join(lines)
+
+
+def _bounds(snapshot: Mapping[str, Any]) -> str:
+    """`` (dynamic 1..8)`` for a dynamic pool, "" for a fixed one."""
+    low, high = snapshot.get("min_workers"), snapshot.get("max_workers")
+    return f" (dynamic {low}..{high})" if high else ""
+
+
+def _memory_line(snapshot: Mapping[str, Any], workers: list[Mapping[str, Any]]) -> str:
+    """The pool's memory: its total PSS (what it costs the machine), and what one more
+    worker costs (the median worker USS: its private memory; the pages it shares with the
+    master cost nothing more)."""
+    pss = [w.get("pss") for w in workers] + [snapshot.get("master_pss")]
+    uss = sorted(u for w in workers if isinstance(u := w.get("uss"), int))
+    total = sum(p for p in pss if isinstance(p, int)) if all(isinstance(p, int) for p in pss) else None
+    one_more = uss[len(uss) // 2] if uss else None
+    return (
+        f"memory: total PSS {_num(total, '.1f', MIB)} MiB  "
+        f"one more worker ~ {_num(one_more, '.1f', MIB)} MiB (USS)"
+    )

@@ -12,13 +12,16 @@ The pool's metrics, all prefixed ``prefork_`` (units in the names, as Prometheus
     request_duration_seconds                                             histogram, all workers ever
     workers{state}             gauge: idle, busy, starting, stopping (always all four)
     workers_wanted, generation, master_start_time_seconds                gauges
+    workers_min, workers_max           gauges, a dynamic pool's bounds (absent for a fixed pool)
     worker_restarts_total{cause}     counter: crash, request_timeout, memory, max_requests,
                                      reload, resize (always all six)
     worker_boot_failures_total                                           counter
     listen_queue_length, listen_queue_limit     gauges, absent when the kernel does not say
     worker_requests_total{worker}, worker_busy{worker}, worker_request_age_seconds{worker},
-    worker_resident_memory_bytes{worker}, worker_cpu_seconds_total{worker}  (the last two
-    when the snapshot has them), master_resident_memory_bytes, master_cpu_seconds_total
+    worker_resident_memory_bytes{worker}, worker_unique_memory_bytes{worker} (USS),
+    worker_proportional_memory_bytes{worker} (PSS), worker_cpu_seconds_total{worker} (these
+    four when the snapshot has them), and the same for the master: master_*_memory_bytes,
+    master_cpu_seconds_total
 
 ``worker`` is the worker's number (stable across its restarts), not its pid, so a series
 survives recycling. The application's families follow as they are, after the pool's; a family
@@ -48,6 +51,15 @@ CONTENT_TYPE: str = getattr(_exposition, "CONTENT_TYPE_PLAIN_0_0_4", _exposition
 WORKER_STATES = ("idle", "busy", "starting", "stopping")
 
 _APP_TYPES = ("counter", "gauge", "histogram")
+
+
+#: The memory figures of :func:`prefork.stats.add_process_info`: snapshot key -> (the metric
+#: name's word, what it is).
+MEMORY_KINDS = {
+    "rss": ("resident", "resident memory (RSS)"),
+    "uss": ("unique", "private memory (USS: freed when it exits)"),
+    "pss": ("proportional", "proportional share of memory (PSS: shared pages divided among their sharers)"),
+}
 
 
 class SampleLike(Protocol):
@@ -143,6 +155,9 @@ class PoolCollector:
         yield _gauge(
             "prefork_workers_wanted", "Workers the pool is configured to run.", snap["workers_wanted"]
         )
+        if snap.get("max_workers"):
+            yield _gauge("prefork_workers_min", "A dynamic pool's min_workers.", snap["min_workers"])
+            yield _gauge("prefork_workers_max", "A dynamic pool's max_workers.", snap["max_workers"])
         restarts = CounterMetricFamily(
             "prefork_worker_restarts_total", "Workers replaced, by cause.", labels=["cause"]
         )
@@ -173,12 +188,13 @@ class PoolCollector:
             "Start time of the master since the Unix epoch, in seconds.",
             snap["started_at"],
         )
-        if snap.get("master_rss") is not None:
-            yield _gauge(
-                "prefork_master_resident_memory_bytes",
-                "The master's resident memory, in bytes.",
-                snap["master_rss"],
-            )
+        for key, (name, what) in MEMORY_KINDS.items():
+            if snap.get(f"master_{key}") is not None:
+                yield _gauge(
+                    f"prefork_master_{name}_memory_bytes",
+                    f"The master's {what}, in bytes.",
+                    snap[f"master_{key}"],
+                )
         if snap.get("master_cpu_seconds") is not None:
             yield _counter(
                 "prefork_master_cpu_seconds_total",
@@ -200,11 +216,12 @@ class PoolCollector:
             "Seconds the worker has been processing its current request (0 if none).",
             labels=["worker"],
         )
-        rss = GaugeMetricFamily(
-            "prefork_worker_resident_memory_bytes",
-            "The worker's resident memory, in bytes.",
-            labels=["worker"],
-        )
+        memory = {
+            key: GaugeMetricFamily(
+                f"prefork_worker_{name}_memory_bytes", f"The worker's {what}, in bytes.", labels=["worker"]
+            )
+            for key, (name, what) in MEMORY_KINDS.items()
+        }
         cpu = CounterMetricFamily(
             "prefork_worker_cpu_seconds_total",
             "User and system CPU time of the worker process, in seconds.",
@@ -220,12 +237,13 @@ class PoolCollector:
             requests.add_metric(label, worker["requests"])
             busy.add_metric(label, 1 if worker["state"] == "busy" else 0)
             age.add_metric(label, worker.get("request_age") or 0.0)
-            if worker.get("rss") is not None:
-                rss.add_metric(label, worker["rss"])
+            for key, family in memory.items():
+                if worker.get(key) is not None:
+                    family.add_metric(label, worker[key])
             if worker.get("cpu_seconds") is not None:
                 cpu.add_metric(label, worker["cpu_seconds"])
         yield from (requests, busy, age)
-        yield from (family for family in (rss, cpu) if family.samples)
+        yield from (family for family in (*memory.values(), cpu) if family.samples)
 
     def app_metrics(self, taken: set[str]) -> Iterator[Metric]:
         """The application's families, as they are; one whose name is in ``taken`` (or of an

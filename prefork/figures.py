@@ -67,7 +67,8 @@ class PoolFigures(NamedTuple):
     """What the master keeps in the scoreboard's header (:meth:`Scoreboard.pool`):
     ``master_pid``, ``generation``, ``workers_wanted``, ``started_at`` (``time.time()``),
     the listen queue's ``listen_queue_length`` and ``listen_queue_limit`` (connections; None:
-    unknown), ``restarts`` (count per cause of :data:`RESTART_CAUSES`) and ``boot_failures``."""
+    unknown), ``restarts`` (count per cause of :data:`RESTART_CAUSES`), ``boot_failures``,
+    and a dynamic pool's bounds ``min_workers`` and ``max_workers`` (None: a fixed pool)."""
 
     master_pid: int
     generation: int
@@ -77,3 +78,5 @@ class PoolFigures(NamedTuple):
     listen_queue_limit: int | None
     restarts: dict[str, int]
     boot_failures: int
+    min_workers: int | None = None
+    max_workers: int | None = None

@@ -25,7 +25,7 @@ import time
 
 from prefork import sockets, systemd, upgrade
 from prefork.commands import MasterCommands, StopMode, _kill
-from prefork.config import usable_cpus
+from prefork.config import pool_bounds, usable_cpus
 from prefork.contract import PoolServer, pool_servers
 from prefork.errors import WorkerBootError
 from prefork.events import MasterEvents, Message
@@ -34,6 +34,7 @@ from prefork.messages import BOOT_ERROR, READY, describe_exit
 from prefork.observer import Observer
 from prefork.pool import BootBackoff, BootVerdict, Pool, WorkerRecord, judge_boot_failure
 from prefork.process import MasterProcess
+from prefork.scaling import PoolLoad, PoolScaler
 from prefork.scoreboard import Scoreboard
 from prefork.signals import SignalQueue
 from prefork.spawn import Spawner
@@ -60,8 +61,13 @@ class Master(MasterCommands):
     def __init__(self, server: PoolServer, poll_interval: float = 0.5) -> None:
         self.server = server
         self.poll_interval = poll_interval
-        #: The pool size the loop converges to (the ``workers`` setting, moved by TTIN/TTOU).
-        self.size = server.workers or usable_cpus()
+        #: The pool size the loop converges to (the ``workers`` setting, moved by TTIN/TTOU;
+        #: a dynamic pool's, by its scaler within its bounds).
+        self.size, low, high = pool_bounds(
+            server.workers or usable_cpus(), server.min_workers, server.max_workers
+        )
+        #: The rules of a dynamic pool (``max_workers`` set); None for a fixed pool.
+        self.scaler = PoolScaler(low, high) if server.max_workers else None
         self.name = server.proc_name or type(server).__name__
         self.generation = 0
         #: The master's records of its workers.
@@ -76,7 +82,9 @@ class Master(MasterCommands):
         #: USR2: the new master we started, the old master that started us.
         self.upgrade = upgrade.Upgrade()
         #: Per-worker state and counters in shared memory; workers inherit it.
-        self.scoreboard = Scoreboard.for_pool(self.size, server.scoreboard_file)
+        self.scoreboard = Scoreboard.for_pool(max(self.size, high), server.scoreboard_file)
+        if self.scaler is not None:
+            self.scoreboard.set_bounds(low, high)
         self.watchdog = Watchdog(server.request_timeout, server.max_worker_memory, self.scoreboard.read)
         #: What the loop waits for: signals, wake-ups, worker messages and exits.
         self.events = MasterEvents()
@@ -136,6 +144,7 @@ class Master(MasterCommands):
             log.info("shutdown_delay over: stopping gracefully (up to %g s).", self.server.graceful_timeout)
             self.stop(StopMode.GRACEFUL)
         if self.stop_mode is None:
+            self.scale()
             self.spawn_missing()
             self.retire_excess()
             self.announce_ready()
@@ -152,6 +161,7 @@ class Master(MasterCommands):
         """Seconds until the loop has something to do at the latest (<= poll_interval)."""
         deadlines = [*self.pool.stop_deadlines(), *self.watchdog.deadlines(self.pool)]
         deadlines += [self.sd_watchdog.next_at, self.observer.deadline()]
+        deadlines += [self.scaler.next_check] if self.scaler is not None else []
         if self.stop_mode is None:
             deadlines += [b.next_attempt() for b in (self.boot_backoff, self.spawner.backoff) if b.failures]
             deadlines += [self.stop_at] if self.stop_at else []
@@ -173,6 +183,20 @@ class Master(MasterCommands):
             if record is None:  # fork() failed: logged, retried later
                 return
             self.pool.add(record)
+
+    def scale(self) -> None:
+        """A dynamic pool: when its check is due, grow or shrink it as :mod:`prefork.scaling`
+        says (logged at INFO); a worker that retires finishes its request."""
+        now = time.monotonic()
+        if self.scaler is None or now < self.scaler.next_check:
+            return
+        states = self.scoreboard.state
+        idle = sum(1 for r in self.pool.serving() if states(r.slot) is WorkerState.IDLE)
+        starting = sum(1 for r in self.pool if not r.booted and not r.stopping)
+        load = PoolLoad(idle, starting, self.observer.queued)
+        size, why = self.scaler.decide(now, self.size, load)
+        if why:
+            self.resize(size, f"Dynamic pool ({why})")
 
     def retire_excess(self) -> None:
         """Gracefully stop workers of an old generation once their replacement is ready

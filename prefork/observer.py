@@ -57,6 +57,8 @@ class Observer:
         self.control: ControlServer | None = None
         self.metrics_socket: socket.socket | None = None
         self.exporter_pid = 0
+        #: Connections in the listen queue at the last tick (None: unknown).
+        self.queued: int | None = None
         self._exporter_delay = EXPORTER_RESTART[0]
         self._exporter_at = 0.0  # monotonic time of the next exporter fork (0: none due)
         self._exporter_forked_at = 0.0
@@ -130,7 +132,9 @@ class Observer:
         ``stopping``) fork it again."""
         now = time.monotonic()
         self.scoreboard.set_pool(os.getpid(), generation, size, self._started_at())
-        self.scoreboard.set_listen_queue(*stats.listen_queue(self.listeners))
+        length, limit = stats.listen_queue(self.listeners)
+        self.queued = length
+        self.scoreboard.set_listen_queue(length, limit)
         if self.control is not None:
             self.control.expire(now)
         if self.exporter_pid:

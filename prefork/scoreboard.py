@@ -24,6 +24,7 @@ Header layout (256 bytes, native byte order)::
     40 master started_at (double, time.time())
     48 listen queue length (int64, -1: unknown)   56 listen queue limit (int64, -1: unknown)
     64 restarts by cause (7 x uint64, in the order of RESTART_CAUSES)   120 boot failures (uint64)
+    128 a dynamic pool's min_workers, max_workers (2 x int32; 0: a fixed pool)
 
 Slot layout (256 bytes, native byte order; the totals slot has the same layout)::
 
@@ -72,6 +73,7 @@ _POOL = struct.Struct("=iii4xd")  # offset 24: master pid, generation, workers w
 _QUEUE = struct.Struct("=qq")  # offset 48: listen queue length and limit
 _RESTARTS = 64  # header offset of the restart counts
 _BOOT_FAILURES = _RESTARTS + 8 * len(RESTART_CAUSES)
+_BOUNDS = struct.Struct("=ii")  # offset 128: a dynamic pool's min and max workers (0: fixed)
 #: At slot offset 24: requests, busy_seconds, denied, (booted_at skipped), errors, durations.
 _COUNTERS = struct.Struct(f"=QdQ8xQ{len(DURATION_BUCKETS) + 1}Q")
 _SLOT = struct.Struct(f"=iiiB3xdQdQdQ{len(DURATION_BUCKETS) + 1}Q")
@@ -214,6 +216,7 @@ class Scoreboard:
         length, limit = _QUEUE.unpack_from(self._memory, 48)
         restarts = struct.unpack_from(f"={len(RESTART_CAUSES)}Q", self._memory, _RESTARTS)
         (boot_failures,) = _U64.unpack_from(self._memory, _BOOT_FAILURES)
+        low, high = _BOUNDS.unpack_from(self._memory, 128)
         return PoolFigures(
             pid,
             generation,
@@ -223,6 +226,8 @@ class Scoreboard:
             None if limit < 0 else limit,
             dict(zip(RESTART_CAUSES, restarts, strict=True)),
             boot_failures,
+            low or None,
+            high or None,
         )
 
     def consistent(self, read: Callable[[], T]) -> T:
@@ -237,6 +242,10 @@ class Scoreboard:
                     break
             time.sleep(0.0001)
         return result
+
+    def state(self, slot: int) -> WorkerState:
+        """The state of slot number ``slot`` (one byte read)."""
+        return WorkerState(self._memory[_offset(slot) + 12])
 
     def slots(self) -> list[WorkerStats]:
         """Copies of every slot in use, by slot number."""
@@ -295,6 +304,11 @@ class Scoreboard:
         """Record the master's ``pid``, the pool's ``generation`` and ``wanted`` size, and the
         master's start (``time.time()``, seconds). Runs in the master."""
         _store(self._memory, 24, _POOL, pid, generation, wanted, started_at)
+
+    def set_bounds(self, low: int | None, high: int | None) -> None:
+        """Record a dynamic pool's bounds, ``min_workers`` .. ``max_workers`` (None: a fixed
+        pool). Runs in the master."""
+        _store(self._memory, 128, _BOUNDS, low or 0, high or 0)
 
     def count_restart(self, cause: str) -> None:
         """Count a worker that left the pool for ``cause``, one of :data:`RESTART_CAUSES`

@@ -181,12 +181,17 @@ def _pool_section(snap: Mapping[str, Any]) -> str:
         ("Generation (reloads)", snap["generation"]),
         ("Worker class", snap.get("worker_class", "")),
         ("Workers wanted", snap["workers_wanted"]),
+        (
+            "Dynamic pool",
+            f"{snap['min_workers']} .. {snap['max_workers']}" if snap.get("max_workers") else "no",
+        ),
         ("Listen queue", f"{_or_dash(length)} / {_or_dash(limit)}"),
         ("Control socket", snap.get("control_socket") or "-"),
         ("Metrics", snap.get("metrics_address") or "-"),
     ]
-    if snap.get("master_rss") is not None:
-        rows.append(("Master memory (RSS)", _bytes(snap["master_rss"])))
+    for key in ("rss", "uss", "pss"):
+        if snap.get(f"master_{key}") is not None:
+            rows.append((f"Master memory ({key.upper()})", _bytes(snap[f"master_{key}"])))
     if snap.get("master_cpu_seconds") is not None:
         rows.append(("Master CPU", f"{snap['master_cpu_seconds']:.2f} s"))
     return _kv_section("Pool", rows)
@@ -254,6 +259,8 @@ def _workers_section(snap: Mapping[str, Any], history: History) -> str:
             "Request age",
             "Up",
             "RSS",
+            "USS",
+            "PSS",
             "CPU",
         )
     )
@@ -273,11 +280,11 @@ def _workers_section(snap: Mapping[str, Any], history: History) -> str:
             "-" if rate is None else f"{rate:.1f}",
             f"{age:.2f} s" if age is not None else "",
             _e(_duration(now - booted)) if booted else "-",
-            _bytes(worker["rss"]) if worker.get("rss") is not None else "-",
+            *(_bytes(worker[k]) if worker.get(k) is not None else "-" for k in ("rss", "uss", "pss")),
             f"{worker['cpu_seconds']:.2f} s" if worker.get("cpu_seconds") is not None else "-",
         )
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    body = "".join(rows) or '<tr><td colspan="11" class="muted">no live worker</td></tr>'
+    body = "".join(rows) or '<tr><td colspan="13" class="muted">no live worker</td></tr>'
     return f'<section><h2>Workers</h2><table class="workers"><tr>{head}</tr>{body}</table></section>'
 
 

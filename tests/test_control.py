@@ -158,6 +158,29 @@ def test_commands_resize_reload_and_stop_the_pool(serve_cli: Serve, unix_path: s
 
 
 @pytest.mark.timeout(60)
+def test_on_a_dynamic_pool_resize_commands_move_max_workers(serve_cli: Serve, unix_path: str) -> None:
+    """TTIN/TTOU and workers/add/remove move a dynamic pool's upper bound (and its lower one
+    when they meet); the pool itself stays within them."""
+    server = serve_cli(
+        ECHO, "--workers", "2", "--min-workers", "2", "--max-workers", "3", "--control-socket", unix_path
+    )
+    wait_pool(server.pid, 2)
+    snapshot = status(unix_path)
+    assert (snapshot["min_workers"], snapshot["max_workers"], snapshot["workers_wanted"]) == (2, 3, 2)
+    reply = ctl.call(unix_path, {"command": "add", "count": 2})
+    assert (reply["min_workers"], reply["max_workers"], reply["workers"]) == (2, 5, 2)
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: status(unix_path)["max_workers"] == 6)
+    server.wait_logged("raising the dynamic pool's max_workers to 6 (min_workers 2)")
+    reply = ctl.call(unix_path, {"command": "workers", "count": 1})
+    assert (reply["min_workers"], reply["max_workers"], reply["workers"]) == (1, 1, 1)
+    wait_pool(server.pid, 1)
+    server.signal(signal.SIGTTOU)  # at its minimum of 1: said, nothing done
+    server.wait_logged("Received SIGTTOU, but the pool is at its minimum of 1 worker.")
+    assert status(unix_path)["max_workers"] == 1
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("worker_class", ["sync", "thread"])
 def test_counters_survive_recycling_and_count_restarts_by_cause(
     serve_cli: Serve, unix_path: str, worker_class: str

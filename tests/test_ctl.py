@@ -248,13 +248,15 @@ def test_the_table_shows_the_pool_at_a_glance() -> None:
     assert lines[1] == "workers: 4 wanted / 2 running / 1 busy (1 starting)    listen queue: 3/128"
     assert lines[2] == "requests: 1700 (100.0/s)  errors: 7  denied: 1"
     assert lines[3] == "restarts: crash 1, max_requests 2    boot failures: 0"
-    assert lines[4].startswith("master: RSS ")
-    assert lines[6] == ctltable.HEADINGS
-    busy, idle, starting = (line.split() for line in lines[7:10])
+    assert lines[4].startswith("master: RSS ") and " USS " in lines[4] and " PSS " in lines[4]
+    assert lines[5].startswith("memory: total PSS ") and "one more worker ~ " in lines[5]
+    assert lines[7] == ctltable.HEADINGS
+    busy, idle, starting = (line.split() for line in lines[8:11])
     assert busy[:6] == ["0", str(os.getpid()), "busy", "1200", "100.0", "2.5"]
-    assert float(busy[6]) > 1 and float(busy[8]) > 0  # RSS MiB and CPU seconds of this process
-    assert idle == ["1", "999999999", "idle", "500", "0.0", "-", "-", "-", "-"]
-    assert starting == ["2", "-", "starting", "0", "0.0", "-", "-", "-", "-"]
+    rss, uss, pss, cpu = float(busy[6]), float(busy[7]), float(busy[8]), float(busy[10])
+    assert rss > 1 and 0 < uss <= rss and 0 < pss <= rss and cpu > 0  # MiB and seconds of this process
+    assert idle == ["1", "999999999", "idle", "500", "0.0", "-", "-", "-", "-", "-", "-"]
+    assert starting == ["2", "-", "starting", "0", "0.0", "-", "-", "-", "-", "-", "-"]
 
 
 def test_the_table_without_rates_or_queue_or_restarts() -> None:
@@ -487,7 +489,7 @@ def test_prefork_status_and_ctl_as_commands(short_dir: Path, fake_master: Any) -
     lines = done.stdout.splitlines()
     assert lines[0] == "MyServer  master pid 1234  up 0:01:41  generation 2  sync workers"
     assert lines[2] == "requests: 1050 (50.0/s)  errors: 7  denied: 1"
-    assert lines[6] == ctltable.HEADINGS and "  1 999999999  idle" in done.stdout
+    assert lines[7] == ctltable.HEADINGS and "  1 999999999  idle" in done.stdout
     workers = prefork("ctl", "--socket", path, "workers", "6")
     assert (workers.returncode, workers.stdout, workers.stderr) == (0, "pool set to 6 workers\n", "")
     assert master.requests[-1] == {"command": "workers", "count": 6}

@@ -90,6 +90,20 @@ def test_per_worker_series() -> None:
     assert rss_workers == {"0", "1", "2"}  # worker 3 has no psutil fields
 
 
+def test_memory_to_size_by_and_a_dynamic_pools_bounds() -> None:
+    snapshot: dict[str, Any] = make_snapshot()
+    snapshot.update(min_workers=1, max_workers=8, master_uss=2 << 20, master_pss=5 << 20)
+    snapshot["workers"][0].update(uss=9 << 20, pss=12 << 20)
+    parsed = parse(render(snapshot)[0])
+    assert value(parsed, "prefork_workers_min") == 1 and value(parsed, "prefork_workers_max") == 8
+    assert value(parsed, "prefork_worker_unique_memory_bytes", worker="0") == 9 << 20
+    assert value(parsed, "prefork_worker_proportional_memory_bytes", worker="0") == 12 << 20
+    assert value(parsed, "prefork_master_unique_memory_bytes") == 2 << 20
+    assert value(parsed, "prefork_master_proportional_memory_bytes") == 5 << 20
+    snapshot.update(min_workers=None, max_workers=None)  # a fixed pool
+    assert "prefork_workers_max" not in parse(render(snapshot)[0])
+
+
 def test_per_worker_series_name_the_newest_generation_of_a_number() -> None:
     """During a reload an old worker and its replacement share a number: one series each."""
     snapshot = make_snapshot()

@@ -57,6 +57,7 @@ ORDER = (
     "prefork.watchdog",
     "prefork.signals",
     "prefork.events",
+    "prefork.scaling",
     # The workers.
     "prefork.workers",
     "prefork.workers.thread",
@@ -84,6 +85,7 @@ ORDER = (
     "prefork.config.__main__",
     "prefork.config",
     "prefork.config.observability",
+    "prefork.config.sizing",
     "prefork.config.setting",
     "prefork.config.convert",
     "prefork.errors",
