@@ -163,7 +163,13 @@ class ServerProcess:
         os.kill(self.pid, sig)
 
     def wait(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
+        """Wait for the process to exit; then for its log to be read to the end (EOF, once
+        every process writing to it is gone; at most ``timeout`` seconds more): the reader
+        thread lags the process, and a line written just before the exit was sometimes
+        missed."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
 
     def destroy(self) -> None:
         """SIGKILL the whole process group, then check nothing of it is left."""

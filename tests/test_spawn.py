@@ -58,11 +58,12 @@ GC_HANDLER = textwrap.dedent(
     """
     import gc, json, socketserver
     IMPORTED_WITH_GC = gc.isenabled()
+    FROZEN_AT_IMPORT = gc.get_freeze_count()  # not 0 on every Python (375 on 3.12.1)
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self):
             self.rfile.readline()
-            state = [IMPORTED_WITH_GC, gc.isenabled(), gc.get_freeze_count() > 0]
+            state = [IMPORTED_WITH_GC, gc.isenabled(), gc.get_freeze_count() > FROZEN_AT_IMPORT]
             self.wfile.write(json.dumps(state).encode() + b"\\n")
     """
 )
@@ -74,7 +75,7 @@ GC_HANDLER = textwrap.dedent(
     [
         (["--preload"], [False, True, True]),  # paused for the import, frozen, resumed
         (["--preload", "--gc-freeze", "off"], [True, True, False]),
-        ([], [True, True, True]),  # imported by the worker after the fork; the master's objects frozen
+        ([], [True, True, False]),  # imported by the worker, after the fork (and the freeze)
     ],
 )
 def test_gc_freeze_keeps_what_the_master_preloaded_out_of_the_workers_collections(
