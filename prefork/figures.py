@@ -56,8 +56,9 @@ class WorkerStats(NamedTuple):
 
     def busy_for(self, now: float | None = None) -> float:
         """Seconds this worker has been processing its current request (0.0 if not busy)."""
-        # Below 1 s: a start being written (the memcpy's first 8-byte store, state and the low
-        # half of the time, seen before its second): not busy yet, never a huge age.
+        # Below 1 s: a start not written yet (the time is stored before the state, but a
+        # weakly ordered CPU may show the two the other way round): not busy yet, never a
+        # huge age.
         if self.state is not WorkerState.BUSY or self.request_started < 1.0:
             return 0.0
         return max(0.0, (time.monotonic() if now is None else now) - self.request_started)

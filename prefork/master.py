@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 
 from prefork import sockets, systemd, upgrade
@@ -67,7 +68,9 @@ class Master(MasterCommands):
             server.workers or usable_cpus(), server.min_workers, server.max_workers
         )
         #: The rules of a dynamic pool (``max_workers`` set); None for a fixed pool.
-        self.scaler = PoolScaler(low, high) if server.max_workers else None
+        self.scaler = (
+            PoolScaler(low, high, queue_only=server.worker_class == "thread") if server.max_workers else None
+        )
         self.name = server.proc_name or type(server).__name__
         self.generation = 0
         #: The master's records of its workers.
@@ -111,8 +114,11 @@ class Master(MasterCommands):
             started = True
             if self.server.accept == "reuseport":
                 self.spawner.reuseport = sockets.ReuseportSockets.create(servers)
-            listeners = [server.socket for server in servers]  # and each worker's copy:
-            listeners += self.spawner.reuseport.copies() if self.spawner.reuseport is not None else []
+            reuseport = self.spawner.reuseport
+
+            def listeners() -> list[socket.socket]:  # and each worker's copy, made as it is forked
+                return [server.socket for server in servers] + (reuseport.copies() if reuseport else [])
+
             close_fds = lambda: self.spawner.close_in_worker(None)  # noqa: E731
             self.observer.start(self.command, listeners, close_fds, takeover=bool(self.upgrade.old_pid))
             while self.stop_mode is None:
@@ -192,7 +198,9 @@ class Master(MasterCommands):
             return
         states = self.scoreboard.state
         idle = sum(1 for r in self.pool.serving() if states(r.slot) is WorkerState.IDLE)
+        # Booting, or not forked yet (a boot or fork() backoff): capacity coming, not a shortage.
         starting = sum(1 for r in self.pool if not r.booted and not r.stopping)
+        starting += len(self.pool.missing(self.size, self.generation))
         load = PoolLoad(idle, starting, self.observer.queued)
         size, why = self.scaler.decide(now, self.size, load)
         if why:

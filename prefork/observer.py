@@ -33,6 +33,7 @@ from prefork.metricsregion import MetricsRegion
 from prefork.pool import WorkerRecord
 from prefork.scoreboard import Scoreboard
 from prefork.signals import SIGNALS
+from prefork.spawn import freeze_gc, resume_gc
 
 log = logging.getLogger("prefork")
 
@@ -74,20 +75,23 @@ class Observer:
     def start(
         self,
         act: Callable[[Command], dict[str, Any]],
-        listeners: Iterable[socket.socket],
+        listeners: Callable[[], Iterable[socket.socket]],
         close_master_fds: Callable[[], None],
         takeover: bool = False,
     ) -> None:
         """Bind the metrics address (the exporter is forked by :meth:`tick`), open the control
         socket (answering ``status`` here, the other commands with ``act(command)``).
-        ``listeners`` are the sockets whose listen queue is sampled, and are closed in the
+        ``listeners()`` gives the sockets whose listen queue is sampled (the servers' and,
+        with ``accept = reuseport``, each worker's copy as they are made), closed in the
         exporter with the rest of the master's descriptors (``close_master_fds()``);
         ``takeover``: this is the new master of a USR2 upgrade (see
         :func:`~prefork.metricsocket.bind_metrics`). Raises
         :class:`~prefork.errors.PreforkError` when an address set explicitly (``metrics``,
         ``control_socket``) cannot be used; the default control socket failing is only
         logged."""
-        self.listeners = list({id(sock): sock for sock in listeners}.values())
+        self.listeners: Callable[[], list[socket.socket]] = lambda: list(
+            {id(sock): sock for sock in listeners()}.values()
+        )
         self.act = act
         self.close_master_fds = close_master_fds
         if self.server.metrics:
@@ -132,7 +136,7 @@ class Observer:
         ``stopping``) fork it again."""
         now = time.monotonic()
         self.scoreboard.set_pool(os.getpid(), generation, size, self._started_at())
-        length, limit = stats.listen_queue(self.listeners)
+        length, limit = stats.listen_queue(self.listeners())
         self.queued = length
         self.scoreboard.set_listen_queue(length, limit)
         if self.control is not None:
@@ -190,6 +194,8 @@ class Observer:
     def _fork_exporter(self) -> None:
         flush_std_streams()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # unblocked by the exporter
+        if self.server.gc_freeze:  # as before a worker's fork: often the first one
+            freeze_gc()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -200,6 +206,7 @@ class Observer:
         if pid == 0:
             self._run_exporter()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        resume_gc()
         self.exporter_pid, self._exporter_forked_at = pid, time.monotonic()
         log.debug("Metrics exporter started (pid %d)", pid)
 
@@ -211,7 +218,7 @@ class Observer:
 
             setproctitle.setproctitle(f"prefork: metrics [{self.name}]")
             assert self.metrics_socket is not None
-            for listener in self.listeners:
+            for listener in self.listeners():
                 listener.close()  # a new master can bind the address once this one is gone
             if self.control is not None:
                 self.control.close_in_child()

@@ -2,12 +2,14 @@
 
 As Apache's prefork MPM (its ``MinSpareServers`` 1 and spawn rate): a check every
 :data:`CHECK_INTERVAL` seconds looks at the scoreboard. The pool is *short* when no worker is
-idle and none is booting; it grows when it was short at two checks in a row, or at one with
-connections waiting in the listen queue. It grows by 1 worker, then, while it stays short,
-by twice as many each :data:`SPAWN_PERIOD` (1, 2, 4 ...), at most :data:`MAX_SPAWN_RATE` a
-second; the rate falls back to 1 once a period ends with the pool not short. It shrinks
-slowly: when more than :data:`SPARE_WORKERS` workers were idle at every check for
-:data:`SHRINK_INTERVAL` seconds, one worker retires, and one more each further interval.
+idle and none is booting (nor waiting to be forked); it grows when it was short at two checks
+in a row, or at one with connections waiting in the listen queue. A pool of ``thread``
+workers is short only with connections queued: its slots say busy while any thread is. It
+grows by 1 worker, then, while it stays short, by twice as many each :data:`SPAWN_PERIOD`
+(1, 2, 4 ...), at most :data:`MAX_SPAWN_RATE` a second; the rate falls back to 1 once a
+period ends with the pool not short. It shrinks slowly: when more than :data:`SPARE_WORKERS`
+workers were idle at every check for :data:`SHRINK_INTERVAL` seconds, one worker retires,
+and one more each further interval.
 
 Why bounds (``min_workers``, ``max_workers``) and not spare-worker settings: the bounds are
 what an operator sizes by (memory caps the top, a warm minimum the bottom), while the spare
@@ -47,11 +49,16 @@ class PoolLoad(NamedTuple):
 
 class PoolScaler:
     """The size a dynamic pool of ``low`` .. ``high`` workers converges to. Used by the
-    master, in the master; :meth:`decide` is called when :attr:`next_check` has come."""
+    master, in the master; :meth:`decide` is called when :attr:`next_check` has come.
+    ``queue_only``: the pool is short only when connections wait in the listen queue (for
+    the ``thread`` worker)."""
 
-    def __init__(self, low: int, high: int) -> None:
+    def __init__(self, low: int, high: int, *, queue_only: bool = False) -> None:
         self.low = low
         self.high = high
+        #: Short only with connections queued (the ``thread`` worker: its slot says busy
+        #: while any of its threads is, though others are free).
+        self.queue_only = queue_only
         #: Monotonic time of the next check.
         self.next_check = 0.0
         #: Workers the next growth step forks (doubles while the pool stays short).
@@ -76,7 +83,7 @@ class PoolScaler:
             self.spare_since = None
             return min(max(size, self.low), self.high), "outside its bounds"
         queued = load.queued or 0
-        short = load.idle == 0 and load.starting == 0
+        short = load.starting == 0 and (queued > 0 if self.queue_only else load.idle == 0)
         grow = short and (self.was_short or queued > 0)
         self.was_short = short
         if now >= self.next_spawn:

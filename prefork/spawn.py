@@ -8,10 +8,10 @@ descriptors, then builds and runs the worker object in
 record of the new process and the pidfd that wakes the loop when it exits.
 
 With the ``gc_freeze`` setting (the default) the master follows CPython's advice for fork
-without exec (the ``gc`` module's docs): the collector is paused while ``--preload`` imports
-TARGET (:func:`pause_gc`: no holes freed in pages the workers will share), everything is
-frozen right before each fork (:func:`freeze_gc`: a worker's collections never write to the
-objects it shares with the master), and the collector resumes after the first fork in the
+without exec (the ``gc`` module's docs): automatic collection is paused while ``--preload``
+imports TARGET (:func:`pause_gc`: no holes freed in pages the workers will share), everything
+is frozen right before the first fork (:func:`freeze_gc`: a worker's collections never write
+to the objects it shares with the master), and collection resumes after that fork in the
 master and in the child.
 """
 
@@ -39,36 +39,45 @@ from prefork.workers import WORKER_CLASSES, Worker
 
 log = logging.getLogger("prefork")
 
-#: The collector was paused by :func:`pause_gc` and not resumed yet (in this process).
-_gc_paused = False
+#: The automatic collection thresholds :func:`pause_gc` set aside (None: not paused).
+_gc_thresholds: tuple[int, int, int] | None = None
+#: The master froze its objects before a fork already (:func:`freeze_gc` freezes once).
+_gc_frozen = False
 
 
 def pause_gc() -> None:
-    """Pause the garbage collector (if it runs) until the next fork, for the ``gc_freeze``
-    setting: called before ``--preload`` imports TARGET. Runs in the master."""
-    global _gc_paused
-    if gc.isenabled():
-        gc.disable()
-        _gc_paused = True
+    """Pause automatic garbage collection until the first fork, for the ``gc_freeze``
+    setting: called before ``--preload`` imports TARGET. The first threshold is set to 0
+    (which stops automatic collections) rather than calling ``gc.disable()``, so that a
+    ``gc.disable()`` of the application's own, at import, is kept. Runs in the master."""
+    global _gc_thresholds
+    thresholds = gc.get_threshold()
+    if gc.isenabled() and thresholds[0]:
+        _gc_thresholds = thresholds
+        gc.set_threshold(0, *thresholds[1:])
 
 
 def freeze_gc() -> None:
-    """Move every object tracked by the collector to its permanent generation
-    (``gc.freeze()``) right before a fork, after collecting what the master made since an
-    earlier freeze (its own garbage, young: the frozen objects are not looked at). Runs in
-    the master, for the ``gc_freeze`` setting."""
-    if gc.get_freeze_count():
-        gc.collect()
-    gc.freeze()
+    """Move every object the collector tracks to its permanent generation (``gc.freeze()``),
+    once, right before the master's first fork (a worker's or the exporter's): what the
+    master holds then (with ``--preload``, the application) is never looked at by a
+    collection again, in the master or in any process forked later, replacements and the
+    workers of a HUP included. Freezing again before later forks would pin the master's
+    own garbage made meanwhile. Runs in the master, for the ``gc_freeze`` setting."""
+    global _gc_frozen
+    if not _gc_frozen:
+        gc.freeze()
+        _gc_frozen = True
 
 
 def resume_gc() -> None:
-    """Resume the collector if :func:`pause_gc` paused it. Runs right after a fork, in the
-    master and in the child."""
-    global _gc_paused
-    if _gc_paused:
-        _gc_paused = False
-        gc.enable()
+    """Resume automatic collections if :func:`pause_gc` paused them (unless the thresholds
+    were changed since). Runs right after a fork, in the master and in the child."""
+    global _gc_thresholds
+    if _gc_thresholds is not None:
+        if gc.get_threshold()[0] == 0:
+            gc.set_threshold(*_gc_thresholds)
+        _gc_thresholds = None
 
 
 class Spawner:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefork.command import UsageError
 from prefork.logs import flush_std_streams
+from prefork.messages import describe_exit
 from prefork.server import PreforkMixIn
 from prefork.sockets import is_http_handler
 
@@ -112,24 +113,32 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
     """
     flush_std_streams()
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        raise UsageError(f"cannot check {target!r}: fork() failed: {exc.strerror or exc}") from None
     if pid == 0:  # the child: never returns
         os.close(read_end)
         _check_in_child(target, write_end)
     os.close(write_end)
+    deadline = time.monotonic() + CHECK_TIMEOUT
+    status: int | None = None
     try:
-        data = _read_all(read_end, time.monotonic() + CHECK_TIMEOUT)
-    except BaseException:  # the timeout, a KeyboardInterrupt: the child goes too
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        raise
+        data = _read_facts(read_end, deadline)
+        status = _wait_child(pid, deadline)
     finally:
         os.close(read_end)
-        os.waitpid(pid, 0)
+        if status is None:  # the timeout, a KeyboardInterrupt: the child goes too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     try:
         facts = json.loads(data)
     except ValueError:
-        raise UsageError(f"cannot import {target!r}: the check ended before it said why") from None
+        how = describe_exit(os.waitstatus_to_exitcode(status))
+        raise UsageError(f"cannot import {target!r}: the check {how} before it said why") from None
     if "error" in facts:
         raise UsageError(str(facts["error"]))
     for name in facts["stdlib"]:
@@ -138,20 +147,26 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
     return stand_in(str(facts["name"]), str(facts["kind"]))
 
 
+#: Standard library modules the master does not import after a check: they act when imported.
+_NOT_AGAIN = frozenset(("__main__", "antigravity", "this"))
+
+
 def _check_in_child(target: str, write_end: int) -> NoReturn:
-    """The checking child: load ``target``, write its facts as JSON to ``write_end``, leave
-    with ``os._exit`` (never returning into the master's code)."""
+    """The checking child: load ``target``, write its facts as one line of JSON to
+    ``write_end``, leave with ``os._exit`` (never returning into the master's code)."""
     try:
         before = set(sys.modules)
         try:
             handler = load_target(target)
-            added = set(sys.modules) - before
+            added = set(sys.modules) - before - _NOT_AGAIN
             stdlib = [n for n in added if _is_stdlib(n, sys.modules[n]) or n in sys.builtin_module_names]
             facts: dict[str, Any] = {"name": handler.__name__, "kind": handler_kind(handler)}
             facts["stdlib"] = sorted(stdlib)
         except UsageError as exc:
             facts = {"error": str(exc)}
-        data = json.dumps(facts).encode()
+        except BaseException as exc:  # what load_target lets through: an attribute that raises
+            facts = {"error": f"cannot load {target!r}: {type(exc).__name__}: {exc}"}
+        data = json.dumps(facts).encode() + b"\n"
         while data:
             data = data[os.write(write_end, data) :]
     finally:
@@ -159,21 +174,34 @@ def _check_in_child(target: str, write_end: int) -> NoReturn:
         os._exit(0)
 
 
-def _read_all(fd: int, deadline: float) -> bytes:
-    """What the checking child writes to ``fd`` until it closes it, at most
+def _read_facts(fd: int, deadline: float) -> bytes:
+    """The line of facts the checking child writes to ``fd`` (up to its newline, or what came
+    before the pipe closed: a process the target forked may hold it open), at most
     :data:`_MAX_FACTS` bytes. Raises UsageError after ``deadline`` (monotonic seconds)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= _MAX_FACTS:
+    data = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not data.endswith(b"\n") and len(data) <= _MAX_FACTS:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             raise UsageError(f"checking TARGET took over {CHECK_TIMEOUT:g} s")
         chunk = os.read(fd, 65536)
         if not chunk:
             break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+        data += chunk
+    return data
+
+
+def _wait_child(pid: int, deadline: float) -> int:
+    """The wait status of the checking child ``pid``, once it has exited. Raises UsageError
+    after ``deadline`` (monotonic seconds)."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            raise UsageError(f"checking TARGET took over {CHECK_TIMEOUT:g} s")
+        time.sleep(0.005)
 
 
 def handler_kind(handler: type[socketserver.BaseRequestHandler]) -> str:

@@ -163,13 +163,10 @@ class ServerProcess:
         os.kill(self.pid, sig)
 
     def wait(self, timeout: float = 10.0) -> int:
-        """Wait for the process to exit; then for its log to be read to the end (EOF, once
-        every process writing to it is gone; at most ``timeout`` seconds more): the reader
-        thread lags the process, and a line written just before the exit was sometimes
-        missed."""
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return code
+        """Wait for the process to exit. Its log may lag (read by a thread, and other
+        processes, a new master of USR2, may hold it open): wait for a line written just
+        before the exit with :meth:`wait_logged`."""
+        return self.proc.wait(timeout)
 
     def destroy(self) -> None:
         """SIGKILL the whole process group, then check nothing of it is left."""

@@ -191,3 +191,9 @@ def test_a_dynamic_pool_grows_under_load_and_shrinks_back_when_idle(tmp_path: os
         _, err = proc.communicate(timeout=20)
     assert "Dynamic pool (no idle worker" in err and "increasing the pool to 4 workers" in err
     assert "idle for 1 s), decreasing the pool to 1 worker." in err
+
+
+def test_a_thread_pool_is_short_only_with_connections_queued() -> None:
+    scaler = PoolScaler(1, 8, queue_only=True)
+    assert run(scaler, 2, BUSY, 0.0, 3.0) == (2, [])  # its slots busy, its threads maybe free
+    assert scaler.decide(10.0, 2, QUEUED) == (3, "no idle worker, 5 connections queued")

@@ -56,14 +56,17 @@ def test_a_term_to_a_booting_worker_waits_for_its_handlers() -> None:
 
 GC_HANDLER = textwrap.dedent(
     """
-    import gc, json, socketserver
-    IMPORTED_WITH_GC = gc.isenabled()
+    import gc, json, os, socketserver
+    collecting = lambda: gc.isenabled() and gc.get_threshold()[0] > 0
+    IMPORTED_WITH_GC = collecting()
+    if os.environ.get("APP_DISABLES_GC"):
+        gc.disable()
     FROZEN_AT_IMPORT = gc.get_freeze_count()  # not 0 on every Python (375 on 3.12.1)
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self):
             self.rfile.readline()
-            state = [IMPORTED_WITH_GC, gc.isenabled(), gc.get_freeze_count() > FROZEN_AT_IMPORT]
+            state = [IMPORTED_WITH_GC, collecting(), gc.get_freeze_count() > FROZEN_AT_IMPORT]
             self.wfile.write(json.dumps(state).encode() + b"\\n")
     """
 )
@@ -93,3 +96,27 @@ def test_gc_freeze_keeps_what_the_master_preloaded_out_of_the_workers_collection
     assert json.loads(request_line(server.address, b"x\n")) == expected
     master = psutil.Process(server.pid)
     assert master.is_running()
+
+
+@pytest.mark.timeout(40)
+def test_an_applications_own_gc_disable_is_kept(serve_cli: Serve, tmp_path: Path) -> None:
+    """The pause for --preload's import stops automatic collections without gc.disable(), so
+    a gc.disable() of the application's own stays in force in its workers."""
+    app = tmp_path / "gc_off_app.py"
+    app.write_text(GC_HANDLER)
+    server = serve_cli(
+        f"{app}:Handler", "--workers", "1", "--preload", env={**os.environ, "APP_DISABLES_GC": "1"}
+    )
+    server.wait_workers(1)
+    assert json.loads(request_line(server.address, b"x\n")) == [False, False, True]
+
+
+@pytest.mark.timeout(40)
+def test_the_exporter_forked_first_freezes_too(serve_cli: Serve, tmp_path: Path) -> None:
+    """With --metrics the exporter is the master's first fork: the freeze comes before it (else
+    the exporter's first collection would copy every preloaded object), and the workers
+    forked after it are frozen as well."""
+    app = tmp_path / "gc_metrics_app.py"
+    app.write_text(GC_HANDLER)
+    server = serve_cli(f"{app}:Handler", "--workers", "1", "--preload", "--metrics", "127.0.0.1:0")
+    assert json.loads(request_line(server.address, b"x\n")) == [False, True, True]

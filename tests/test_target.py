@@ -8,6 +8,7 @@ import http.server
 import os
 import socketserver
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -84,7 +85,9 @@ def test_the_stand_in_is_a_handler_of_the_same_kind() -> None:
     [
         ("raise RuntimeError('no config')\n", "RuntimeError: no config"),
         ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
-        ("import os\nos._exit(0)\n", "the check ended before it said why"),
+        ("import os\nos._exit(0)\n", "the check exited with status 0 before it said why"),
+        ("import ctypes\nctypes.string_at(0)\n", "the check was killed by SIGSEGV before it said why"),
+        ("def __getattr__(name):\n    raise ImportError('lazy ' + name)\n", "ImportError: lazy Handler"),
         ("X = 1\n", "has no attribute 'Handler'"),
     ],
 )
@@ -122,3 +125,17 @@ def test_without_preload_the_master_keeps_none_of_the_targets_memory(
     assert request_line(server.address, b"x\n") == b"x\n"
     assert psutil.Process(worker).memory_info().rss > 64 << 20
     assert psutil.Process(server.pid).memory_info().rss < 32 << 20
+
+
+@pytest.mark.timeout(30)
+def test_a_process_the_target_forks_does_not_hold_the_check(tmp_path: Path, clean_imports: None) -> None:
+    """A target that starts a long-lived process at import (it inherits the pipe) is checked
+    as soon as the checking child has said what it found."""
+    app = tmp_path / "forking_app.py"
+    app.write_text(
+        "import os, time\nif os.fork() == 0:\n    time.sleep(5)\n    os._exit(0)\n"
+        + HANDLER_SOURCE.format(reply=b"x\n")
+    )
+    started = time.monotonic()
+    assert check_target(f"{app}:Handler").__name__ == "Handler"
+    assert time.monotonic() - started < 3
