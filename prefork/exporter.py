@@ -69,6 +69,7 @@ def serve_exporter(
     deadline: float = CONNECTION_DEADLINE,
     sample_interval: float = SAMPLE_INTERVAL,
     master_pid: int | None = None,
+    sample: Snapshot | None = None,
 ) -> None:
     """Serve HTTP on ``sock`` (listening, of :func:`bind_metrics`) until the master dies, then
     return (the caller ends the process with ``os._exit``). Runs in the exporter process, in
@@ -76,7 +77,9 @@ def serve_exporter(
 
     ``snapshot()`` returns the pool snapshot and ``families()`` the application's metric
     families; both are called from several threads at once, once per request (and every
-    ``sample_interval`` seconds by the sampler). ``master_fd`` is the read end of a pipe whose
+    ``sample_interval`` seconds by the sampler, with ``sample()`` instead when given: the
+    history needs no process's memory, which costs milliseconds per process to read).
+    ``master_fd`` is the read end of a pipe whose
     write end only the master holds: EOF there, or a parent other than ``master_pid`` (default:
     the parent at the call), means the master is gone. What the master writes on it is read
     and ignored.
@@ -100,7 +103,7 @@ def serve_exporter(
         threading.Thread(target=server.serve_forever, name="exporter-http", daemon=True),
         threading.Thread(
             target=_sample,
-            args=(snapshot, history, sample_interval, stopping),
+            args=(sample or snapshot, history, sample_interval, stopping),
             name="exporter-sampler",
             daemon=True,
         ),

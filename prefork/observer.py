@@ -236,6 +236,7 @@ class Observer:
                 lambda: stats.add_process_info(self.snapshot()),
                 families,
                 self.events.master_r,
+                sample=self.snapshot,  # the status page's history: no process info
             )
             status = 0
         except BaseException:
