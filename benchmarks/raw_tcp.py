@@ -74,7 +74,7 @@ def serve(kind: str, workers: int, backlog: int) -> None:
 def loadgen_cmd(port: int, duration: float, concurrency: int, keepalive: bool, out: str) -> list[str]:
     cmd = [sys.executable, "-m", "prefork", "bench", "--address", f"127.0.0.1:{port}", "--protocol", "line"]
     cmd += ["--payload", "ping", "--expect", "Hello", "--concurrency", str(concurrency)]
-    cmd += ["--duration", f"{duration:g}s", "--warmup", "1s", "--out", out]
+    cmd += ["--duration", f"{duration:g}s", "--warmup", "1s", "--rounds", "1", "--out", out]
     return cmd + (["--keepalive"] if keepalive else [])
 
 

@@ -41,6 +41,13 @@ class ResetHandler(socketserver.StreamRequestHandler):
             self.wfile.write(line)
 
 
+class SilentHandler(socketserver.StreamRequestHandler):
+    """Read a line and close the connection without a reply: every request fails."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+
+
 class MixedHandler(socketserver.StreamRequestHandler):
     """For each line read: 1 ms of CPU work, then 9 ms of waiting (as on a database), then
     write the line back. A pool of N serves about N x 100 req/s until the CPUs run out."""
@@ -51,4 +58,21 @@ class MixedHandler(socketserver.StreamRequestHandler):
             while time.thread_time() < end:
                 pass
             time.sleep(0.009)
+            self.wfile.write(line)
+
+
+#: The CPU time CpuHandler spends on each request, in seconds.
+CPU_TIME = 0.002
+
+
+class CpuHandler(socketserver.StreamRequestHandler):
+    """For each line read: 2 ms of CPU work (a loop until this thread has used CPU_TIME), then
+    write the line back. CPU-bound: a pool serves at most about usable CPUs / 2 ms requests
+    per second, and more workers than CPUs only wait for a CPU."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            end = time.thread_time() + CPU_TIME
+            while time.thread_time() < end:
+                pass
             self.wfile.write(line)

@@ -1,10 +1,13 @@
-"""``prefork bench``: trust tests against handlers of known behaviour, outputs, and usage errors.
+"""``prefork bench``: trust tests against handlers of known behaviour, the recommendation and
+the modes, outputs, usage errors, and the pure rules (noise, SLO, steps, memory, parsing).
 
 The trust tests run the real command (``python -m prefork bench``) against
 ``tests/bench_handlers.py``: a handler that sleeps 20 ms per request must measure
 workers / 20 ms of throughput (within 10%) and a p50 of 20 ms (within 2 ms); a handler that
-resets every 10th connection must count exactly those as resets. Other tests keep their load
-light (``--rate``, ``--requests``) so they do not disturb the trust tests running beside them.
+resets every 10th connection must count exactly those as resets; a CPU-bound handler must be
+recommended at most the usable CPUs. Other tests keep their load light (``--rate``,
+``--requests``, one round) so they do not disturb the trust tests running beside them; the
+rules are tested without processes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from prefork import bench
-from prefork.bench import load, options, report
+from prefork.config import usable_cpus
 from tests.bench_handlers import RESET_EVERY, SERVICE_TIME
 from tests.conftest import ROOT
 
@@ -40,9 +43,11 @@ def run_bench(*args: str, timeout: float = 40) -> subprocess.CompletedProcess[st
 
 def bench_json(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run the bench with ``--out``, check it succeeded, return the JSON it wrote. One client
-    process is plenty for these loads, and leaves the CPUs to the tests running beside."""
+    process is plenty for these loads, and leaves the CPUs to the tests running beside; one
+    round unless ``args`` say otherwise (the trust tests check each round)."""
     out = tmp_path / "results.json"
-    done = run_bench(*args, "--clients", "1", "--out", str(out))
+    rounds = () if "--rounds" in args else ("--rounds", "1")
+    done = run_bench(*args, *rounds, "--clients", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     data: dict[str, Any] = json.loads(out.read_text())
     return data
@@ -128,7 +133,7 @@ def test_udp_and_csv_and_plot(tmp_path: Path) -> None:
     done = run_bench(
         "examples/udp_echo.py:EchoHandler",
         "--workers", "1", "--rate", "300", "--duration", "1s", "--warmup", "0",
-        "--out", str(out), "--plot", str(png), "--clients", "1",
+        "--out", str(out), "--plot", str(png), "--clients", "1", "--rounds", "1",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     with out.open() as lines:
@@ -189,11 +194,42 @@ def test_address_of_a_running_server(serve_cli: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_refused_connections_are_counted(tmp_path: Path) -> None:
+def test_a_refused_target_fails_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "nobody.sock"
-    data = bench_json(tmp_path, "--address", f"unix:{path}", "--requests", "20", "--concurrency", "2")
-    (run,) = data["runs"]
-    assert run["errors_by_kind"]["refused"] == 20 and run["ok"] == 0
+    done = run_bench("--address", f"unix:{path}", "--requests", "20", "--concurrency", "2")
+    assert done.returncode == 1, done
+    refused = f"cannot connect to unix:{path}: connection refused (is a server listening there?)"
+    assert done.stderr == f"prefork bench: error: {refused}\n"
+    assert done.stdout == ""
+
+
+@pytest.mark.timeout(30)
+def test_an_http_server_loaded_with_lines_is_detected(serve_cli: Any) -> None:
+    server = serve_cli("examples/http_hello.py", "--workers", "1")
+    host, port = server.address
+    done = run_bench("--address", f"{host}:{port}", "--requests", "50", "--rounds", "1")
+    assert done.returncode == 2, done
+    assert (
+        done.stderr == f"prefork bench: error: the server at {host}:{port} speaks HTTP: use --protocol http\n"
+    )
+    # And the reverse: HTTP requests to a line server.
+    server = serve_cli("examples/echo.py:EchoHandler", "--workers", "1")
+    host, port = server.address
+    done = run_bench("--address", f"{host}:{port}", "--protocol", "http", "--requests", "50", "--rounds", "1")
+    assert done.returncode == 2 and "does not speak HTTP" in done.stderr and done.stderr.count("\n") == 1, (
+        done
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_run_where_every_request_failed_exits_1() -> None:
+    done = run_bench(
+        "tests.bench_handlers:SilentHandler",
+        "--workers", "1", "--requests", "30", "--concurrency", "2", "--warmup", "0", "--rounds", "2",
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("prefork bench: error: every request to ") and done.stderr.count("\n") == 1
+    assert "failed with 1 worker (bad reply 30)" in done.stderr, done.stderr
 
 
 # -- usage errors (in-process: nothing is started) -------------------------------------------
@@ -210,6 +246,12 @@ def test_refused_connections_are_counted(tmp_path: Path) -> None:
         (["x:Y", "--concurrency", "many"], "bad concurrency"),
         (["x:Y", "--protocol", "raw", "--keepalive"], "--keepalive"),
         (["x:Y", "--out", "/no/such/dir/r.json"], "no such directory"),
+        (["x:Y", "--rounds", "0"], "--rounds must be 1 to 20"),
+        (["x:Y", "--slo", "p99=50ms"], "--slo needs --rate"),
+        (["x:Y", "--slo", "99=50ms", "--rate", "10"], "bad SLO"),
+        (["x:Y", "--memory-limit", "2X"], "bad size '2X'"),
+        (["x:Y", "--step-load", "10/s for soon"], "bad duration"),
+        (["x:Y", "--step-load", "10/s for 1s", "--rate", "5"], "--step-load sets the rate"),
     ],
 )
 def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,39 +278,80 @@ def test_a_target_that_does_not_load_is_a_usage_error() -> None:
     assert "NoSuchHandler" in done.stderr and done.stderr.count("\n") == 1
 
 
-# -- pieces ----------------------------------------------------------------------------------
+# -- the recommendation, the SLO and step-load modes, memory ---------------------------------
 
 
-def test_parsers() -> None:
-    assert options.parse_duration("500ms") == 0.5
-    assert options.parse_duration("2m") == 120
-    assert options.parse_duration("3") == 3
-    assert options.parse_pool_sizes("4,1,2,2") == [1, 2, 4]
-    assert options.parse_concurrency("2x") == (2, True)
-    assert options.unescape(r"GET\r\n\x00é") == b"GET\r\n\x00" + "é".encode()
+@pytest.mark.timeout(45)
+def test_a_cpu_bound_handler_gets_at_most_the_usable_cpus(tmp_path: Path) -> None:
+    # The done-when of the bench's noise rule, cheaply: as many workers as usable CPUs, and
+    # twice that, 3 interleaved rounds each; the CPU-bound handler must get at most the CPUs,
+    # whatever the tests beside this one do to the machine. (docs/sizing.md: 10 such runs.)
+    cpus = usable_cpus()
+    data = bench_json(
+        tmp_path,
+        "tests.bench_handlers:CpuHandler",
+        "--workers", f"{cpus},{2 * cpus}", "--rounds", "3", "--duration", "0.5s", "--warmup", "0.2s",
+        "--memory-limit", "1G",
+    )  # fmt: skip
+    recommendation = data["recommendation"]
+    assert recommendation["workers"] <= cpus, data
+    runs = data["runs"]
+    assert [r["workers"] for r in runs] == [cpus, 2 * cpus]
+    for run in runs:
+        assert [r["round"] for r in run["rounds"]] == [0, 1, 2] and run["rounds_run"] == 3
+        assert run["rps_min"] <= run["rps"] <= run["rps_max"] and len(run["rps_rounds"]) == 3
+        assert run["compute_share"] > 0.5, run  # a CPU-bound handler computes nearly all the time
+        # Memory, after the load: the master's and each worker's, private and proportional.
+        assert 0 < run["master_uss_bytes"] <= run["master_pss_bytes"], run
+        assert len(run["worker_uss_bytes"]) == run["workers"] and all(u > 0 for u in run["worker_uss_bytes"])
+        assert run["total_pss_bytes"] >= run["master_pss_bytes"] + sum(run["worker_uss_bytes"]) * 0.9
+    memory = data["memory"]
+    assert 2**20 < memory["per_worker_bytes"] < 2**28 and memory["limit_bytes"] == 2**30
+    assert memory["workers_fit"] == (2**30 - memory["base_bytes"]) // memory["per_worker_bytes"]
 
 
-def _run(workers: int, rps: float, p99: float) -> dict[str, Any]:
-    return {"workers": workers, "rps": rps, "p99_ms": p99, "ok": 1}
+@pytest.mark.timeout(45)
+def test_slo_mode_finds_the_smallest_pool_that_meets_it(tmp_path: Path) -> None:
+    # 100 req/s of 20 ms requests: 1 worker serves 50/s and falls behind (its p99 grows with
+    # the queue, and its unsent requests count as too slow); 4 serve 200/s.
+    data = bench_json(
+        tmp_path,
+        "tests.bench_handlers:SleepHandler",
+        "--workers", "1,4", "--rate", "100", "--slo", "p99=300ms", "--duration", "1s", "--warmup", "0.2s",
+        "--concurrency", "400",
+    )  # fmt: skip
+    one, four = data["runs"]
+    assert not one["slo_met"] and four["slo_met"], data["runs"]
+    assert four["slo"] == [four["slo"][0] | {"objective": "p99", "limit_ms": 300.0, "met": True}]
+    assert data["recommendation"]["workers"] == 4 and data["recommendation"]["met"] == [4]
+    # No pool size meets an impossible SLO: exit status 3, one line on stderr.
+    done = run_bench(
+        "tests.bench_handlers:SleepHandler",
+        "--workers", "1", "--rate", "20", "--slo", "p99=5ms", "--duration", "0.5s", "--warmup", "0",
+        "--rounds", "1", "--clients", "1",
+    )  # fmt: skip
+    assert done.returncode == 3, done
+    assert done.stderr == "prefork bench: no pool size met p99 <= 5 ms at 20 req/s in every round\n"
+    assert "recommendation: none: no pool size met" in done.stdout
 
 
-def test_recommendation_is_the_smallest_pool_near_the_best() -> None:
-    runs = [_run(1, 500, 9), _run(2, 960, 5), _run(4, 1000, 5), _run(8, 990, 7)]
-    assert report.recommend(runs)["workers"] == 2  # type: ignore[index]
-    # within 5% of the best throughput, but a worse p99: not chosen
-    runs = [_run(2, 960, 6), _run(4, 1000, 5)]
-    assert report.recommend(runs)["workers"] == 4  # type: ignore[index]
-    assert report.recommend([{**_run(1, 0, 0), "ok": 0}]) is None
-
-
-def test_histogram_results_merge_across_processes() -> None:
-    one, two = load.LoadResult(), load.LoadResult()
-    for value in range(1000, 2000):
-        one.histogram.record_value(value)
-    two.histogram.record_value(50_000)
-    two.count_error("reset")
-    merged = load.LoadResult.from_json(one.to_json())
-    merged.merge(load.LoadResult.from_json(two.to_json()))
-    assert merged.histogram.get_total_count() == 1001
-    assert merged.histogram.get_max_value() == pytest.approx(50_000, rel=0.001)
-    assert merged.errors == {"reset": 1}
+@pytest.mark.timeout(45)
+def test_step_load_shows_the_workers_and_latency_over_time(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "steps.png"
+    data = bench_json(
+        tmp_path,
+        "tests.bench_handlers:SleepHandler",
+        "--workers", "2", "--step-load", "20/s for 1s, 80/s:1s", "--window", "0.5s", "--settle", "0.5s",
+        "--plot", str(png),
+    )  # fmt: skip
+    (run,) = data["runs"]
+    assert [r["t"] for r in run["series"]] == [0, 0.5, 1, 1.5]
+    assert [r["offered"] for r in run["series"]] == [20, 20, 80, 80]
+    assert run["ok"] == 20 + 80 and run["errors"] == 0, run
+    assert all(r["workers"] == 2 for r in run["series"]), run["series"]
+    assert run["samples"] and all(s["workers"] == 2 for s in run["samples"])
+    first, second = run["steps"]
+    assert first["rate"] == 20 and second["rate"] == 80 and second["workers_max"] == 2
+    assert 20 <= second["p99_ms"] < 200, second  # 2 workers serve 100/s: no queue to speak of
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

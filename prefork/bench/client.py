@@ -2,8 +2,9 @@
 
 Started by :class:`~prefork.bench.client_process.ClientProcess` in the bench's parent process.
 It reads a :class:`~prefork.bench.load.LoadSpec` (one JSON line) on stdin, writes ``ready``,
-waits for a line on stdin, drives the load (:func:`~prefork.bench.loadgen.run_load`) writing
-``progress N`` lines, then one ``result JSON`` line, and exits 0 (1 if the parent went away).
+waits for a ``go [T]`` line on stdin (T: the ``time.monotonic()`` time to start at), drives
+the load (:func:`~prefork.bench.loadgen.run_load`) writing ``progress N`` lines, then one
+``result JSON`` line, and exits 0 (1 if the parent went away).
 Not imported by :mod:`prefork.bench`, so ``-m`` runs it fresh.
 """
 
@@ -29,9 +30,10 @@ def main() -> int:
         print(PROGRESS, completed, flush=True)
 
     print(READY, flush=True)
-    if not sys.stdin.readline():  # the parent went away before starting us
+    go = sys.stdin.readline().split()
+    if not go:  # the parent went away before starting us
         return 1
-    result = run_load(spec, progress)
+    result = run_load(spec, progress, float(go[1]) if len(go) > 1 else None)
     print(RESULT, result.to_json(), flush=True)
     return 0
 

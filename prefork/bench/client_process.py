@@ -2,8 +2,9 @@
 
 :class:`ClientProcess` starts ``python -m prefork.bench.client`` (:mod:`prefork.bench.client`,
 the child's side) and speaks its protocol: a :class:`~prefork.bench.load.LoadSpec` as one line
-of JSON on the child's stdin, then ``go``; on its stdout the lines ``ready``, ``progress N``
-and ``result JSON`` (a :class:`~prefork.bench.load.LoadResult`).
+of JSON on the child's stdin, then ``go T`` (the monotonic time to start at); on its stdout
+the lines ``ready``, ``progress N`` and ``result JSON`` (a
+:class:`~prefork.bench.load.LoadResult`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class ClientProcess:
         self.result: LoadResult | None = None
         self.ready = False
 
-    def go(self) -> None:
-        """Tell the (ready) client to start. Raises BrokenPipeError if it has exited."""
-        self.stdin.write(b"go\n")
+    def go(self, begin: float) -> None:
+        """Tell the (ready) client to start at ``begin`` (a ``time.monotonic()`` time, the
+        same for every process on the machine). Raises BrokenPipeError if it has exited."""
+        self.stdin.write(f"go {begin!r}\n".encode())
 
     def read_available(self) -> bool:
         """Read what the client wrote (call when its stdout is readable) and apply each

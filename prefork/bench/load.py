@@ -37,6 +37,9 @@ class LoadSpec:
     ``duration``: seconds measured. ``requests``: stop after starting this many measured
     requests (None: no count limit). ``timeout``: per request, from when it was due.
     ``expect``: bytes a good reply contains (None: any whole reply). ``host``: HTTP Host header.
+    ``steps``: open loop at a rate that changes, ((requests per second, seconds), ...) one
+    after the other from the start (no warmup; ``duration`` is their sum), or None.
+    ``window``: seconds per window of :attr:`LoadResult.windows` (None: no windows).
     """
 
     family: int
@@ -52,6 +55,8 @@ class LoadSpec:
     timeout: float = 5.0
     expect: bytes | None = None
     host: str = "localhost"
+    steps: tuple[tuple[float, float], ...] | None = None
+    window: float | None = None
 
     def to_json(self) -> str:
         """One line of JSON (bytes as latin-1 text), read back by :meth:`from_json`."""
@@ -70,6 +75,8 @@ class LoadSpec:
             data["expect"] = data["expect"].encode("latin-1")
         if isinstance(data["address"], list):
             data["address"] = tuple(data["address"])
+        if data.get("steps") is not None:
+            data["steps"] = tuple((float(rate), float(seconds)) for rate, seconds in data["steps"])
         return cls(**data)
 
 
@@ -83,6 +90,8 @@ class LoadResult:
     kind; ``unsent``: open-loop requests that came due but could not start before the end;
     ``cpu``: CPU seconds (user + system) each client process used while measuring; ``wall``:
     seconds each measured; ``histogram``: latencies of good replies (microseconds).
+    ``windows``: with :attr:`LoadSpec.window`, per window of that many seconds from the start
+    of measuring (:class:`Window`).
     """
 
     ok: int = 0
@@ -93,11 +102,18 @@ class LoadResult:
     cpu: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
     histogram: Any = field(default_factory=new_histogram)
+    windows: list[Window] = field(default_factory=list)
 
     def count_error(self, kind: str) -> None:
         """Count one error of ``kind`` (one of :data:`~prefork.bench.protocols.ERROR_KINDS`,
         or ``other: ERRNO``)."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def window(self, index: int) -> Window:
+        """Window number ``index`` (0: the first), created with those before it if need be."""
+        while len(self.windows) <= index:
+            self.windows.append(Window())
+        return self.windows[index]
 
     @property
     def error_total(self) -> int:
@@ -115,11 +131,21 @@ class LoadResult:
         self.cpu += other.cpu
         self.wall += other.wall
         self.histogram.add(other.histogram)
+        for index, theirs in enumerate(other.windows):
+            ours = self.window(index)
+            ours.ok += theirs.ok
+            ours.failed += theirs.failed
+            ours.served += theirs.served
+            ours.histogram.add(theirs.histogram)
 
     def to_json(self) -> str:
-        """One line of JSON, the histogram HdrHistogram-encoded, read back by :meth:`from_json`."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "histogram"}
+        """One line of JSON, the histograms HdrHistogram-encoded, read back by :meth:`from_json`."""
+        skip = ("histogram", "windows")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         data["histogram"] = self.histogram.encode().decode("ascii")
+        data["windows"] = [
+            [w.ok, w.failed, w.served, w.histogram.encode().decode("ascii")] for w in self.windows
+        ]
         return json.dumps(data)
 
     @classmethod
@@ -129,6 +155,23 @@ class LoadResult:
         result's."""
         data = json.loads(text)
         encoded = data.pop("histogram")
+        windows = data.pop("windows", [])
         result = cls(**data)
         result.histogram.decode_and_add(encoded.encode("ascii"))
+        for ok, failed, served, histogram in windows:
+            window = Window(ok, failed, served)
+            window.histogram.decode_and_add(histogram.encode("ascii"))
+            result.windows.append(window)
         return result
+
+
+@dataclass
+class Window:
+    """One window of a :class:`LoadResult`: the requests due in it that got a good reply
+    (``ok``) or failed, and the good replies' latencies (``histogram``, microseconds); and
+    the good replies that came in it (``served``), to requests due in it or before."""
+
+    ok: int = 0
+    failed: int = 0
+    served: int = 0
+    histogram: Any = field(default_factory=new_histogram)

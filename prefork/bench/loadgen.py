@@ -14,6 +14,8 @@ measures, and merges their results (:class:`~prefork.bench.load.LoadResult`).
   whether or not earlier ones finished; when ``concurrency`` are already in flight it waits,
   and its latency is measured from when it was *due*, not when it could be sent, so the
   queueing a slow server causes is not hidden (no "coordinated omission").
+- **Steps** (``steps``, the step-load mode): open loop at a rate that changes, step after
+  step; within a step of R requests per second, request *i* is due at ``step start + i / R``.
 
 Every run is bounded: by ``duration`` seconds, and by ``requests`` when given; each request
 by ``timeout`` seconds. Stream protocols open a connection per request unless ``keepalive``
@@ -23,6 +25,7 @@ by ``timeout`` seconds. Stream protocols open a connection per request unless ``
 from __future__ import annotations
 
 import errno
+import math
 import resource
 import selectors
 import socket
@@ -72,7 +75,11 @@ class _Generator:
         self.measure_end = 0.0
         self.started = 0  # measured requests started
         self.next_due = 0.0  # open loop: when the next request is due
+        self.step = 0  # steps: the step now, its start, and the requests due in it so far
+        self.step_start = 0.0
+        self.step_due = 0
         self.datagram = spec.protocol == "udp"
+        self.open_loop = spec.rate is not None or bool(spec.steps)
         self.half_close = half_closes(spec.protocol, spec.keepalive)
         self.request_bytes = request_bytes(
             spec.protocol, spec.payload, keepalive=spec.keepalive, host=spec.host
@@ -80,16 +87,19 @@ class _Generator:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self) -> LoadResult:
+    def run(self, begin: float | None) -> LoadResult:
         spec = self.spec
+        if begin is not None:
+            time.sleep(max(0.0, begin - time.monotonic()))
         begin = time.monotonic()
-        warm_end = begin + spec.warmup
+        warm_end = begin + (0.0 if spec.steps else spec.warmup)
         cpu_start = 0.0
         last_progress = begin
-        if spec.warmup <= 0:
+        if warm_end <= begin:
             self._start_measuring(begin)
             cpu_start = _cpu_seconds()
-        self.next_due = begin
+        self.step_start = begin
+        self.next_due = self._step_due() if spec.steps else begin
         while True:
             now = time.monotonic()
             if not self.measuring and now >= warm_end:
@@ -104,7 +114,7 @@ class _Generator:
             wake = min((r.deadline for r in self.inflight.values()), default=now + 1.0)
             if issuing:
                 wake = min(wake, self.measure_end if self.measuring else warm_end)
-                if spec.rate is not None and len(self.inflight) < spec.concurrency:
+                if self.open_loop and len(self.inflight) < spec.concurrency:
                     wake = min(wake, self.next_due)
             if self.progress is not None:
                 wake = min(wake, last_progress + PROGRESS_INTERVAL)
@@ -119,7 +129,9 @@ class _Generator:
         end = time.monotonic()
         self.result.cpu.append(_cpu_seconds() - cpu_start)
         self.result.wall.append(end - self.measure_start)
-        if spec.rate is not None and self.measuring:
+        if spec.steps and self.measuring:
+            self.result.unsent = max(0, sum(math.ceil(r * t - 1e-9) for r, t in spec.steps) - self.started)
+        elif spec.rate is not None and self.measuring:
             due_total = int(spec.duration * spec.rate)
             if spec.requests is not None:
                 due_total = min(due_total, spec.requests)
@@ -150,7 +162,13 @@ class _Generator:
         for _ in range(spec.concurrency - len(self.inflight)):
             if spec.requests is not None and self.measuring and self.started >= spec.requests:
                 return
-            if spec.rate is None:
+            if spec.steps:
+                if self.next_due > now:
+                    return
+                due = self.next_due
+                self.step_due += 1
+                self.next_due = self._step_due()
+            elif spec.rate is None:
                 due = now
             elif self.next_due <= now:
                 due = self.next_due
@@ -160,6 +178,21 @@ class _Generator:
             if self.measuring:
                 self.started += 1
             self._start(due, now)
+
+    def _step_due(self) -> float:
+        """The due time of request :attr:`step_due` of the step now, moving on past the steps
+        it falls after; inf after the last step."""
+        steps = self.spec.steps or ()
+        while self.step < len(steps):
+            rate, seconds = steps[self.step]
+            if rate > 0:
+                due = self.step_start + self.step_due / rate
+                if due < self.step_start + seconds:
+                    return due
+            self.step += 1
+            self.step_start += seconds
+            self.step_due = 0
+        return math.inf
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -272,6 +305,11 @@ class _Generator:
             result.elapsed = max(result.elapsed, now - self.measure_start)
             micros = max(HIST_LOWEST_US, min(HIST_HIGHEST_US, round((now - request.due) * 1e6)))
             result.histogram.record_value(micros)
+            if self.spec.window:
+                window = result.window(self._window_index(request.due))
+                window.ok += 1
+                window.histogram.record_value(micros)
+                result.window(self._window_index(now)).served += 1
         if reusable:
             self.selector.unregister(request.sock)
             self.idle.append(request.sock)
@@ -283,7 +321,14 @@ class _Generator:
         if request.measured:
             self.result.count_error(kind)
             self.completed += 1
+            if self.spec.window:
+                self.result.window(self._window_index(request.due)).failed += 1
         self._close(request.sock, registered)
+
+    def _window_index(self, when: float) -> int:
+        # A due time on a window's edge belongs to the window it starts (the float error of
+        # a monotonic time of a large value must not move it to the one before).
+        return max(0, int((when - self.measure_start) / (self.spec.window or 1.0) + 1e-6))
 
     def _close(self, sock: socket.socket, registered: bool) -> None:
         if registered and sock.fileno() in self.selector.get_map():
@@ -296,13 +341,17 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_load(spec: LoadSpec, progress: Callable[[int], None] | None = None) -> LoadResult:
+def run_load(
+    spec: LoadSpec, progress: Callable[[int], None] | None = None, begin: float | None = None
+) -> LoadResult:
     """Drive ``spec``'s load from this process, single-threaded; return what it measured.
 
-    Takes ``spec.warmup + spec.duration`` seconds, plus at most ``spec.timeout`` for the
+    ``begin``: the ``time.monotonic()`` time to start at (the parent gives all its client
+    processes the same; None: now); the run then takes ``spec.warmup + spec.duration``
+    seconds, plus at most ``spec.timeout`` for the
     requests still in flight at the end. ``progress(completed)`` is called about every
     :data:`PROGRESS_INTERVAL` seconds with the number of measured requests finished so far.
     Connection errors are counted, never raised; OSError is raised only when a socket cannot
     be created (EMFILE, ENFILE: too many open files).
     """
-    return _Generator(spec, progress).run()
+    return _Generator(spec, progress).run(begin)

@@ -1,9 +1,10 @@
 """The command line of ``prefork bench``: its parser, the checks on what it is given, and
 :class:`Options`, what the checks make of it.
 
-Times are in seconds once checked (``10s``, ``500ms``, ``1m`` on the command line); payloads
-are bytes (``\\n``, ``\\xHH`` escapes on the command line). Every check raises ValueError
-with one line saying what is wrong, which :func:`prefork.bench.main` prints as a usage error.
+Times are in seconds once checked, sizes in bytes, payloads bytes (the values are parsed by
+:mod:`prefork.bench.parse`, :mod:`prefork.bench.slo` and :mod:`prefork.bench.steps`). Every
+check raises ValueError with one line saying what is wrong, which :func:`prefork.bench.main`
+prints as a usage error.
 """
 
 from __future__ import annotations
@@ -11,79 +12,32 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import re
 import shlex
 import socket
 from dataclasses import dataclass
 from typing import Any
 
+from prefork.bench.parse import (
+    parse_concurrency,
+    parse_duration,
+    parse_pool_sizes,
+    parse_size,
+    unescape,
+)
+from prefork.bench.plot import check_plotting
 from prefork.bench.protocols import PROTOCOLS
-from prefork.bench.report import check_plotting, environment
+from prefork.bench.report import environment
+from prefork.bench.slo import Objective, parse_slo
+from prefork.bench.steps import Step, parse_steps
 from prefork.command import ArgumentParser
 from prefork.config import usable_cpus
 from prefork.sockets import Address, parse_address
 
 #: Bounds on what one invocation may ask for (each run is bounded in time and count).
 MAX_DURATION = 3600.0
-MAX_CONCURRENCY = 10_000
-MAX_POOL_SIZE = 1024
+MAX_ROUNDS = 20
 #: --duration when only --requests is given: the cap on each pool size's run, in seconds.
 REQUESTS_TIME_CAP = 60.0
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``10``, ``2.5s``, ``500ms``, ``1m``, ``1h``. Raises ValueError."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"bad duration {text!r}: expected a number with an optional ms, s, m or h")
-    return float(match[1]) * _SCALE[match[2]]
-
-
-def parse_pool_sizes(text: str) -> list[int]:
-    """Pool sizes in ``1,2,4,8`` (ascending, without repeats). Raises ValueError."""
-    try:
-        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(f"bad pool sizes {text!r}: expected numbers separated by commas") from None
-    if not sizes or sizes[0] < 1 or sizes[-1] > MAX_POOL_SIZE:
-        raise ValueError(f"bad pool sizes {text!r}: each must be 1 to {MAX_POOL_SIZE}")
-    return sizes
-
-
-def parse_concurrency(text: str) -> tuple[int, bool]:
-    """``64`` (requests in flight) or ``2x`` (per worker): (number, per_worker).
-
-    Raises ValueError unless the number is 1 to :data:`MAX_CONCURRENCY`.
-    """
-    per_worker = text.endswith("x")
-    try:
-        value = int(text.removesuffix("x"))
-    except ValueError:
-        raise ValueError(f"bad concurrency {text!r}: expected N or Nx (N per worker)") from None
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise ValueError(f"bad concurrency {text!r}: must be 1 to {MAX_CONCURRENCY}")
-    return value, per_worker
-
-
-_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[nrt0\\])")
-_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
-
-
-def unescape(text: str) -> bytes:
-    r"""``text`` as UTF-8 bytes, with ``\n``, ``\r``, ``\t``, ``\0``, ``\\`` and ``\xHH`` decoded.
-
-    Other backslashes stay as they are. Raises UnicodeEncodeError (a ValueError) for text
-    that is not valid Unicode (undecodable bytes of a command line).
-    """
-
-    def one(match: re.Match[bytes]) -> bytes:
-        code = match[1]
-        return bytes([int(code[1:], 16)]) if code.startswith(b"x") else _ESCAPES[code]
-
-    return _ESCAPE.sub(one, text.encode())
 
 
 def build_parser() -> ArgumentParser:
@@ -92,7 +46,8 @@ def build_parser() -> ArgumentParser:
         prog="prefork bench",
         description="Load a handler at several pool sizes and recommend one: for each size, start "
         "'prefork TARGET --workers N' on loopback, drive load at it, stop it, and report req/s, "
-        "latency, errors, the spread across workers and the workers' CPU and memory.",
+        "latency, errors, the spread across workers and the workers' CPU and memory; in rounds, "
+        "so that a gain inside the noise is not taken for one.",
     )
     parser.add_argument("target", nargs="?", metavar="TARGET", help="The handler, as for 'prefork TARGET'.")
     parser.add_argument(
@@ -124,6 +79,16 @@ def build_parser() -> ArgumentParser:
         f"{REQUESTS_TIME_CAP:g}s with --requests.",
     )
     load.add_argument("-n", "--requests", type=int, metavar="N", help="Stop each pool size after N requests.")
+    load.add_argument(
+        "-r",
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="Measure each pool size N times, the sizes interleaved (1, 2, 4, 4, 2, 1, ...); the table "
+        "shows medians and ranges, and a larger pool is recommended only for a gain beyond the noise. "
+        "Default: 3.",
+    )
     load.add_argument(
         "--warmup", default="1s", metavar="TIME", help="Load before measuring, not counted. Default: 1s."
     )
@@ -160,6 +125,40 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="Client processes sharing the load. Default: the usable CPUs (at most --concurrency).",
     )
+    modes = parser.add_argument_group("modes")
+    modes.add_argument(
+        "--slo",
+        metavar="pNN=TIME,...",
+        help="SLO mode, with --rate: find the smallest pool whose every round met these latency "
+        "objectives (e.g. p99=50ms; failed and unsent requests count as too slow). Exit status 3 "
+        "when no size met them.",
+    )
+    modes.add_argument(
+        "--step-load",
+        metavar="STEPS",
+        help="Step-load mode: open loop at rates that change, e.g. '10/s for 10s, 250/s for 20s, 10/s "
+        "for 60s'; shows the workers (from the scoreboard) and the latency per --window over time. "
+        "--workers: the pool sizes to run it on (default: the server's own, e.g. a dynamic pool's "
+        "bounds given with --server-args).",
+    )
+    modes.add_argument(
+        "--window",
+        default="1s",
+        metavar="TIME",
+        help="Step-load mode: the time per row of the series. Default: 1s.",
+    )
+    modes.add_argument(
+        "--settle",
+        default="5s",
+        metavar="TIME",
+        help="Step-load mode: each step's first TIME is its ramp, its p99 reported apart. Default: 5s.",
+    )
+    modes.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="Say how many workers fit in SIZE (512M, 2G, 1.5GiB: K = 1024 bytes) from the memory "
+        "measured, and recommend no more.",
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--unix", action="store_true", help="Serve TARGET on a Unix socket, not 127.0.0.1.")
     server.add_argument(
@@ -191,16 +190,21 @@ def build_parser() -> ArgumentParser:
         metavar="PATH",
         help="Write every figure as JSON; PATH.csv: CSV, and the JSON beside it.",
     )
-    output.add_argument("--plot", metavar="PATH", help="Write a PNG of throughput and p99 against pool size.")
+    output.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="Write a PNG of throughput and p99 against pool size (step-load mode: against time).",
+    )
     return parser
 
 
 @dataclass(frozen=True)
 class Options:
-    """The checked command line (times in seconds)."""
+    """The checked command line (times in seconds, sizes in bytes). ``sizes``: the pool sizes
+    to run (None: the server's own choice, in the step-load mode without ``--workers``)."""
 
     target: str | None
-    sizes: list[int]
+    sizes: list[int | None]
     concurrency: int
     per_worker: bool
     rate: float | None
@@ -221,6 +225,12 @@ class Options:
     scoreboard: str | None
     out: str | None
     plot: str | None
+    rounds: int = 1
+    objectives: tuple[Objective, ...] = ()
+    steps: tuple[Step, ...] = ()
+    window: float = 1.0
+    settle: float = 5.0
+    memory_limit: int | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The run's parameters and the machine's (:func:`~prefork.bench.report.environment`),
@@ -239,6 +249,12 @@ class Options:
             "timeout_s": self.timeout,
             "clients": self.clients,
             "unix": self.unix,
+            "rounds": self.rounds,
+            "slo": [str(o) for o in self.objectives] or None,
+            "steps": [{"rate": s.rate, "seconds": s.seconds} for s in self.steps] or None,
+            "window_s": self.window if self.steps else None,
+            "settle_s": self.settle if self.steps else None,
+            "memory_limit_bytes": self.memory_limit,
             "machine": environment(),
         }
 
@@ -275,10 +291,16 @@ def check_options(args: argparse.Namespace) -> Options:
     """
     if (args.target is None) == (args.address is None):
         raise ValueError("give a TARGET to start, or --address of a running server (not both)")
-    sizes = parse_pool_sizes(args.workers) if args.workers else default_pool_sizes()
+    modes = _check_modes(args)
+    steps: tuple[Step, ...] = modes["steps"]
+    sizes: list[int | None] = list(parse_pool_sizes(args.workers) if args.workers else default_pool_sizes())
+    if not args.workers and (steps or args.address is not None):
+        sizes = [None]  # the server's own pool size
     concurrency, per_worker = parse_concurrency(args.concurrency)
     requests_only = args.requests is not None and args.duration is None
     duration = REQUESTS_TIME_CAP if requests_only else parse_duration(args.duration or "10s")
+    if steps:
+        duration = sum(step.seconds for step in steps)
     warmup, timeout = parse_duration(args.warmup), parse_duration(args.timeout)
     if not 0 < duration <= MAX_DURATION or warmup > MAX_DURATION:
         raise ValueError(f"--duration must be more than 0 and at most {MAX_DURATION:g}s (and --warmup too)")
@@ -301,8 +323,10 @@ def check_options(args: argparse.Namespace) -> Options:
             raise ValueError(f"{args.address} is not a loopback address (pass --allow-remote to load it)")
         if address.family != socket.AF_UNIX and address.server_address[1] == 0:
             raise ValueError("--address needs the server's port")
-        if args.plot:
-            raise ValueError("--plot compares pool sizes; with --address there is one")
+        if args.plot and not steps:
+            raise ValueError(
+                "--plot compares pool sizes; with --address there is one (but --step-load plots)"
+            )
     elif args.scoreboard_file:
         raise ValueError("--scoreboard-file goes with --address (a started TARGET gets its own)")
     for path in (args.out, args.plot):
@@ -335,4 +359,34 @@ def check_options(args: argparse.Namespace) -> Options:
         scoreboard=args.scoreboard_file,
         out=args.out,
         plot=args.plot,
+        **modes,
     )
+
+
+def _check_modes(args: argparse.Namespace) -> dict[str, Any]:
+    """The rounds and the modes' values of ``args`` (the :class:`Options` fields ``rounds``,
+    ``objectives``, ``steps``, ``window``, ``settle``, ``memory_limit``). Raises ValueError."""
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise ValueError(f"--rounds must be 1 to {MAX_ROUNDS}")
+    objectives = tuple(parse_slo(args.slo)) if args.slo is not None else ()
+    if objectives and args.rate is None:
+        raise ValueError("--slo needs --rate R: the load, in requests per second, the SLO must hold at")
+    steps = tuple(parse_steps(args.step_load)) if args.step_load is not None else ()
+    if steps:
+        if objectives or args.rate is not None or args.requests is not None or args.duration is not None:
+            raise ValueError(
+                "--step-load sets the rate and the duration: no --rate, --slo, --requests or --duration"
+            )
+        if sum(step.seconds for step in steps) > MAX_DURATION:
+            raise ValueError(f"the steps last more than {MAX_DURATION:g}s")
+    window, settle = parse_duration(args.window), parse_duration(args.settle)
+    if not 0 < window <= MAX_DURATION:
+        raise ValueError("--window must be more than 0")
+    return {
+        "rounds": 1 if steps else args.rounds,
+        "objectives": objectives,
+        "steps": steps,
+        "window": window,
+        "settle": settle,
+        "memory_limit": None if args.memory_limit is None else parse_size(args.memory_limit),
+    }

@@ -1,8 +1,10 @@
-"""What ``prefork bench`` reports: figures per pool size, the recommendation, the table, the
-JSON and CSV files and the plot. Runs in the bench's parent process.
+"""What ``prefork bench`` reports: figures per run, the tables, the notes, the JSON and CSV
+files and the live progress line. Runs in the bench's parent process. (The summary of a
+pool size's rounds and the recommendation are :mod:`prefork.bench.rounds`'; the plots
+:mod:`prefork.bench.plot`'s.)
 
 Units: throughput in requests per second (good replies only), latencies in milliseconds,
-CPU in percent of one core over the measured window, memory in bytes (MiB in the table).
+CPU in percent of one core over the measured window, memory in bytes (MiB in the tables).
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ import psutil
 
 from prefork import __version__
 from prefork.bench.protocols import ERROR_KINDS
-from prefork.bench.runner import PoolRun
+from prefork.bench.runner import PoolRun, compute_share
+from prefork.bench.slo import Objective, judge
+from prefork.bench.text import grid, mib, ms
 from prefork.config import usable_cpus
 
-#: A pool size is recommended when its throughput is within this fraction of the best's.
-THROUGHPUT_TOLERANCE = 0.05
 #: A client process using this share of a core (or more) may have limited the throughput; so
 #: may a machine whose CPUs were this busy (the clients share them with the server).
 CLIENT_SATURATED = 0.9
 MACHINE_SATURATED = 0.9
 
 
-def figures(run: PoolRun) -> dict[str, Any]:
-    """Every figure of one pool size's run, as plain JSON values (see the module's units).
+def figures(run: PoolRun, objectives: Sequence[Objective] = ()) -> dict[str, Any]:
+    """Every figure of one run, as plain JSON values (see the module's units): with
+    ``objectives`` (the SLO mode), its verdict on each (:func:`~prefork.bench.slo.judge`).
     Raises nothing."""
     load = run.load
     hist = load.histogram
@@ -44,20 +47,22 @@ def figures(run: PoolRun) -> dict[str, Any]:
         span = run.duration  # stopped by time: the replies within it
         rps = load.ok_in_window / span
 
-    def ms(percentile: float) -> float:
+    def at(percentile: float) -> float:
         return round(hist.get_value_at_percentile(percentile) / 1000, 3) if load.ok else 0.0
 
     client_cpu = [round(100 * c / w, 1) if w > 0 else 0.0 for c, w in zip(load.cpu, load.wall, strict=True)]
     requests = [w.requests for w in run.per_worker]
     worker_cpu = [round(100 * w.cpu / run.window, 1) for w in run.per_worker]
-    return {
+    share = compute_share(run.per_worker, run.window)
+    found = {
         "workers": run.workers,
+        "round": run.round,
         "protocol": run.protocol,
         "address": run.address,
         "rps": round(rps, 1),
-        "p50_ms": ms(50),
-        "p90_ms": ms(90),
-        "p99_ms": ms(99),
+        "p50_ms": at(50),
+        "p90_ms": at(90),
+        "p99_ms": at(99),
         "max_ms": round(hist.get_max_value() / 1000, 3) if load.ok else 0.0,
         "mean_ms": round(hist.get_mean_value() / 1000, 3) if load.ok else 0.0,
         "requests": total,
@@ -80,33 +85,12 @@ def figures(run: PoolRun) -> dict[str, Any]:
         "worker_rss_bytes_total": sum(w.rss for w in run.per_worker),
         "worker_pids": [w.pid for w in run.per_worker],
         "machine_cpu_percent": round(run.machine_cpu, 1),
-    }
-
-
-def recommend(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The smallest pool size within 5% of the best throughput whose p99 is not worse than the
-    best's (the best run's, by throughput); None when no run served a request.
-
-    ``runs``: :func:`figures` of each pool size. Returns ``workers``, ``best_workers`` and a
-    one-line ``reason``. Raises nothing.
-    """
-    served = [r for r in runs if r["ok"] and r["workers"] is not None]
-    if not served:
-        return None
-    best = max(served, key=lambda r: r["rps"])
-    good = [
-        r
-        for r in served
-        if r["rps"] >= (1 - THROUGHPUT_TOLERANCE) * best["rps"] and r["p99_ms"] <= best["p99_ms"]
-    ]
-    chosen = min(good, key=lambda r: r["workers"])
-    reason = (
-        f"the best throughput ({best['rps']:,.0f} req/s, p99 {best['p99_ms']:g} ms)"
-        if chosen is best
-        else f"{chosen['rps'] / best['rps']:.0%} of the best throughput ({_pool(best)}, "
-        f"{best['rps']:,.0f} req/s) with a p99 of {chosen['p99_ms']:g} ms (best: {best['p99_ms']:g} ms)"
-    )
-    return {"workers": chosen["workers"], "best_workers": best["workers"], "reason": reason}
+        "compute_share": None if share is None else round(share, 3),
+        "worker_run_queue_s": round(sum(w.runq for w in run.per_worker), 3),
+    } | run.memory
+    if objectives:
+        found["slo"] = judge(hist, load.ok, load.error_total + load.unsent, objectives)
+    return found
 
 
 def environment() -> dict[str, Any]:
@@ -136,51 +120,71 @@ def _spread(requests: list[int | None]) -> str:
     return "/".join(f"{s:.0f}" for s in shares) + "%"
 
 
-def table(runs: Sequence[dict[str, Any]]) -> str:
-    """The plain-text table of ``runs`` (:func:`figures`), one line per pool size. Raises nothing."""
-    head = (
-        "workers",
-        "req/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "max ms",
-        "errors",
-        "spread",
-        "worker CPU",
-        "RSS MiB",
-        "client CPU",
-        "machine CPU",
-    )
+def table(sizes: Sequence[dict[str, Any]]) -> str:
+    """The plain-text table of ``sizes`` (:func:`~prefork.bench.rounds.summarize` of each, or
+    one run's :func:`figures`), one line per pool size: medians over the rounds, with the
+    range (lowest-highest) of throughput and p99 when there were several. Raises nothing."""
+    ranges = any(s.get("rounds_run", 1) > 1 for s in sizes)
+    slo = any("slo" in s for s in sizes)
+    head = ["workers", "req/s"] + ["req/s range"] * ranges + ["p50 ms", "p90 ms", "p99 ms"]
+    head += ["p99 range"] * ranges + ["max ms", "errors", "spread", "worker CPU", "compute", "RSS MiB"]
+    head += ["client CPU", "machine CPU"] + ["SLO (worst round)"] * slo
     rows = [head]
-    for r in runs:
-        rows.append(
-            (
-                "?" if r["workers"] is None else str(r["workers"]),
-                f"{r['rps']:,.0f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p90_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{r['max_ms']:.2f}",
-                _errors(r),
-                _spread(r["worker_requests"]),
-                f"{r['worker_cpu_percent_total']:.0f}%",
-                f"{r['worker_rss_bytes_total'] / 2**20:.1f}",
-                "/".join(f"{c:.0f}" for c in r["client_cpu_percent"]) + "%",
-                f"{r['machine_cpu_percent']:.0f}%",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            cell.ljust(w) if i in (6, 7) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+    for s in sizes:
+        row = ["?" if s["workers"] is None else str(s["workers"]), f"{s['rps']:,.0f}"]
+        if ranges:
+            row.append(f"{s.get('rps_min', s['rps']):,.0f}-{s.get('rps_max', s['rps']):,.0f}")
+        row += [f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}"]
+        if ranges:
+            row.append(f"{s.get('p99_min_ms', s['p99_ms']):.2f}-{s.get('p99_max_ms', s['p99_ms']):.2f}")
+        row += [
+            f"{s['max_ms']:.2f}",
+            _errors(s),
+            _spread(s["worker_requests"]),
+            f"{s['worker_cpu_percent_total']:.0f}%",
+            "-" if s.get("compute_share") is None else f"{100 * s['compute_share']:.0f}%",
+            mib(s["worker_rss_bytes_total"]),
+            "/".join(f"{c:.0f}" for c in s["client_cpu_percent"]) + "%",
+            f"{s['machine_cpu_percent']:.0f}%",
         ]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        if slo:
+            row.append(_slo_cell(s))
+        rows.append(row)
+    left = [i for i, name in enumerate(head) if name in ("errors", "spread", "SLO (worst round)")]
+    return grid(rows, left)
+
+
+def _slo_cell(size: dict[str, Any]) -> str:
+    verdicts = size.get("slo", [])
+    values = ", ".join(
+        f"{v['objective']} {'never' if v['value_ms'] is None else ms(v['value_ms'])}" for v in verdicts
+    )
+    met = size.get("slo_met_rounds", int(all(v["met"] for v in verdicts)))
+    rounds = size.get("rounds_run", 1)
+    return f"{'met' if met == rounds else 'missed'} {met}/{rounds}: {values}"
+
+
+def memory_table(sizes: Sequence[dict[str, Any]]) -> str | None:
+    """The memory of each pool size after its load (MiB; the median of its rounds): the
+    master's USS and PSS, the median worker's USS and PSS, and the total PSS of the master
+    and the workers; None when no memory was read. Raises nothing."""
+    known = [s for s in sizes if s.get("total_pss_bytes") is not None]
+    if not known:
+        return None
+    rows = [["workers", "master USS", "master PSS", "worker USS", "worker PSS", "total PSS MiB"]]
+    for s in known:
+        pss = sorted(s["worker_pss_bytes"])
+        rows.append(
+            [
+                "?" if s["workers"] is None else str(s["workers"]),
+                mib(s["master_uss_bytes"]),
+                mib(s["master_pss_bytes"]),
+                mib(s["worker_uss_bytes_median"]),
+                mib(pss[(len(pss) - 1) // 2] if pss else None),
+                mib(s["total_pss_bytes"]),
+            ]
+        )
+    return grid(rows)
 
 
 def _errors(run: dict[str, Any]) -> str:
@@ -190,68 +194,94 @@ def _errors(run: dict[str, Any]) -> str:
     return f"{run['errors']} ({kinds})"
 
 
-def _pool(run: dict[str, Any]) -> str:
+def pool_name(run: dict[str, Any]) -> str:
+    """``1 worker``, ``4 workers``, or ``the server`` for an unknown pool size. Raises nothing."""
     workers = run["workers"]
     return "the server" if workers is None else f"{workers} worker" + ("" if workers == 1 else "s")
 
 
-def notes(runs: Sequence[dict[str, Any]], recommendation: dict[str, Any] | None) -> list[str]:
+def notes(sizes: Sequence[dict[str, Any]]) -> list[str]:
     """Lines to print under the table: saturated clients or CPUs, keepalive starving a sync
-    pool, unsent requests, and the recommendation (none with ``--address``).
-
-    ``runs``: :func:`figures` of each pool size; ``recommendation``: :func:`recommend`'s.
-    Raises nothing.
-    """
+    pool, unsent requests. ``sizes``: as for :func:`table`. Raises nothing."""
     out = []
-    for r in runs:
+    for r in sizes:
         if r["client_saturated"]:
             out.append(
-                f"note: with {_pool(r)} a client process used "
+                f"note: with {pool_name(r)} a client process used "
                 f"{max(r['client_cpu_percent']):.0f}% of a core: the client may have limited the "
                 "throughput (try --clients N, or a machine with more cores)"
             )
         if r["keepalive"] and r["workers"] is not None and r["concurrency"] > r["workers"]:
             out.append(
-                f"note: with {_pool(r)} and --keepalive, up to {r['concurrency']} connections "
+                f"note: with {pool_name(r)} and --keepalive, up to {r['concurrency']} connections "
                 "stay open: a sync worker serves one connection until it closes, the others wait"
             )
         if r["unsent"]:
             out.append(
-                f"note: with {_pool(r)}, {r['unsent']} requests came due but never "
-                "started (all --concurrency slots busy): the server could not keep up with --rate"
+                f"note: with {pool_name(r)}, {r['unsent']} requests came due but never "
+                "started (all --concurrency slots busy): the server could not keep up with the rate"
             )
     busy = [
-        r for r in runs if r["machine_cpu_percent"] >= 100 * MACHINE_SATURATED and not r["client_saturated"]
+        r for r in sizes if r["machine_cpu_percent"] >= 100 * MACHINE_SATURATED and not r["client_saturated"]
     ]
     if busy:
-        sizes = ", ".join("?" if r["workers"] is None else str(r["workers"]) for r in busy)
+        names = ", ".join("?" if r["workers"] is None else str(r["workers"]) for r in busy)
         low, high = min(r["machine_cpu_percent"] for r in busy), max(r["machine_cpu_percent"] for r in busy)
         span = f"{low:.0f}%" if round(low) == round(high) else f"{low:.0f}-{high:.0f}%"
         out.append(
-            f"note: the machine's CPUs were {span} busy with {sizes} workers (server, clients and "
+            f"note: the machine's CPUs were {span} busy with {names} workers (server, clients and "
             "anything else running): there, throughput was bounded by the CPUs left, not the pool"
         )
-    if recommendation is None:
-        if not any(r["ok"] for r in runs):
-            out.append("recommendation: none (no pool size served a request)")
-    else:
-        out.append(f"recommendation: {_pool(recommendation)}: {recommendation['reason']}")
     return out
 
 
-def write_json(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, Any]], rec: Any) -> None:
-    """Write the parameters, the machine, every run's figures and the recommendation ``rec``
-    to ``path`` as JSON. Raises OSError when it cannot be written."""
-    data = {"parameters": parameters, "runs": list(runs), "recommendation": rec}
+def recommendation_lines(
+    recommendation: dict[str, Any] | None, sizes: Sequence[dict[str, Any]], share: float | None
+) -> list[str]:
+    """The recommendation (:func:`~prefork.bench.rounds.recommend`) and the notes on its caps,
+    as lines to print; ``share``: the share of a request's time the workers compute (for the
+    CPU cap's note). Raises nothing."""
+    if recommendation is None:
+        return ["recommendation: none (no pool size served a request)"]
+    out = []
+    capped = recommendation["capped"]
+    if "cpu" in capped and share is not None:
+        cap, cpus = capped["cpu"], usable_cpus()
+        out.append(
+            f"note: at most {cap} workers are considered: the workers compute {share:.0%} of a request's "
+            f"time (CPU time over the time not waiting for a CPU), so past {cap} more workers cannot add "
+            f"throughput on {cpus} usable CPU{'s' * (cpus != 1)}"
+        )
+    if "memory" in capped:
+        out.append(
+            f"note: at most {capped['memory']} workers are considered: more do not fit in --memory-limit"
+        )
+    if min(s.get("rounds_run", 1) for s in sizes) < 3 and len(sizes) > 1:
+        out.append(
+            "note: with fewer than 3 rounds per size the noise is hardly known: a larger pool is "
+            "preferred only when every round of it beat every round of the smaller (--rounds 3 or more)"
+        )
+    out.append(f"recommendation: {pool_name(recommendation)}: {recommendation['reason']}")
+    return out
+
+
+def write_json(
+    path: str, parameters: dict[str, Any], runs: Sequence[dict[str, Any]], rec: Any, extra: dict[str, Any]
+) -> None:
+    """Write the parameters, the machine, every pool size's summary (each with its rounds'
+    figures), the recommendation ``rec`` and ``extra`` (``memory``, ``step_load``) to
+    ``path`` as JSON. Raises OSError when it cannot be written."""
+    data = {"parameters": parameters, "runs": list(runs), "recommendation": rec} | extra
     with open(path, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2)
         out.write("\n")
 
 
 def write_csv(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
-    """Write one row per pool size: every figure (lists joined by spaces, error kinds as
-    ``errors_KIND`` columns), and the run's parameters, to ``path``. Raises OSError when it
-    cannot be written."""
+    """Write one row per pool size: every figure of its summary (lists of numbers joined by
+    spaces, error kinds as ``errors_KIND`` columns; the rounds', SLO verdicts' and step
+    series' objects left to the JSON), and the run's parameters, to ``path``. Raises OSError
+    when it cannot be written."""
     flat_params = {f"param_{k}": v for k, v in parameters.items() if not isinstance(v, dict)}
     flat_params |= {f"param_{k}": v for k, v in parameters.get("machine", {}).items()}
     rows = []
@@ -260,6 +290,10 @@ def write_csv(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, An
         for key, value in r.items():
             if key == "errors_by_kind":
                 row |= {f"errors_{k.replace(' ', '_').replace(':', '')}": v for k, v in value.items()}
+            elif isinstance(value, dict) or (
+                isinstance(value, list) and any(isinstance(v, dict) for v in value)
+            ):
+                continue
             elif isinstance(value, list):
                 row[key] = " ".join(str(v) for v in value)
             else:
@@ -274,95 +308,25 @@ def write_csv(path: str, parameters: dict[str, Any], runs: Sequence[dict[str, An
         writer.writerows(rows)
 
 
-def check_plotting() -> str | None:
-    """None if matplotlib can be imported, else the one-line error to print. Raises nothing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return "--plot needs matplotlib: pip install 'prefork[plot]'"
-    return None
-
-
-def plot(path: str, runs: Sequence[dict[str, Any]], parameters: dict[str, Any], rec: Any) -> None:
-    """Write a PNG to ``path``: throughput (left axis) and p99 latency (right axis) against
-    pool size, the recommendation ``rec`` marked. Raises ImportError without matplotlib
-    (see :func:`check_plotting`), OSError when it cannot be written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workers = [r["workers"] for r in runs]
-    fig, left = plt.subplots(figsize=(7, 4.2), dpi=120)
-    right = left.twinx()
-    left.plot(workers, [r["rps"] for r in runs], "o-", color="tab:blue", label="throughput (req/s)")
-    right.plot(workers, [r["p99_ms"] for r in runs], "s--", color="tab:red", label="p99 latency (ms)")
-    left.set_xlabel("workers (pool size)")
-    left.set_ylabel("throughput (req/s)", color="tab:blue")
-    right.set_ylabel("p99 latency (ms)", color="tab:red")
-    if len(workers) > 2 and workers[-1] / workers[0] >= 8:  # 1, 2, 4, 8, ...: evenly spaced
-        left.set_xscale("log", base=2)
-    left.set_xticks(workers, [str(w) for w in workers])
-    left.minorticks_off()
-    left.set_ylim(bottom=0)
-    right.set_ylim(bottom=0)
-    left.grid(True, alpha=0.3)
-    if rec is not None:
-        left.axvline(rec["workers"], color="tab:green", alpha=0.5, linestyle=":")
-        last = rec["workers"] == workers[-1]  # write the label on the side with room
-        left.annotate(
-            f"recommended: {rec['workers']}",
-            (rec["workers"], 0),
-            xytext=(-4 if last else 4, 6),
-            textcoords="offset points",
-            ha="right" if last else "left",
-            color="tab:green",
-        )
-    load = (
-        f"rate {parameters['rate']:g}/s"
-        if parameters.get("rate")
-        else f"concurrency {parameters['concurrency']}"
-    )
-    machine = parameters.get("machine", {})
-    protocol = runs[0]["protocol"] if runs else parameters["protocol"]
-    left.set_title(
-        f"prefork bench {parameters['target']}\n{protocol}, {load}, {parameters['duration_s']:g} s per size, "
-        f"{machine.get('cpus')} CPUs, Python {machine.get('python')}",
-        fontsize=9,
-    )
-    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    left.legend(
-        handles,
-        [str(h.get_label()) for h in handles],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncol=2,
-        frameon=False,
-        fontsize=8,
-    )
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-
-
 class ProgressLine:
-    """The live ``workers N  elapsed/total s  req/s`` line on ``stream`` (a tty), redrawn at
-    most 4 times a second; does nothing when ``stream`` is not a tty."""
+    """The live ``4 workers, round 2/3  elapsed/total s  req/s`` line on ``stream`` (a tty),
+    redrawn at most 4 times a second; does nothing when ``stream`` is not a tty."""
 
     def __init__(self, stream: IO[str] = sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
         self._last = 0.0
 
-    def update(self, workers: int, elapsed: float, total: float, completed: int) -> None:
-        """Redraw: pool size ``workers``, ``elapsed`` seconds measured of ``total``, and
-        ``completed`` requests per second so far. Raises OSError if ``stream`` fails."""
+    def update(self, label: str, elapsed: float, total: float, completed: int) -> None:
+        """Redraw: ``label`` (the pool size and round), ``elapsed`` seconds measured of
+        ``total``, and ``completed`` requests per second so far. Raises OSError if ``stream``
+        fails."""
         now = time.monotonic()
         if not self.enabled or now - self._last < 0.25:
             return
         self._last = now
         rate = completed / elapsed if elapsed > 0 else 0.0
-        self.stream.write(f"\r\x1b[K{workers} workers  {elapsed:5.1f}/{total:g} s  {rate:10,.0f} req/s")
+        self.stream.write(f"\r\x1b[K{label}  {elapsed:5.1f}/{total:g} s  {rate:10,.0f} req/s")
         self.stream.flush()
 
     def clear(self) -> None:

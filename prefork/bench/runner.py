@@ -1,85 +1,81 @@
-"""Running one pool size: the server under test, the client processes, and what they measured.
+"""Measuring one run: the client processes, and what they and the server's processes did.
 
-Everything here runs in the bench's parent process. :class:`ServerUnderTest` starts
-``python -m prefork TARGET --workers N`` in its own process group and stops it (SIGTERM to
-the master, SIGKILL to the group if it does not exit in time); :func:`measure` drives the
-load from client processes (:class:`~prefork.bench.client_process.ClientProcess`), and samples the
-workers' CPU and memory (psutil) and request counts (the scoreboard) around the measured
-window. Nothing is killed by name: only the processes started here, by pid or process group.
+Everything here runs in the bench's parent process. :func:`measure` drives the load from
+client processes (:class:`~prefork.bench.client_process.ClientProcess`), and samples the
+workers (psutil, ``/proc/PID/schedstat``) and their request counts (the scoreboard) at the
+start and the end of the measured window; :func:`sample_memory_of` reads the master's and
+the workers' memory once the load stopped. The server under test is
+:mod:`prefork.bench.server`'s. Nothing is killed by name: only the processes started here.
+
+**How much of a request's time a worker computes** (``compute_share``, which caps the
+recommendation: :func:`prefork.bench.rounds.cpu_cap`): the workers' CPU time over the time
+their requests took (the scoreboard's busy seconds; without a scoreboard, the window) less
+the time they waited for a CPU (the run-queue wait of ``/proc/PID/schedstat``). So measured,
+a CPU-bound handler computes all of its time, even on a machine whose CPUs other processes
+share, where it waits for a CPU part of the time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import re
 import selectors
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import psutil
 
 from prefork.bench.client_process import ClientProcess
+from prefork.bench.errors import BenchError
 from prefork.bench.load import LoadResult, LoadSpec
-from prefork.sockets import Address, parse_address
+from prefork.bench.memory import memory_figures, sample_memory
+from prefork.bench.server import START_TIMEOUT
 
-#: The master's "Listening at ADDR, ADDR with N ..." log line.
-LISTENING = re.compile(r"Listening at (\S+?(?: \((?:http|datagram)\))?)(?:,| with)")
-#: Seconds to wait for the server to listen and its workers to be ready.
-START_TIMEOUT = 30.0
-#: Seconds the server has to stop after SIGTERM before its process group is SIGKILLed.
-STOP_TIMEOUT = 10.0
 #: Seconds client processes get, beyond warmup + duration + request timeout, to report.
 CLIENT_GRACE = 15.0
-
-
-class BenchError(Exception):
-    """The bench cannot go on (the server did not start, a client failed); one line saying why.
-
-    ``usage`` is true when the cause is in what the user gave (the server exited with status 2).
-    """
-
-    def __init__(self, message: str, usage: bool = False) -> None:
-        super().__init__(message)
-        self.usage = usage
+#: Seconds from telling the client processes to go to when they all start.
+START_DELAY = 0.05
 
 
 @dataclass(frozen=True)
 class WorkerSample:
-    """One worker process at one moment: CPU seconds (user + system), RSS bytes, and the
-    requests it served (from the scoreboard; None without one)."""
+    """One worker process at one moment: CPU seconds (user + system), RSS bytes, seconds it
+    waited on a run queue for a CPU (None: unknown), and the requests it served and their
+    seconds in all (from the scoreboard; None without one)."""
 
     pid: int
     cpu: float
     rss: int
     requests: int | None
+    runq: float | None = None
+    busy: float | None = None
 
 
 @dataclass
 class WorkerLoad:
     """One worker's load over the measured window: ``requests`` served (None without a
-    scoreboard), ``cpu`` seconds used (user + system), ``rss`` bytes at the end."""
+    scoreboard), ``cpu`` seconds used (user + system), ``rss`` bytes at the end, seconds it
+    waited for a CPU (``runq``) and its requests took (``busy``; None without a scoreboard)."""
 
     pid: int
     requests: int | None
     cpu: float
     rss: int
+    runq: float = 0.0
+    busy: float | None = None
 
 
 @dataclass
 class PoolRun:
-    """What was measured for one pool size: the merged client result, ``window`` (seconds over
-    which worker CPU was sampled), ``duration`` (seconds asked for), ``count_limited`` (a
-    ``--requests`` limit was given), each worker's figures, the client processes, how busy
-    the machine's CPUs were (percent of all of them), and the load's concurrency and
-    keepalive. ``workers`` is None for a server at ``--address`` of unknown pool size."""
+    """What was measured for one run of one pool size: the merged client result, ``window``
+    (seconds over which worker CPU was sampled), ``duration`` (seconds asked for),
+    ``count_limited`` (a ``--requests`` limit was given), each worker's figures, the client
+    processes, how busy the machine's CPUs were (percent of all of them), the load's
+    concurrency and keepalive, the ``memory`` figures after the load
+    (:func:`~prefork.bench.memory.memory_figures`), the ``round`` and, in the step-load
+    mode, the pool's ``samples``. ``workers`` is None for a server of unknown pool size."""
 
     workers: int | None
     protocol: str
@@ -93,11 +89,14 @@ class PoolRun:
     machine_cpu: float = 0.0
     concurrency: int = 0
     keepalive: bool = False
+    memory: dict[str, Any] = field(default_factory=dict)
+    round: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def scoreboard_requests(path: str | None) -> dict[int, int] | None:
-    """Requests served so far by each worker pid, from the scoreboard file at ``path`` (None
-    if there is none, or it cannot be read). Raises nothing."""
+def scoreboard_counts(path: str | None) -> dict[int, tuple[int, float]] | None:
+    """(requests, busy seconds) so far of each worker pid, from the scoreboard file at
+    ``path`` (None if there is none, or it cannot be read). Raises nothing."""
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -107,15 +106,39 @@ def scoreboard_requests(path: str | None) -> dict[int, int] | None:
     except (OSError, ValueError, ImportError):
         return None
     try:
-        return {s.pid: s.requests for s in board.slots() if s.pid > 0}
+        return {s.pid: (s.requests, s.busy_seconds) for s in board.slots() if s.pid > 0}
     finally:
         board.close()
 
 
+def scoreboard_master(path: str | None) -> int | None:
+    """The master's pid, from the scoreboard file at ``path`` (None if unknown). Raises nothing."""
+    if path is None:
+        return None
+    try:
+        from prefork.scoreboard import Scoreboard
+
+        with Scoreboard.open(path) as board:
+            return board.pool().master_pid or None
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def run_queue_seconds(pid: int) -> float | None:
+    """Seconds process ``pid`` (its main thread) has waited on a run queue for a CPU, from
+    ``/proc/PID/schedstat`` (None where the kernel does not keep it). Raises nothing."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def sample_workers(pids: list[int], scoreboard: str | None) -> dict[int, WorkerSample]:
-    """CPU, RSS and requests of each live worker in ``pids``, now, by pid; a worker gone
-    is left out. ``scoreboard``: the server's scoreboard file, or None. Raises nothing."""
-    counts = scoreboard_requests(scoreboard)
+    """CPU, RSS, run-queue wait and requests of each live worker in ``pids``, now, by pid; a
+    worker gone is left out. ``scoreboard``: the server's scoreboard file, or None. Raises
+    nothing."""
+    counts = scoreboard_counts(scoreboard)
     found: dict[int, WorkerSample] = {}
     for pid in pids:
         try:
@@ -125,8 +148,8 @@ def sample_workers(pids: list[int], scoreboard: str | None) -> dict[int, WorkerS
                 rss = proc.memory_info().rss
         except psutil.Error:
             continue
-        requests = None if counts is None else counts.get(pid)
-        found[pid] = WorkerSample(pid, times.user + times.system, rss, requests)
+        requests, busy = (None, None) if counts is None or pid not in counts else counts[pid]
+        found[pid] = WorkerSample(pid, times.user + times.system, rss, requests, run_queue_seconds(pid), busy)
     return found
 
 
@@ -136,139 +159,34 @@ def window_loads(before: dict[int, WorkerSample], after: dict[int, WorkerSample]
     loads = []
     for pid, end in sorted(after.items()):
         start = before.get(pid)
-        requests = end.requests
+        requests, busy = end.requests, end.busy
         if requests is not None and start is not None and start.requests is not None:
             requests -= start.requests
+        if busy is not None and start is not None and start.busy is not None:
+            busy -= start.busy
         cpu = end.cpu - (start.cpu if start is not None else 0.0)
-        loads.append(WorkerLoad(pid, requests, cpu, end.rss))
+        runq = (end.runq or 0.0) - (start.runq or 0.0 if start is not None else 0.0)
+        loads.append(WorkerLoad(pid, requests, cpu, end.rss, max(0.0, runq), busy))
     return loads
 
 
-class ServerUnderTest:
-    """``python -m prefork TARGET --workers N`` on loopback (or a Unix socket), in its own
-    process group, with its stderr in a temporary file. Started by the bench's parent process.
-
-    :meth:`start` waits until the master logs where it listens and ``workers`` workers run;
-    :meth:`stop` sends SIGTERM to the master and waits ``STOP_TIMEOUT`` seconds, then SIGKILLs
-    the process group. Raises BenchError when it does not start.
-    """
-
-    def __init__(self, target: str, workers: int, *, unix: bool, udp: bool, extra: list[str]) -> None:
-        self.target = target
-        self.workers = workers
-        self.tmp = tempfile.TemporaryDirectory(prefix="prefork-bench-")
-        self.scoreboard = os.path.join(self.tmp.name, "scoreboard")
-        bind = f"unix:{self.tmp.name}/bench.sock" if unix else "127.0.0.1:0"
-        if udp and not unix:
-            bind = "udp://" + bind
-        command = [sys.executable, "-m", "prefork", target, "--bind", bind, "--workers", str(workers)]
-        command += ["--scoreboard-file", self.scoreboard, "--graceful-timeout", "5", "--log-level", "info"]
-        if udp:
-            command.append("--udp")
-        command += extra
-        self.log_path = Path(self.tmp.name) / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        self.pid = self.proc.pid
-        self.listening = ""
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last ``lines`` lines the server wrote ("" if its log cannot be read). Raises nothing."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def start(self) -> None:
-        """Wait until the server listens and its workers run (``START_TIMEOUT`` seconds).
-
-        Raises BenchError when the server exits (``usage`` when with status 2) or is not
-        ready in time.
-        """
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.listening:
-            match = LISTENING.search(self.log_path.read_text(errors="replace"))
-            if match:
-                self.listening = match.group(1)
-                break
-            self._check_alive(deadline)
-        while len(self.worker_pids()) < self.workers:
-            self._check_alive(deadline)
-        time.sleep(0.05)  # let the last worker reach its accept loop
-
-    def _check_alive(self, deadline: float) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_tail(1) or "no output"
-            status = self.proc.returncode
-            raise BenchError(f"the server exited with status {status}: {tail}", usage=status == 2)
-        if time.monotonic() > deadline:
-            raise BenchError(f"the server was not ready after {START_TIMEOUT:.0f} s: {self.log_tail(1)}")
-        time.sleep(0.02)
-
-    def worker_pids(self) -> list[int]:
-        """Pids of the master's live, ready children (titled ``prefork: worker``). Raises nothing."""
-        try:
-            kids = psutil.Process(self.pid).children()
-        except psutil.Error:
-            return []
-        pids = []
-        for kid in kids:
-            try:
-                if kid.status() != psutil.STATUS_ZOMBIE and "prefork: worker" in " ".join(kid.cmdline()):
-                    pids.append(kid.pid)
-            except psutil.Error:
-                pass
-        return pids
-
-    def stop(self) -> None:
-        """SIGTERM the master, wait; SIGKILL the process group after ``STOP_TIMEOUT`` s; remove
-        the temporary directory. Raises nothing."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # workers left behind by a killed master, too
-        self.proc.wait()
-        self.tmp.cleanup()
+def compute_share(loads: list[WorkerLoad], window: float) -> float | None:
+    """The share of a request's time the workers computed over ``window`` seconds (see the
+    module's docstring), 0 to 1; None when they computed nothing. Raises nothing."""
+    cpu = sum(w.cpu for w in loads)
+    if cpu <= 0:
+        return None
+    computing = sum(max(w.cpu, (window if w.busy is None else w.busy) - w.runq) for w in loads)
+    return min(1.0, cpu / computing)
 
 
-@contextlib.contextmanager
-def serving(
-    target: str, workers: int, *, unix: bool, udp: bool, extra: list[str]
-) -> Iterator[ServerUnderTest]:
-    """Start the server under test for one pool size (``workers`` workers; ``extra``: more
-    ``prefork`` flags), yield it, and always stop it. Raises BenchError when it does not
-    start, OSError when it cannot be run."""
-    server = ServerUnderTest(target, workers, unix=unix, udp=udp, extra=extra)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-def parse_listening(text: str) -> tuple[Address, str]:
-    """The address the master logged (``tcp://H:P``, ``http://H:P``, ``udp://H:P``,
-    ``unix:PATH``, ``unix:PATH (http)``, ``unix:PATH (datagram)``) and the protocol it
-    suggests. Raises ValueError for text that is not an address."""
-    datagram = text.startswith("udp://") or text.endswith("(datagram)")
-    scheme, sep, rest = text.partition("://")
-    if sep and scheme == "http":
-        return parse_address(rest), "http"
-    if text.endswith(" (http)"):  # an HTTP server on a Unix socket
-        return parse_address(text.removesuffix(" (http)")), "http"
-    return parse_address(text.removesuffix(" (datagram)"), datagram), "udp" if datagram else "line"
+def sample_memory_of(master: int | None, workers: list[int]) -> dict[str, Any]:
+    """The memory figures (:func:`~prefork.bench.memory.memory_figures`) of the ``master``
+    pid and the ``workers``' pids, now: a few milliseconds per process, so call it once the
+    load stopped. Raises nothing."""
+    found = sample_memory(([master] if master is not None else []) + workers)
+    main = found.pop(master) if master is not None and master in found else None
+    return memory_figures(main, [found[pid] for pid in sorted(found)])
 
 
 #: Called with (elapsed seconds, measured requests finished so far) while a run goes on.
@@ -328,9 +246,10 @@ def measure(
         deadline = time.monotonic() + START_TIMEOUT
         while not all(p.ready for p in procs):
             _pump(selector, deadline, "the client processes did not start")
+        begin = time.monotonic() + START_DELAY
         for proc in procs:
-            proc.go()
-        measure_start = time.monotonic() + spec.warmup
+            proc.go(begin)
+        measure_start = begin + (0.0 if spec.steps else spec.warmup)
         measure_end = measure_start + spec.duration
         deadline = measure_end + spec.timeout + CLIENT_GRACE
         before: _Snapshot | None = None
@@ -373,11 +292,14 @@ def _pump(selector: selectors.BaseSelector, deadline: float, what: str, timeout:
 
 
 def _share(spec: LoadSpec, index: int, clients: int) -> LoadSpec:
-    """Client ``index``'s part of ``spec`` (of ``clients``): concurrency, rate, requests."""
+    """Client ``index``'s part of ``spec`` (of ``clients``): concurrency, rate, steps, requests."""
 
     def part(total: int) -> int:
         return total // clients + (1 if index < total % clients else 0)
 
     rate = None if spec.rate is None else spec.rate / clients
+    steps = None if spec.steps is None else tuple((r / clients, t) for r, t in spec.steps)
     requests = None if spec.requests is None else part(spec.requests)
-    return dataclasses.replace(spec, concurrency=part(spec.concurrency), rate=rate, requests=requests)
+    return dataclasses.replace(
+        spec, concurrency=part(spec.concurrency), rate=rate, steps=steps, requests=requests
+    )
