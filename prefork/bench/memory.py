@@ -103,7 +103,7 @@ def cost_model(sizes: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     if per_worker <= 0:
         return None
     base = statistics.median(total - n * per_worker for n, total in points)
-    return {"per_worker_bytes": int(per_worker), "base_bytes": max(0, int(base)), "method": method}
+    return {"per_worker_bytes": round(per_worker), "base_bytes": max(0, round(base)), "method": method}
 
 
 def _slope(points: Sequence[tuple[int, int]]) -> float:
