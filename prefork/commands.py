@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefork import systemd, upgrade
 from prefork.contract import pool_servers
+from prefork.edge import setup_edge
+from prefork.errors import PreforkError
 from prefork.logs import reopen_log_files
 from prefork.signals import SIGNALS, SignalQueue
 
@@ -102,8 +104,15 @@ class MasterCommands:
         self.stop(StopMode.FAST)
 
     def handle_hup(self) -> None:
-        """HUP: graceful reload; each new worker starts, then the old one it replaces retires."""
+        """HUP: graceful reload; each new worker starts, then the old one it replaces retires.
+        The TLS certificate files are read again first: when they cannot be used, the reload
+        fails and the workers serve on with the old ones."""
         log.info("Received SIGHUP, reloading: new workers start, then the old ones retire.")
+        try:
+            setup_edge(pool_servers(self.server))
+        except PreforkError as exc:
+            log.error("Reload failed: %s; the workers serve on.", exc)
+            return
         self.generation += 1
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=Reloading")

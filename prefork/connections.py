@@ -41,6 +41,12 @@ if TYPE_CHECKING:
     from prefork.contract import PoolServer
 
 
+class RejectedConnection(OSError):
+    """Raised by ``get_request()`` for a connection refused at the edge (its PROXY header:
+    :mod:`prefork.edge`), already closed and counted: as a failed accept, no request to
+    process. Workers take the next connection."""
+
+
 class RequestSocket(socket.socket):
     """An accepted stream connection whose recv and send try the system call at once and
     wait only when it would block, within the read rules of its server.

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import ssl
     from _socket import _RetAddress
     from socketserver import _RequestType
 
@@ -82,6 +83,17 @@ class PoolServer(Protocol):
     verifies_everyone: bool
     #: The class an accepted connection with a timeout is given (set by the master).
     request_socket: type[SocketType]
+    #: The TLS and PROXY settings (prefork.config.edge), and the edge the master sets up (a
+    #: prefork.edge.Edge, which imports this module; None when off).
+    certfile: str | None
+    keyfile: str | None
+    ca_certs: str | None
+    cert_reqs: str
+    ciphers: str | None
+    tls_min_version: str
+    proxy_protocol: str
+    proxy_allow: tuple[Network, ...] | None
+    edge: Any
 
     @property
     def listeners(self) -> Sequence[PoolServer]:
@@ -119,6 +131,9 @@ class PoolServer(Protocol):
 
     def post_fork(self, worker: Any) -> None:
         """Called in each worker after the fork, before it serves."""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the pool's stream sockets (None: no TLS); in the master."""
 
 
 def pool_servers(server: PoolServer) -> list[PoolServer]:

@@ -9,6 +9,7 @@ scrape; it touches neither the scoreboard nor any socket.
 The pool's metrics, all prefixed ``prefork_`` (units in the names, as Prometheus' naming)::
 
     requests_total, request_errors_total, denied_connections_total      counters, all workers ever
+    tls_handshake_failures_total, proxy_refused_connections_total        counters, all workers ever
     request_duration_seconds                                             histogram, all workers ever
     workers{state}             gauge: idle, busy, starting, stopping (always all four)
     workers_wanted, generation, master_start_time_seconds                gauges
@@ -136,6 +137,16 @@ class PoolCollector:
             "prefork_denied_connections_total",
             "Connections refused by verify_request().",
             totals["denied"],
+        )
+        yield _counter(
+            "prefork_tls_handshake_failures_total",
+            "TLS handshakes that failed.",
+            totals.get("tls_failures", 0),
+        )
+        yield _counter(
+            "prefork_proxy_refused_connections_total",
+            "Connections closed for their PROXY header (missing, malformed, or from a peer not allowed).",
+            totals.get("proxy_refused", 0),
         )
         yield _histogram(
             "prefork_request_duration_seconds",

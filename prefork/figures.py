@@ -38,7 +38,8 @@ class WorkerStats(NamedTuple):
     ``denied`` connections refused by ``verify_request``, ``errors`` the requests whose
     processing raised (``handle_error`` calls); ``busy_seconds`` is the sum of the requests'
     durations and ``durations`` their count per bucket of :data:`DURATION_BUCKETS`, then +Inf
-    (not cumulative).
+    (not cumulative); ``tls_failures`` counts failed TLS handshakes, ``proxy_refused`` the
+    connections closed for their PROXY header.
     """
 
     slot: int
@@ -53,6 +54,8 @@ class WorkerStats(NamedTuple):
     errors: int = 0
     busy_seconds: float = 0.0
     durations: tuple[int, ...] = ()
+    tls_failures: int = 0
+    proxy_refused: int = 0
 
     def busy_for(self, now: float | None = None) -> float:
         """Seconds this worker has been processing its current request (0.0 if not busy)."""

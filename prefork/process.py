@@ -19,6 +19,7 @@ import setproctitle
 from prefork import connections, logs, sockets
 from prefork.accesslog import AccessLog
 from prefork.contract import PoolServer
+from prefork.edge import setup_edge
 from prefork.errors import PreforkError
 from prefork.pidfile import Pidfile
 from prefork.scoreboard import Scoreboard
@@ -81,6 +82,7 @@ class MasterProcess:
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise PreforkError(f"cannot write pid file {self.pidfile.path}: {reason}") from None
+        setup_edge(self.servers)  # TLS context, PROXY protocol: a bad certificate stops here
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard

@@ -33,6 +33,7 @@ Slot layout (256 bytes, native byte order; the totals slot has the same layout):
     24 requests (uint64)   32 busy_seconds (double: the sum of request durations)
     40 denied (uint64)   48 booted_at (double, time.time(); 0 while starting)   56 errors (uint64)
     64 request durations: one uint64 count per bucket of DURATION_BUCKETS, then +Inf (12 x 8)
+    160 TLS handshakes failed (uint64)   168 connections refused for their PROXY header (uint64)
 
 A reader may see a slot while its worker writes it; each field is written whole, but two
 fields may be from two moments (a stats view, not a lock).
@@ -75,8 +76,8 @@ _RESTARTS = 64  # header offset of the restart counts
 _BOOT_FAILURES = _RESTARTS + 8 * len(RESTART_CAUSES)
 _BOUNDS = struct.Struct("=ii")  # offset 128: a dynamic pool's min and max workers (0: fixed)
 #: At slot offset 24: requests, busy_seconds, denied, (booted_at skipped), errors, durations.
-_COUNTERS = struct.Struct(f"=QdQ8xQ{len(DURATION_BUCKETS) + 1}Q")
-_SLOT = struct.Struct(f"=iiiB3xdQdQdQ{len(DURATION_BUCKETS) + 1}Q")
+_COUNTERS = struct.Struct(f"=QdQ8xQ{len(DURATION_BUCKETS) + 1}QQQ")
+_SLOT = struct.Struct(f"=iiiB3xdQdQdQ{len(DURATION_BUCKETS) + 1}QQQ")
 _PID = struct.Struct("=i")  # offset 0
 _IDENTITY = struct.Struct("=iiiB")  # pid, number, generation, state (offset 0)
 _STARTED = struct.Struct("=d")  # request_started (offset 16: one aligned 8-byte store)
@@ -86,6 +87,7 @@ _DENIED = 40
 _BOOTED = struct.Struct("=d")  # offset 48
 _ERRORS = 56
 _DURATIONS = 64
+_TLS_FAILURES = _DURATIONS + 8 * (len(DURATION_BUCKETS) + 1)  # then PROXY refusals
 
 
 class Scoreboard:
@@ -206,8 +208,22 @@ class Scoreboard:
         fields = _SLOT.unpack_from(self._memory, _offset(slot))
         pid, number, generation, state, started, requests, busy, denied, booted, errors = fields[:10]
         state = WorkerState(state)
+        durations, (tls_failures, proxy_refused) = fields[10:-2], fields[-2:]
         return WorkerStats(
-            slot, pid, number, generation, state, requests, denied, started, booted, errors, busy, fields[10:]
+            slot,
+            pid,
+            number,
+            generation,
+            state,
+            requests,
+            denied,
+            started,
+            booted,
+            errors,
+            busy,
+            durations,
+            tls_failures,
+            proxy_refused,
         )
 
     def pool(self) -> PoolFigures:
@@ -381,6 +397,15 @@ class Scoreboard:
     def count_denied(self, slot: int) -> None:
         """Add one connection refused by ``verify_request`` to ``slot``. Runs in the worker."""
         self._add_one(_offset(slot) + _DENIED)
+
+    def count_tls_failure(self, slot: int) -> None:
+        """Add one failed TLS handshake to ``slot``. Runs in the worker."""
+        self._add_one(_offset(slot) + _TLS_FAILURES)
+
+    def count_proxy_refused(self, slot: int) -> None:
+        """Add one connection closed for its PROXY header (missing, malformed, or from a peer
+        not allowed to send one) to ``slot``. Runs in the worker."""
+        self._add_one(_offset(slot) + _TLS_FAILURES + 8)
 
     def count_error(self, slot: int) -> None:
         """Add one request whose processing raised (a ``handle_error`` call) to ``slot``.

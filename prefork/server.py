@@ -32,13 +32,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prefork import config, connections, sockets
+from prefork.config.attributes import SettingAttributes
 from prefork.master import Master
 
 if TYPE_CHECKING:
+    import ssl
     from _socket import _RetAddress
     from socketserver import _RequestType
 
     from prefork.accesslog import AccessLog
+    from prefork.edge import Edge
     from prefork.scoreboard import Scoreboard
     from prefork.workers.base import Worker
 
@@ -50,7 +53,7 @@ else:
 log = logging.getLogger("prefork")
 
 
-class PreforkMixIn(_Base):
+class PreforkMixIn(SettingAttributes, _Base):
     """Mix-in that serves requests from a supervised pool of preforked worker processes.
 
     Settings are class attributes, as socketserver's are, and keyword-only constructor
@@ -79,40 +82,12 @@ class PreforkMixIn(_Base):
     the same pool accepts on, each request going to the server it arrived on).
     """
 
-    workers: int | None = config.WORKERS.default
-    min_workers: int | None = config.MIN_WORKERS.default
-    max_workers: int | None = config.MAX_WORKERS.default
-    worker_class: str = config.WORKER_CLASS.default
-    threads: int = config.THREADS.default
-    accept: str = config.ACCEPT.default
-    graceful_timeout: float = config.GRACEFUL_TIMEOUT.default
-    shutdown_delay: float = config.SHUTDOWN_DELAY.default
-    request_timeout: float = config.REQUEST_TIMEOUT.default
-    max_requests: int = config.MAX_REQUESTS.default
-    max_requests_jitter: int = config.MAX_REQUESTS_JITTER.default
-    max_worker_memory: int = config.MAX_WORKER_MEMORY.default
-    gc_freeze: bool = config.GC_FREEZE.default
-    scoreboard_file: str | None = config.SCOREBOARD_FILE.default
-    request_queue_size: int = config.REQUEST_QUEUE_SIZE.default
-    socket_timeout: float = config.SOCKET_TIMEOUT.default
-    read_min_rate: int = config.READ_MIN_RATE.default
-    read_deadline: float = config.READ_DEADLINE.default
-    defer_accept: float | None = config.DEFER_ACCEPT.default
     #: The class an accepted connection with a timeout is given (:meth:`get_request`); the
     #: master sets each pool server's, with its read rules, before forking.
     request_socket: type[socket.socket] = connections.RequestSocket
-    allow: tuple[config.Network, ...] = config.ALLOW.default
-    deny: tuple[config.Network, ...] = config.DENY.default
-    control_socket: str | None = config.CONTROL_SOCKET.default
-    metrics: str | None = config.METRICS.default
-    log_format: str = config.LOG_FORMAT.default
-    access_log: str | None = config.ACCESS_LOG.default
-    unix_socket_mode: int | None = config.UNIX_SOCKET_MODE.default
-    proc_name: str | None = config.PROC_NAME.default
-    pidfile: str | None = config.PIDFILE.default
-    user: int | None = config.USER.default
-    group: int | None = config.GROUP.default
-    umask: int | None = config.UMASK.default
+    #: The pool's edge (PROXY header, TLS; :mod:`prefork.edge`), set by the master before
+    #: forking; None when neither is on.
+    edge: Edge | None = None
     #: As ForkingMixIn's: server_close() waits for the children of handle_request().
     block_on_close: bool = True
     #: As ForkingMixIn's: at most this many children of handle_request() at once; forking
@@ -258,6 +233,9 @@ class PreforkMixIn(_Base):
         the ``read_min_rate`` and ``read_deadline`` rules (and ``defer_accept``'s). Runs in
         the worker. May be extended."""
         request, client_address = (self._accept or super().get_request)()
+        if self.edge is not None:  # the PROXY header, TLS: the wrapped socket keeps the timeout
+            request.settimeout(self.socket_timeout or None)
+            return self.edge.accept(self, request, client_address)
         timeout = self.socket_timeout or None
         if type(request) is socket.socket:
             if timeout:
@@ -269,6 +247,22 @@ class PreforkMixIn(_Base):
         if isinstance(request, socket.socket) and request.gettimeout() != timeout:
             request.settimeout(timeout)
         return request, client_address
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the pool's stream sockets, or None for no TLS: by default built
+        from the ``certfile``, ``keyfile``, ``ca_certs``, ``cert_reqs``, ``ciphers`` and
+        ``tls_min_version`` settings (:func:`prefork.tls.build_context`). Called in the master
+        before forking and on each HUP (the new workers get the new context); raises
+        ValueError or OSError, saying why, for a context that cannot be built. May be
+        overridden: return your own ``ssl.SSLContext`` (server side), as gunicorn's
+        ``ssl_context`` hook."""
+        if self.certfile is None:
+            return None
+        from prefork.tls import build_context
+
+        return build_context(
+            self.certfile, self.keyfile, self.ca_certs, self.cert_reqs, self.ciphers, self.tls_min_version
+        )
 
     def verify_request(self, request: _RequestType, client_address: _RetAddress) -> bool:
         """Return False for a client outside the ``allow`` networks (when any are set) or in

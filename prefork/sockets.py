@@ -78,19 +78,30 @@ def speaks_http(server: PoolServer) -> bool:
 
 def describe(server: PoolServer) -> str:
     """Return where ``server`` listens, e.g. ``http://127.0.0.1:8000``, ``udp://[::1]:53``,
-    ``unix:/run/app.sock`` (``unix:PATH (http)`` for HTTP, ``unix:PATH (datagram)``). Reads the
-    bound socket, so port 0 shows the port chosen."""
+    ``unix:/run/app.sock`` (``unix:PATH (http)`` for HTTP, ``unix:PATH (datagram)``), with TLS
+    ``https://``, ``tls://``, ``unix:PATH (https)`` or ``(tls)``. Reads the bound socket, so
+    port 0 shows the port chosen."""
     sock: socket.socket = server.socket
     datagram = sock.type == socket.SOCK_DGRAM
     name = sock.getsockname()
+    edge = getattr(server, "edge", None)
+    tls = edge is not None and edge.tls is not None
+    scheme = (
+        "udp"
+        if datagram
+        else ("https" if tls else "http")
+        if speaks_http(server)
+        else "tls"
+        if tls
+        else "tcp"
+    )
     if sock.family == socket.AF_UNIX:
         path = name.decode() if isinstance(name, bytes) else name
-        kind = " (datagram)" if datagram else " (http)" if speaks_http(server) else ""
+        kind = " (datagram)" if datagram else f" ({scheme})" if scheme != "tcp" else ""
         return f"unix:{path}{kind}"
     host, port = name[0], name[1]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
-    scheme = "udp" if datagram else "http" if speaks_http(server) else "tcp"
     return f"{scheme}://{host}:{port}"
 
 

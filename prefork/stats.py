@@ -65,12 +65,15 @@ def snapshot(scoreboard: Scoreboard, info: dict[str, Any]) -> dict[str, Any]:
 
 def _counts(retired: WorkerStats, slots: Iterable[WorkerStats]) -> dict[str, Any]:
     requests, errors, denied, busy = retired.requests, retired.errors, retired.denied, retired.busy_seconds
+    tls, proxy = retired.tls_failures, retired.proxy_refused
     durations = list(retired.durations)
     for stats in slots:
         requests += stats.requests
         errors += stats.errors
         denied += stats.denied
         busy += stats.busy_seconds
+        tls += stats.tls_failures
+        proxy += stats.proxy_refused
         durations = [a + b for a, b in zip(durations, stats.durations, strict=True)]
     return {
         "requests": requests,
@@ -78,6 +81,8 @@ def _counts(retired: WorkerStats, slots: Iterable[WorkerStats]) -> dict[str, Any
         "denied": denied,
         "busy_seconds": busy,
         "duration_counts": durations,
+        "tls_failures": tls,
+        "proxy_refused": proxy,
     }
 
 

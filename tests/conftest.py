@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"Listening at (\S+?(?: \((?:http|datagram)\))?)(?:,| with)")
+LISTENING = re.compile(r"Listening at (\S+?(?: \((?:https?|tls|datagram)\))?)(?:,| with)")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:

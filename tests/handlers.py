@@ -120,3 +120,13 @@ class ForkingHandler(socketserver.StreamRequestHandler):
             self.wfile.write(f"{os.getpid()} {child}\n".encode())
         else:
             self.wfile.write(f"{os.getpid()}\n".encode())
+
+
+class AddressEchoHandler(socketserver.StreamRequestHandler):
+    """Reads one line, answers ``HOST PORT LINE``: the client address the server gave the
+    handler (the original client's, behind a PROXY header)."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        host, port = self.client_address[:2] if isinstance(self.client_address, tuple) else ("unix", 0)
+        self.wfile.write(f"{host} {port} ".encode() + line)

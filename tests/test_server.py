@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import stat
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 import setproctitle
+import trustme
 
 from prefork import (
     PreforkHTTPServer,
@@ -528,7 +530,7 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "read_min_rate": "1000",
         "read_deadline": "15",
         "defer_accept": "auto",
-        "allow": "127.0.0.0/8,::1",
+        "allow": "127.0.0.0/8,192.0.2.0/24,::1",  # 192.0.2.1: the client the PROXY header names
         "deny": "10.0.0.0/8",
         "unix_socket_mode": "600",
         "proc_name": "strings",
@@ -540,12 +542,31 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "metrics": "127.0.0.1:0",
         "log_format": "text",
         "access_log": str(tmp_path / "access.log"),
+        "certfile": str(tmp_path / "cert.pem"),
+        "keyfile": str(tmp_path / "key.pem"),
+        "ca_certs": str(tmp_path / "ca.pem"),
+        "cert_reqs": "optional",
+        "ciphers": "ECDHE+AESGCM",
+        "tls_min_version": "1.2",
+        "proxy_protocol": "v1",
+        "proxy_allow": "127.0.0.0/8",
     }
     assert set(strings) == {s.name for s in config.SETTINGS}, "a new setting needs a string form here"
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(strings["ca_certs"])
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(strings["certfile"])
+    issued.private_key_pem.write_to_path(strings["keyfile"])
     cls = type("StringSettingsServer", (PreforkTCPServer,), dict(strings))
     server = cls(("127.0.0.1", 0), SettingsHandler)
     with serving(server, workers=2):
-        answer = request_line(address(server), b"settings\n")  # served: the master did not crash
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        with socket.create_connection(address(server), timeout=5) as raw:
+            raw.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\n")
+            with client.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                conn.sendall(b"settings\n")
+                answer = conn.makefile("rb").readline()  # served: the master did not crash
         expected = {s.name: s.validate(value) for s, value in ((s, strings[s.name]) for s in config.SETTINGS)}
         for name, value in expected.items():
             assert getattr(server, name) == value, name  # the master holds the converted values

@@ -27,6 +27,7 @@ from prefork.config.convert import (
     worker_class_name,
     workers_count,
 )
+from prefork.config.edge import EDGE_SETTINGS
 from prefork.config.observability import ACCESS_LOG, CONTROL_SOCKET, LOG_FORMAT, METRICS
 from prefork.config.setting import Setting, usable_cpus
 from prefork.config.sizing import GC_FREEZE, MAX_WORKERS, MIN_WORKERS, pool_bounds
@@ -377,6 +378,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     METRICS,
     LOG_FORMAT,
     ACCESS_LOG,
+    *EDGE_SETTINGS,
 )
 
 #: The settings the server constructor uses (binding and listening), converted there even

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeAlias
 import setproctitle
 
 from prefork.accesslog import DENIED, SERVED, outcome_of
+from prefork.connections import RejectedConnection
 from prefork.contract import pool_servers
 from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.logs import set_worker
@@ -357,6 +358,8 @@ class Worker(SignalHandling):
         """``get_request()`` raised ``error``: quietly when no connection was waiting (counted
         in ``empty_accepts`` when ``woken``); for lack of a resource, a pause and a line
         (:class:`~prefork.workers.waiting.AcceptPause`). Runs in the worker."""
+        if isinstance(error, RejectedConnection):  # refused at the edge: closed and counted
+            return
         if error.errno in ACCEPT_RESOURCE_ERRNOS:
             self._accept_pause.after(error)
         elif woken:

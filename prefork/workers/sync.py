@@ -47,6 +47,12 @@ class SyncWorker(Worker):
             self.drain()  # what was queued before the listeners closed is served
 
     def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
-        """``finish_request`` then ``shutdown_request``, in this process (as BaseServer)."""
-        server.finish_request(request, client_address)
+        """``finish_request`` then ``shutdown_request``, in this process (as BaseServer). With
+        TLS, the handshake first (:mod:`prefork.edge`): a connection whose handshake fails
+        is counted and shut down unprocessed."""
+        edge = server.edge
+        if edge is None or edge.tls is None or edge.handshake(request, client_address):
+            server.finish_request(request, client_address)
+        else:
+            self.scoreboard.count_tls_failure(self.slot)
         server.shutdown_request(request)

@@ -176,8 +176,9 @@ class ThreadWorker(Worker):
     def serve_thread(self) -> None:
         """Process requests from the queue until told to exit. Runs in each handler thread.
 
-        As ``ThreadingMixIn.process_request_thread``: ``finish_request``, ``handle_error`` on
-        an exception, then ``shutdown_request``. An exception of ``handle_error`` or
+        As ``ThreadingMixIn.process_request_thread``: ``finish_request`` (with TLS, after the
+        handshake: :mod:`prefork.edge`), ``handle_error`` on an exception, then
+        ``shutdown_request``. An exception of ``handle_error`` or
         ``shutdown_request`` is logged and the thread goes on; ``SystemExit`` or
         ``KeyboardInterrupt`` is logged and stops the worker, which exits with an error.
         """
@@ -187,7 +188,12 @@ class ThreadWorker(Worker):
             outcome = SERVED
             try:
                 try:
-                    server.finish_request(request, client_address)
+                    edge = server.edge  # with TLS, the handshake first, in this thread
+                    if edge is None or edge.tls is None or edge.handshake(request, client_address):
+                        server.finish_request(request, client_address)
+                    else:
+                        with self._lock:
+                            self.scoreboard.count_tls_failure(self.slot)
                 except Exception as exc:
                     with self._lock:  # a read-modify-write, from several threads
                         self.scoreboard.count_error(self.slot)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from prefork.connections import RejectedConnection
+
 #: Most bytes read from the wake-up pipe in one wait (the pipe holds at most 64 KiB).
 _MAX_WAKEUP_BYTES = 65536
 
@@ -54,6 +56,8 @@ def accept_queued(
         while len(taken) < limit:
             try:
                 request, client_address = server.get_request()
+            except RejectedConnection:  # refused at the edge (closed): the next one
+                continue
             except OSError:  # nothing left (EAGAIN), or out of resources
                 break
             taken.append((server, request, client_address))
