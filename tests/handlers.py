@@ -130,3 +130,18 @@ class AddressEchoHandler(socketserver.StreamRequestHandler):
         line = self.rfile.readline()
         host, port = self.client_address[:2] if isinstance(self.client_address, tuple) else ("unix", 0)
         self.wfile.write(f"{host} {port} ".encode() + line)
+
+
+class ClientHTTPHandler(BaseHTTPRequestHandler):
+    """GET /health -> 200 ``ok``; any other GET -> 200 ``client HOST``: the client address
+    the server gave the handler (behind a PROXY header, the original client's)."""
+
+    def do_GET(self) -> None:
+        body = b"ok\n" if self.path == "/health" else f"client {self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

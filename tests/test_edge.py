@@ -24,7 +24,7 @@ import pytest
 import trustme
 
 from prefork import ctl
-from tests.conftest import ROOT, CLIServer, ServerProcess, wait_for
+from tests.conftest import ROOT, CLIServer, ServerProcess, skip_unless_installed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,39 +94,31 @@ def totals(server: CLIServer) -> dict[str, int]:
 # -- TLS -----------------------------------------------------------------------------------------
 
 
-def test_https_to_curl_urllib_and_openssl(serve_cli: Serve, certs: Certificates) -> None:
+def test_https_to_urllib(serve_cli: Serve, certs: Certificates) -> None:
     server = serve_cli(HTTP, "--workers", "2", *certs.flags())
     _, port = server.address
     assert "Listening at https://127.0.0.1:" in server.log
     url = f"https://127.0.0.1:{port}/"
     with urllib.request.urlopen(url, context=certs.client(), timeout=5) as reply:
         assert reply.status == 200 and reply.read().startswith(b"hello ")
-    if shutil.which("curl"):
-        done = subprocess.run(
-            ["curl", "-sS", "--max-time", "5", "--cacert", certs.cafile, url],
-            capture_output=True,
-            timeout=10,
-        )
-        assert done.returncode == 0 and done.stdout.startswith(b"hello "), done.stderr
-    if shutil.which("openssl"):
-        done = subprocess.run(
-            [
-                "openssl",
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{port}",
-                "-CAfile",
-                certs.cafile,
-                "-quiet",
-                "-verify_return_error",
-            ],
-            input=b"GET / HTTP/1.0\r\n\r\n",
-            capture_output=True,
-            timeout=10,
-        )
-        assert b"HTTP/1.0 200" in done.stdout, done.stderr
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusting the CA
         urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=5)
+
+
+@pytest.mark.parametrize("client", ["curl", "openssl"])
+def test_https_to_curl_and_openssl_s_client(serve_cli: Serve, certs: Certificates, client: str) -> None:
+    skip_unless_installed(client, shutil.which(client))
+    server = serve_cli(HTTP, "--workers", "1", *certs.flags())
+    _, port = server.address
+    if client == "curl":
+        command = ["curl", "-sS", "--max-time", "5", "--cacert", certs.cafile, f"https://127.0.0.1:{port}/"]
+        expected = b"hello "
+    else:
+        command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", certs.cafile]
+        command += ["-quiet", "-verify_return_error"]
+        expected = b"HTTP/1.0 200"
+    done = subprocess.run(command, input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=10)
+    assert done.returncode == 0 and expected in done.stdout, done.stderr
 
 
 def test_a_line_protocol_over_tls_and_tls_1_3_only(serve_cli: Serve, certs: Certificates) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
+from prefork.edge import close_notify
 from prefork.workers.base import Worker
 
 if TYPE_CHECKING:
@@ -48,11 +49,14 @@ class SyncWorker(Worker):
 
     def process_request(self, server: PoolServer, request: _RequestType, client_address: _RetAddress) -> None:
         """``finish_request`` then ``shutdown_request``, in this process (as BaseServer). With
-        TLS, the handshake first (:mod:`prefork.edge`): a connection whose handshake fails
-        is counted and shut down unprocessed."""
+        TLS, the handshake first and the close_notify alert after (:mod:`prefork.edge`): a
+        connection whose handshake fails is counted and shut down unprocessed."""
         edge = server.edge
-        if edge is None or edge.tls is None or edge.handshake(request, client_address):
+        if edge is None or edge.tls is None:
             server.finish_request(request, client_address)
+        elif edge.handshake(request, client_address):
+            server.finish_request(request, client_address)
+            close_notify(request)
         else:
             self.scoreboard.count_tls_failure(self.slot)
         server.shutdown_request(request)
