@@ -76,3 +76,21 @@ class CpuHandler(socketserver.StreamRequestHandler):
             while time.thread_time() < end:
                 pass
             self.wfile.write(line)
+
+
+#: StuckHandler holds each request but a worker's first for this many seconds.
+STUCK_TIME = 60.0
+
+
+class StuckHandler(socketserver.StreamRequestHandler):
+    """Echo each worker's first connection (the bench's probe) at once; hold every later one
+    for STUCK_TIME seconds without a reply, so a graceful stop waits for it."""
+
+    connections = 0  # per worker process: each has its own copy after the fork
+
+    def handle(self) -> None:
+        type(self).connections += 1
+        line = self.rfile.readline()
+        if type(self).connections > 1:
+            time.sleep(STUCK_TIME)
+        self.wfile.write(line)

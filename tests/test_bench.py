@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import resource
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from prefork import bench
+from prefork.bench.load import LoadSpec
 from prefork.config import usable_cpus
 from tests.bench_handlers import RESET_EVERY, SERVICE_TIME
-from tests.conftest import ROOT
+from tests.conftest import ROOT, group_processes, wait_for
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -223,13 +230,17 @@ def test_an_http_server_loaded_with_lines_is_detected(serve_cli: Any) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_run_where_every_request_failed_exits_1() -> None:
+    # Every round of the only pool size failed: the table, a note, one line and status 1.
+    # (A size that failed beside one that served is recorded and the bench goes on:
+    # tests/test_bench_rules.py, without processes.)
     done = run_bench(
         "tests.bench_handlers:SilentHandler",
         "--workers", "1", "--requests", "30", "--concurrency", "2", "--warmup", "0", "--rounds", "2",
     )  # fmt: skip
     assert done.returncode == 1, done
     assert done.stderr.startswith("prefork bench: error: every request to ") and done.stderr.count("\n") == 1
-    assert "failed with 1 worker (bad reply 30)" in done.stderr, done.stderr
+    assert "failed with 1 worker (bad reply 60)" in done.stderr, done.stderr
+    assert "note: with 1 worker every request failed (bad reply 60): counted as 0 req/s" in done.stdout
 
 
 # -- usage errors (in-process: nothing is started) -------------------------------------------
@@ -252,6 +263,19 @@ def test_a_run_where_every_request_failed_exits_1() -> None:
         (["x:Y", "--memory-limit", "2X"], "bad size '2X'"),
         (["x:Y", "--step-load", "10/s for soon"], "bad duration"),
         (["x:Y", "--step-load", "10/s for 1s", "--rate", "5"], "--step-load sets the rate"),
+        (["x:Y", "--step-load", "10/s for 20s", "--window", "1ms"], "into more than 10,000 windows"),
+        (["x:Y", "--out", "."], "cannot write .: it is a directory"),
+        (["x:Y", "--out", ""], "need a file name"),
+        (["x:Y", "--out", "/no/such/dir/r.csv"], "no such directory"),
+        (["x:Y", "--duration", ""], "bad duration"),
+        (["x:Y", "--workers", ""], "bad pool sizes"),
+        (["x:Y", "--memory-limit", "9" * 400], "bad size"),
+        (["x:Y", "--memory-limit", "1e400G"], "bad size"),
+        (["x:Y", "--rate", "10", "--slo", "p99=" + "9" * 400 + "s"], "bad duration"),
+        (["x:Y", "--rounds", "\u0663"], "invalid integer value"),
+        (["x:Y", "--rate", "\u0661"], "invalid number value"),
+        (["x:Y", "--rate", "inf"], "invalid number value"),
+        (["x:Y", "--workers", "\u0661,\u0662"], "bad pool sizes"),
     ],
 )
 def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -355,3 +379,100 @@ def test_step_load_shows_the_workers_and_latency_over_time(tmp_path: Path) -> No
     assert first["rate"] == 20 and second["rate"] == 80 and second["workers_max"] == 2
     assert 20 <= second["p99_ms"] < 200, second  # 2 workers serve 100/s: no queue to speak of
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the bench's processes: none outlives it, none fails for want of files -------------------
+
+
+def _bench_under_load(handler: str, *args: str) -> tuple[subprocess.Popen[str], int, list[psutil.Process]]:
+    """Start the bench on ``handler`` (1 worker, 1 request in flight, 20 s) and wait until a
+    request is in flight; return it, its server's master pid (its process group) and its
+    client processes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefork", "bench", handler, "--workers", "1", "--duration", "20s",
+         "--warmup", "0", "--rounds", "1", "--clients", "1", "--concurrency", "1", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def loaded() -> tuple[int, list[psutil.Process]] | None:
+        kids = psutil.Process(proc.pid).children()
+        clients = [k for k in kids if "prefork.bench.client" in " ".join(k.cmdline())]
+        servers = [k for k in kids if k not in clients]
+        if not clients or not servers:
+            return None
+        busy = [c for w in servers[0].children() for c in w.net_connections("tcp") if c.status != "LISTEN"]
+        return (servers[0].pid, clients) if busy else None
+
+    try:
+        master, clients = wait_for(loaded, timeout=15)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, master, clients
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_no_server_outlives_the_bench(sig: signal.Signals) -> None:
+    # SIGHUP (its terminal closed) stops the bench as Ctrl-C does; after SIGKILL, the master
+    # gets SIGTERM (PR_SET_PDEATHSIG) and the clients SIGKILL.
+    proc, master, clients = _bench_under_load("tests.bench_handlers:SleepHandler")
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=15)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130 and err == "prefork bench: interrupted\n", err
+    wait_for(lambda: not group_processes(master), timeout=10)
+    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in clients))
+
+
+@pytest.mark.timeout(30)
+def test_a_second_ctrl_c_hurries_the_stop_and_leaves_no_server() -> None:
+    # The server's stop waits for a request held 60 s (--graceful-timeout 60): a second
+    # Ctrl-C once cut the stop short, before the process group was killed.
+    proc, master, _ = _bench_under_load(
+        "tests.bench_handlers:StuckHandler", "--server-args", "--graceful-timeout 60"
+    )
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert group_processes(master), "the server stopped at once: nothing to hurry"
+    os.kill(proc.pid, signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130 and err == "prefork bench: interrupted\n", err
+    assert time.monotonic() - started < 5
+    assert not group_processes(master)
+
+
+def _low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+@pytest.mark.timeout(30)
+def test_too_many_open_files_is_one_line() -> None:
+    # A client process whose sockets run out says so in one line, no traceback.
+    with socket.create_server(("127.0.0.1", 0), backlog=256) as listener:  # never accepts
+        spec = LoadSpec(socket.AF_INET, listener.getsockname()[:2], "line", b"ping", 200, 2.0)
+        done = subprocess.run(
+            [sys.executable, "-m", "prefork.bench.client"],
+            input=spec.to_json() + "\ngo\n",
+            cwd=ROOT, capture_output=True, text=True, timeout=20, check=False, preexec_fn=_low_file_limit,
+        )  # fmt: skip
+    assert done.returncode == 1 and done.stderr == "", done
+    assert done.stdout.splitlines()[-1] == (
+        "error cannot open a socket: Too many open files (EMFILE): lower --concurrency, or raise the "
+        "open-file limit (ulimit -n)"
+    )
+    # The bench checks the limit up front: a usage error before anything starts.
+    done = subprocess.run(
+        [sys.executable, "-m", "prefork", "bench", "tests.bench_handlers:SleepHandler", "--workers", "1",
+         "--concurrency", "400", "--clients", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=20, check=False, preexec_fn=_low_file_limit,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == (
+        "prefork bench: error: 400 requests in flight in one client process need 432 open files, but "
+        "the limit is 64 (ulimit -n): lower --concurrency, or raise --clients\n"
+    )

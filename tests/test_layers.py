@@ -41,9 +41,11 @@ ORDER = (
     "prefork.bench.client_process",
     "prefork.bench.loadgen",
     "prefork.bench.protocols",
+    "prefork.bench.schedule",
     "prefork.bench.load",
     "prefork.bench.parse",
     "prefork.bench.text",
+    "prefork.bench.lifecycle",
     "prefork.bench.errors",
     # The socketserver-facing layer.
     "prefork.target",

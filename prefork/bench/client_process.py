@@ -4,23 +4,26 @@
 the child's side) and speaks its protocol: a :class:`~prefork.bench.load.LoadSpec` as one line
 of JSON on the child's stdin, then ``go T`` (the monotonic time to start at); on its stdout
 the lines ``ready``, ``progress N`` and ``result JSON`` (a
-:class:`~prefork.bench.load.LoadResult`).
+:class:`~prefork.bench.load.LoadResult`), or ``error TEXT`` (one line saying why it could
+not go on, such as too many open files).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import IO
 
+from prefork.bench.lifecycle import die_with_parent
 from prefork.bench.load import LoadResult, LoadSpec
 
 #: Bytes read from a client's stdout at a time.
 _READ_SIZE = 65536
 
 #: Lines a client process writes on its stdout (its protocol with the parent).
-READY, PROGRESS, RESULT = "ready", "progress", "result"
+READY, PROGRESS, RESULT, ERROR = "ready", "progress", "result", "error"
 
 
 class ClientProcess:
@@ -28,8 +31,9 @@ class ClientProcess:
 
     Created by the bench's parent process. It writes ``ready``, waits for a line on its
     stdin (:meth:`go`), runs the load, writes ``progress N`` lines and a final ``result
-    JSON`` line, and exits. :meth:`kill` ends it (by its pid) if it is still running.
-    Raises OSError when the child cannot be started.
+    JSON`` line (or an ``error`` line), and exits; it gets SIGKILL if the bench ends first,
+    even by SIGKILL (:func:`~prefork.bench.lifecycle.die_with_parent`). :meth:`kill` ends it
+    (by its pid) if it is still running. Raises OSError when the child cannot be started.
     """
 
     def __init__(self, spec: LoadSpec) -> None:
@@ -42,15 +46,21 @@ class ClientProcess:
             stdout=subprocess.PIPE,
             env=env,
             bufsize=0,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
         self._buffer = bytearray()
-        self.stdin.write(spec.to_json().encode() + b"\n")
         self.completed = 0
         self.result: LoadResult | None = None
+        self.error: str | None = None
         self.ready = False
+        try:
+            self.stdin.write(spec.to_json().encode() + b"\n")
+        except BaseException:  # a broken pipe, a Ctrl-C: the caller never gets it to kill
+            self.kill()
+            raise
 
     def go(self, begin: float) -> None:
         """Tell the (ready) client to start at ``begin`` (a ``time.monotonic()`` time, the
@@ -59,8 +69,8 @@ class ClientProcess:
 
     def read_available(self) -> bool:
         """Read what the client wrote (call when its stdout is readable) and apply each
-        whole line: set :attr:`ready`, :attr:`completed` (measured requests finished) or
-        :attr:`result`. Return False at EOF. Raises ValueError on a malformed line, OSError
+        whole line: set :attr:`ready`, :attr:`completed` (measured requests finished),
+        :attr:`result` or :attr:`error`. Return False at EOF. Raises ValueError on a malformed line, OSError
         when the pipe cannot be read."""
         data = os.read(self.stdout.fileno(), _READ_SIZE)
         self._buffer += data
@@ -74,6 +84,8 @@ class ClientProcess:
                 self.completed = int(text)
             elif kind == RESULT:
                 self.result = LoadResult.from_json(text)
+            elif kind == ERROR:
+                self.error = text
         return bool(data)
 
     def kill(self) -> None:

@@ -3,7 +3,9 @@
 A :class:`LoadSpec` (all times in seconds) goes from the bench's parent process to a client
 process as one line of JSON; a :class:`LoadResult` comes back the same way, and the parent
 merges those of all its client processes. Latency goes into an HDR histogram
-(``hdrhistogram``, microseconds, 3 significant digits), never a list of samples.
+(``hdrhistogram``, microseconds, 3 significant digits), never a list of samples; the
+step-load mode's windows get smaller ones, made when a reply first lands in them
+(:func:`new_window_histogram`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,28 @@ HIST_HIGHEST_US = 3_600_000_000
 HIST_DIGITS = 3
 
 
+#: A window's histogram: 2 significant digits (a p99 to within 1%) up to the request timeout.
+WINDOW_DIGITS = 2
+
+
 def new_histogram() -> Any:
-    """An empty latency histogram (an ``HdrHistogram`` of microseconds, 1 us to 1 hour).
-    Raises nothing."""
+    """An empty latency histogram (an ``HdrHistogram`` of microseconds, 1 us to 1 hour,
+    about 190 KB). Raises nothing."""
     return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+def new_window_histogram(highest_us: int) -> Any:
+    """An empty histogram for one window of the step-load mode: microseconds from 1 to
+    ``highest_us`` (the request timeout), :data:`WINDOW_DIGITS` significant digits; about
+    17 KB for a timeout of 5 s, a tenth of :func:`new_histogram`'s. Raises nothing."""
+    return HdrHistogram(HIST_LOWEST_US, max(2 * HIST_LOWEST_US, highest_us), WINDOW_DIGITS)
+
+
+def histogram_like(other: Any) -> Any:
+    """An empty histogram with the range and precision of ``other``. Raises nothing."""
+    return HdrHistogram(
+        other.lowest_trackable_value, other.highest_trackable_value, other.significant_figures
+    )
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,8 @@ class LoadSpec:
     ``steps``: open loop at a rate that changes, ((requests per second, seconds), ...) one
     after the other from the start (no warmup; ``duration`` is their sum), or None.
     ``window``: seconds per window of :attr:`LoadResult.windows` (None: no windows).
+    Open loop, ``stride`` client processes share the schedule of ``rate`` (or ``steps``) and
+    this one is number ``phase`` of them (:class:`~prefork.bench.schedule.Schedule`).
     """
 
     family: int
@@ -57,6 +79,8 @@ class LoadSpec:
     host: str = "localhost"
     steps: tuple[tuple[float, float], ...] | None = None
     window: float | None = None
+    phase: int = 0
+    stride: int = 1
 
     def to_json(self) -> str:
         """One line of JSON (bytes as latin-1 text), read back by :meth:`from_json`."""
@@ -136,7 +160,10 @@ class LoadResult:
             ours.ok += theirs.ok
             ours.failed += theirs.failed
             ours.served += theirs.served
-            ours.histogram.add(theirs.histogram)
+            if theirs.histogram is not None:
+                if ours.histogram is None:
+                    ours.histogram = histogram_like(theirs.histogram)
+                ours.histogram.add(theirs.histogram)
 
     def to_json(self) -> str:
         """One line of JSON, the histograms HdrHistogram-encoded, read back by :meth:`from_json`."""
@@ -144,7 +171,8 @@ class LoadResult:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         data["histogram"] = self.histogram.encode().decode("ascii")
         data["windows"] = [
-            [w.ok, w.failed, w.served, w.histogram.encode().decode("ascii")] for w in self.windows
+            [w.ok, w.failed, w.served, None if w.histogram is None else w.histogram.encode().decode("ascii")]
+            for w in self.windows
         ]
         return json.dumps(data)
 
@@ -159,19 +187,27 @@ class LoadResult:
         result = cls(**data)
         result.histogram.decode_and_add(encoded.encode("ascii"))
         for ok, failed, served, histogram in windows:
-            window = Window(ok, failed, served)
-            window.histogram.decode_and_add(histogram.encode("ascii"))
-            result.windows.append(window)
+            decoded = None if histogram is None else HdrHistogram.decode(histogram.encode("ascii"))
+            result.windows.append(Window(ok, failed, served, decoded))
         return result
 
 
 @dataclass
 class Window:
     """One window of a :class:`LoadResult`: the requests due in it that got a good reply
-    (``ok``) or failed, and the good replies' latencies (``histogram``, microseconds); and
-    the good replies that came in it (``served``), to requests due in it or before."""
+    (``ok``) or failed, and the good replies' latencies (``histogram``, microseconds; None
+    until the first, see :func:`new_window_histogram`); and the good replies that came in it
+    (``served``), to requests due in it or before."""
 
     ok: int = 0
     failed: int = 0
     served: int = 0
-    histogram: Any = field(default_factory=new_histogram)
+    histogram: Any = None
+
+    def record(self, micros: int, highest_us: int) -> None:
+        """Count a good reply of ``micros`` microseconds (at most ``highest_us``, the
+        histogram's top, which it is made with if need be) to a request due in this window."""
+        if self.histogram is None:
+            self.histogram = new_window_histogram(highest_us)
+        self.ok += 1
+        self.histogram.record_value(min(micros, self.histogram.highest_trackable_value))

@@ -13,13 +13,16 @@ measures, and merges their results (:class:`~prefork.bench.load.LoadResult`).
 - **Open loop** (``rate`` R requests per second): request *i* is due at ``start + i / R``
   whether or not earlier ones finished; when ``concurrency`` are already in flight it waits,
   and its latency is measured from when it was *due*, not when it could be sent, so the
-  queueing a slow server causes is not hidden (no "coordinated omission").
+  queueing a slow server causes is not hidden (no "coordinated omission"). Several client
+  processes deal the requests of one schedule out in turn (``phase`` of ``stride``,
+  :mod:`prefork.bench.schedule`), so together they send one every 1/R seconds.
 - **Steps** (``steps``, the step-load mode): open loop at a rate that changes, step after
   step; within a step of R requests per second, request *i* is due at ``step start + i / R``.
 
 Every run is bounded: by ``duration`` seconds, and by ``requests`` when given; each request
-by ``timeout`` seconds. Stream protocols open a connection per request unless ``keepalive``
-(not for ``raw``). Errors are counted by kind (:data:`~prefork.bench.protocols.ERROR_KINDS`).
+by ``timeout`` seconds, each reply by :data:`MAX_REPLY` bytes (a longer one is a bad reply).
+Stream protocols open a connection per request unless ``keepalive`` (not for ``raw``).
+Errors are counted by kind (:data:`~prefork.bench.protocols.ERROR_KINDS`).
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ import time
 from collections.abc import Callable
 
 from prefork.bench.load import HIST_HIGHEST_US, HIST_LOWEST_US, LoadResult, LoadSpec
-from prefork.bench.protocols import error_kind, half_closes, judge_reply, request_bytes
+from prefork.bench.protocols import error_kind, half_closes, head_ends, judge_reply, request_bytes
+from prefork.bench.schedule import Schedule
 
 #: Seconds between two progress reports of a client process.
 PROGRESS_INTERVAL = 0.25
+#: Bytes of one reply at most: a longer one is counted as a bad reply and its connection
+#: closed, so a server that streams without end cannot grow the client without bound.
+MAX_REPLY = 1 << 20
 _RECV_SIZE = 65536
 
 # -- one request -----------------------------------------------------------------------------
@@ -47,7 +54,7 @@ _CONNECTING, _SENDING, _READING = 1, 2, 3
 class _Request:
     """One request in flight on ``sock``: its state, due time and deadline (monotonic seconds)."""
 
-    __slots__ = ("deadline", "due", "inbox", "measured", "outbox", "sock", "state")
+    __slots__ = ("deadline", "due", "headless", "inbox", "measured", "outbox", "sock", "state")
 
     def __init__(self, sock: socket.socket, due: float, deadline: float, measured: bool) -> None:
         self.sock = sock
@@ -57,6 +64,7 @@ class _Request:
         self.state = _CONNECTING
         self.outbox = b""
         self.inbox = bytearray()
+        self.headless = True  # the end of the reply's head (protocols.head_ends) not yet read
 
 
 class _Generator:
@@ -74,10 +82,11 @@ class _Generator:
         self.measure_start = 0.0
         self.measure_end = 0.0
         self.started = 0  # measured requests started
-        self.next_due = 0.0  # open loop: when the next request is due
-        self.step = 0  # steps: the step now, its start, and the requests due in it so far
-        self.step_start = 0.0
-        self.step_due = 0
+        self.schedule = Schedule(())  # open loop: this client's due times from self.base
+        self.base = 0.0
+        self.next_due = math.inf  # open loop: when the next request is due
+        self.due_measured = 0  # open loop: this client's requests due while measuring
+        self.highest_us = max(HIST_LOWEST_US, min(HIST_HIGHEST_US, round(spec.timeout * 1e6)))
         self.datagram = spec.protocol == "udp"
         self.open_loop = spec.rate is not None or bool(spec.steps)
         self.half_close = half_closes(spec.protocol, spec.keepalive)
@@ -89,23 +98,23 @@ class _Generator:
 
     def run(self, begin: float | None) -> LoadResult:
         spec = self.spec
-        if begin is not None:
+        if begin is None:
+            begin = time.monotonic()
+        else:  # the time every client process was given: their schedules line up
             time.sleep(max(0.0, begin - time.monotonic()))
-        begin = time.monotonic()
         warm_end = begin + (0.0 if spec.steps else spec.warmup)
         cpu_start = 0.0
         last_progress = begin
         if warm_end <= begin:
             self._start_measuring(begin)
             cpu_start = _cpu_seconds()
-        self.step_start = begin
-        self.next_due = self._step_due() if spec.steps else begin
+        else:
+            self._plan(begin, spec.warmup)
         while True:
             now = time.monotonic()
             if not self.measuring and now >= warm_end:
-                self._start_measuring(now)
+                self._start_measuring(warm_end)
                 cpu_start = _cpu_seconds()
-                self.next_due = now
             issuing = self._may_issue(now)
             if issuing:
                 self._issue(now)
@@ -129,13 +138,9 @@ class _Generator:
         end = time.monotonic()
         self.result.cpu.append(_cpu_seconds() - cpu_start)
         self.result.wall.append(end - self.measure_start)
-        if spec.steps and self.measuring:
-            self.result.unsent = max(0, sum(math.ceil(r * t - 1e-9) for r, t in spec.steps) - self.started)
-        elif spec.rate is not None and self.measuring:
-            due_total = int(spec.duration * spec.rate)
-            if spec.requests is not None:
-                due_total = min(due_total, spec.requests)
-            self.result.unsent = max(0, due_total - self.started)
+        if self.open_loop and self.measuring:
+            due = self.due_measured if spec.requests is None else min(self.due_measured, spec.requests)
+            self.result.unsent = max(0, due - self.started)
         for sock in self.idle:
             sock.close()
         self.idle.clear()
@@ -144,10 +149,23 @@ class _Generator:
             self.progress(self.completed)
         return self.result
 
-    def _start_measuring(self, now: float) -> None:
+    def _start_measuring(self, at: float) -> None:
         self.measuring = True
-        self.measure_start = now
-        self.measure_end = now + self.spec.duration
+        self.measure_start = at
+        self.measure_end = at + self.spec.duration
+        self._plan(at, self.spec.duration)
+        self.due_measured = self.schedule.count()
+
+    def _plan(self, start: float, seconds: float) -> None:
+        """Open loop: this client's schedule from ``start``: the steps, or ``seconds`` of the
+        rate (the warmup's, then the measured run's afresh)."""
+        spec = self.spec
+        if not self.open_loop:
+            return
+        steps = spec.steps or ((spec.rate or 0.0, seconds),)
+        self.schedule = Schedule(steps, spec.phase, spec.stride)
+        self.base = start
+        self.next_due = start + self.schedule.next()
 
     def _may_issue(self, now: float) -> bool:
         if not self.measuring:
@@ -162,37 +180,16 @@ class _Generator:
         for _ in range(spec.concurrency - len(self.inflight)):
             if spec.requests is not None and self.measuring and self.started >= spec.requests:
                 return
-            if spec.steps:
-                if self.next_due > now:
-                    return
-                due = self.next_due
-                self.step_due += 1
-                self.next_due = self._step_due()
-            elif spec.rate is None:
+            if not self.open_loop:
                 due = now
             elif self.next_due <= now:
                 due = self.next_due
-                self.next_due += 1.0 / spec.rate
+                self.next_due = self.base + self.schedule.next()
             else:
                 return
             if self.measuring:
                 self.started += 1
             self._start(due, now)
-
-    def _step_due(self) -> float:
-        """The due time of request :attr:`step_due` of the step now, moving on past the steps
-        it falls after; inf after the last step."""
-        steps = self.spec.steps or ()
-        while self.step < len(steps):
-            rate, seconds = steps[self.step]
-            if rate > 0:
-                due = self.step_start + self.step_due / rate
-                if due < self.step_start + seconds:
-                    return due
-            self.step += 1
-            self.step_start += seconds
-            self.step_due = 0
-        return math.inf
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -226,6 +223,7 @@ class _Generator:
         request.state = _SENDING
         request.outbox = self.request_bytes
         request.inbox.clear()
+        request.headless = True
         self._write(request, registered=request.sock.fileno() in self.selector.get_map())
 
     def _write(self, request: _Request, registered: bool) -> None:
@@ -281,10 +279,21 @@ class _Generator:
             self._fail(request, error_kind(exc.errno or 0))
             return
         eof = not data and not self.datagram
-        request.inbox += data
+        inbox = request.inbox
+        if len(inbox) + len(data) > MAX_REPLY:
+            self._fail(request, "bad reply")
+            return
+        searched = len(inbox)
+        inbox += data
         spec = self.spec
+        if request.headless and not eof:
+            # Judge the reply only once its head may be whole: until then, search the new
+            # bytes alone, not the whole reply again on every read.
+            if not head_ends(spec.protocol, inbox, searched):
+                return
+            request.headless = False
         complete, good, reusable = judge_reply(
-            spec.protocol, request.inbox, eof, keepalive=spec.keepalive, expect=spec.expect
+            spec.protocol, inbox, eof, keepalive=spec.keepalive, expect=spec.expect
         )
         if not complete:
             return
@@ -306,9 +315,7 @@ class _Generator:
             micros = max(HIST_LOWEST_US, min(HIST_HIGHEST_US, round((now - request.due) * 1e6)))
             result.histogram.record_value(micros)
             if self.spec.window:
-                window = result.window(self._window_index(request.due))
-                window.ok += 1
-                window.histogram.record_value(micros)
+                result.window(self._window_index(request.due)).record(micros, self.highest_us)
                 result.window(self._window_index(now)).served += 1
         if reusable:
             self.selector.unregister(request.sock)

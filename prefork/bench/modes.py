@@ -5,16 +5,22 @@ client processes and stops them before it returns.
 
 Each mode returns an :class:`Outcome`: the lines to print, the figures for the files, the
 recommendation and the exit status; :func:`prefork.bench.main` prints and writes them.
+
+**A pool size where every request failed** is recorded as such (0 req/s; in the SLO mode,
+"never"), said in a note, and the bench goes on with the next: only when every size failed
+does it stop with status 1 (:data:`EXIT_FAILED`) and one line saying how.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefork.bench.errors import BenchError
+from prefork.bench.lifecycle import ensure_open_files
 from prefork.bench.load import LoadSpec
 from prefork.bench.memory import cost_model, median_memory, memory_lines, workers_fit
 from prefork.bench.options import Options
@@ -34,6 +40,7 @@ from prefork.bench.rounds import cpu_cap, recommend, schedule, summarize
 from prefork.bench.runner import (
     PoolRun,
     Progress,
+    client_count,
     measure,
     sample_memory_of,
     scoreboard_counts,
@@ -45,6 +52,9 @@ from prefork.bench.steps import PoolSampler, series, step_lines, step_summaries,
 from prefork.config import usable_cpus
 from prefork.sockets import Address
 
+#: Exit status when a run failed: the server or a client, the probe, or every request at
+#: every pool size.
+EXIT_FAILED = 1
 #: Exit status when no pool size met the SLO (``--slo``).
 EXIT_SLO_MISSED = 3
 
@@ -65,8 +75,28 @@ class Outcome:
     error: str | None = None
 
 
+def _concurrency(options: Options, workers: int) -> int:
+    """The requests in flight at most for a pool of ``workers``."""
+    return min(options.concurrency * workers if options.per_worker else options.concurrency, MAX_CONCURRENCY)
+
+
+def _clients(options: Options, concurrency: int) -> int:
+    """The client processes for a load of ``concurrency`` requests in flight."""
+    rate = max((s.rate for s in options.steps), default=None) if options.steps else options.rate
+    return client_count(options.clients or usable_cpus(), concurrency, rate)
+
+
+def _check_open_files(options: Options, workers: int) -> None:
+    """Make sure a client process may open its share of the sockets of a pool of ``workers``
+    (:func:`~prefork.bench.lifecycle.ensure_open_files`). Raises BenchError (``usage``)."""
+    concurrency = _concurrency(options, workers)
+    try:
+        ensure_open_files(math.ceil(concurrency / _clients(options, concurrency)))
+    except ValueError as exc:
+        raise BenchError(str(exc), usage=True) from None
+
+
 def _spec(options: Options, address: Address, protocol: str, workers: int) -> LoadSpec:
-    concurrency = options.concurrency * workers if options.per_worker else options.concurrency
     payload = options.payload if options.payload is not None else b"/" if protocol == "http" else b"ping"
     if address.family == socket.AF_UNIX:
         host = "localhost"
@@ -78,7 +108,7 @@ def _spec(options: Options, address: Address, protocol: str, workers: int) -> Lo
         address=address.server_address,
         protocol=protocol,
         payload=payload,
-        concurrency=min(concurrency, MAX_CONCURRENCY),
+        concurrency=_concurrency(options, workers),
         duration=options.duration,
         rate=options.rate,
         warmup=0.0 if options.steps else options.warmup,
@@ -116,9 +146,10 @@ def run_once(
 
     ``round_``: the round (from 0); ``progress``: the live line. With ``--address`` the count
     of workers in ``--scoreboard-file``, when there are any, is the pool size. Raises
-    BenchError when the server does not start, does not answer the probe, a client process
-    fails or every request failed; OSError when a process cannot be started. The server and
-    the clients are stopped before either (or a KeyboardInterrupt) leaves.
+    BenchError when the server does not start, does not answer the probe, or a client
+    process fails (a run where every request failed is no error here: see
+    :func:`failure`); OSError when a process cannot be started. The server and the clients
+    are stopped before either (or a KeyboardInterrupt) leaves.
     """
     label = ("the server's pool" if workers is None else pool_name({"workers": workers})) + (
         f", round {round_ + 1}/{options.rounds}" if options.rounds > 1 else ""
@@ -148,7 +179,6 @@ def run_once(
         progress.clear()
     run.round = round_
     run.samples = sampler.samples
-    _check_served(run, run.address)
     return run
 
 
@@ -177,7 +207,8 @@ def _load(options: Options, target: _Target, first: bool, sampler: PoolSampler, 
     if first:
         probe(spec, target.where)
     sampler.path = target.board
-    clients = max(1, min(options.clients or usable_cpus(), spec.concurrency))
+    _check_open_files(options, pool or 1)
+    clients = _clients(options, spec.concurrency)
     got = measure(spec, clients, target.pids, target.board, tick)
     return PoolRun(
         workers=target.workers,
@@ -196,25 +227,50 @@ def _load(options: Options, target: _Target, first: bool, sampler: PoolSampler, 
     )
 
 
-def _check_served(run: PoolRun, where: str) -> None:
-    """Raise BenchError when every request of ``run`` failed (none came back good)."""
-    load = run.load
-    failed = load.error_total + load.unsent
-    if load.ok or not failed:
-        return
-    kinds = {kind: count for kind, count in load.errors.items() if count}
+def failure(size: dict[str, Any]) -> str | None:
+    """How every request of ``size`` (a run's figures, or a pool size's summary) failed, as
+    ``bad reply 30, 12 never sent``; None unless every one did (none came back good, and
+    some failed or came due unsent). Raises nothing."""
+    if size["ok"] or not (size["errors"] or size["unsent"]):
+        return None
+    kinds = {kind: count for kind, count in size["errors_by_kind"].items() if count}
     ordered = sorted(kinds, key=lambda k: ERROR_KINDS.index(k) if k in ERROR_KINDS else len(ERROR_KINDS))
     why = ", ".join(f"{kind} {kinds[kind]:,}" for kind in ordered)
-    if load.unsent:
-        why += (", " if why else "") + f"{load.unsent:,} never sent"
-    raise BenchError(f"every request to {where} failed with {pool_name({'workers': run.workers})} ({why})")
+    if size["unsent"]:
+        why += (", " if why else "") + f"{size['unsent']:,} never sent"
+    return why
+
+
+def _failures(runs: list[dict[str, Any]], outcome: Outcome, slo: bool = False) -> bool:
+    """Note each pool size of ``runs`` where every request failed, into ``outcome``; when
+    every size failed, set its status and error too. Return whether every size failed."""
+    failed = [(run, why) for run in runs if (why := failure(run)) is not None]
+    for run, why in failed:
+        counted = "0 req/s, and the SLO missed" if slo else "0 req/s"
+        outcome.lines.append(
+            f"note: with {pool_name(run)} every request failed ({why}): counted as {counted}"
+        )
+    if not failed or len(failed) < len(runs):
+        return False
+    if len(failed) == 1:
+        run, why = failed[0]
+        error = f"every request to {run['address']} failed with {pool_name(run)} ({why})"
+    else:
+        error = "every request failed, with every pool size: " + "; ".join(
+            f"{pool_name(run)}: {why}" for run, why in failed
+        )
+    outcome.status, outcome.error = EXIT_FAILED, f"error: {error}"
+    return True
 
 
 def run_sizes(options: Options, progress: ProgressLine) -> Outcome:
     """Run every pool size of ``options`` in interleaved rounds
     (:func:`~prefork.bench.rounds.schedule`), sum each size up and recommend one: in the SLO
     mode the smallest that met it, else by the noise rule of :mod:`prefork.bench.rounds`
-    (none with ``--address``). Raises as :func:`run_once`."""
+    (none with ``--address``; none when every size failed, exit status 1). Raises as
+    :func:`run_once`."""
+    for size in options.sizes:
+        _check_open_files(options, size or 1)
     by_size: dict[int | None, list[dict[str, Any]]] = {size: [] for size in options.sizes}
     for number, (round_, size) in enumerate(schedule(options.sizes, options.rounds)):
         run = run_once(options, size, round_, progress, first=number == 0)
@@ -235,13 +291,16 @@ def run_sizes(options: Options, progress: ProgressLine) -> Outcome:
             memory,
         ]
     outcome.lines += notes(sizes) + memory_lines(model, options.memory_limit, fit)
+    if _failures(sizes, outcome, slo=bool(options.objectives)):
+        return outcome
     if options.objectives:
         _judge_slo(options, sizes, fit, outcome)
     elif options.address is None:
         cap, share = cpu_cap(sizes, usable_cpus())
         rec = recommend(sizes, open_loop=options.rate is not None, caps={"cpu": cap, "memory": fit})
         outcome.recommendation = rec
-        outcome.lines += recommendation_lines(rec, sizes, share)
+        unknown = next((s["compute_share_unknown"] for s in sizes if s.get("compute_share_unknown")), None)
+        outcome.lines += recommendation_lines(rec, sizes, share, None if cap is not None else unknown)
     return outcome
 
 
@@ -269,8 +328,10 @@ def _judge_slo(options: Options, sizes: list[dict[str, Any]], fit: int | None, o
 
 def run_steps(options: Options, progress: ProgressLine) -> Outcome:
     """Run the step load once on each pool size of ``options`` (the server's own pool when
-    none was given), sampling its workers; the time series and each step's summary for each.
-    Raises as :func:`run_once`."""
+    none was given), sampling its workers; the time series and each step's summary for each
+    (exit status 1 when every request of every size failed). Raises as :func:`run_once`."""
+    for size in options.sizes:
+        _check_open_files(options, size or 1)
     outcome = Outcome([], [])
     for number, size in enumerate(options.sizes):
         run = run_once(options, size, 0, progress, first=number == 0)
@@ -285,4 +346,5 @@ def run_steps(options: Options, progress: ProgressLine) -> Outcome:
         outcome.lines += [f"step load on {name}:", step_table(rows), *step_lines(steps, options.settle)]
         if options.address is not None and options.scoreboard is None:
             outcome.lines.append("note: the workers were not sampled: give the server's --scoreboard-file")
+    _failures(outcome.runs, outcome)
     return outcome

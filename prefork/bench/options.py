@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefork.bench.parse import (
+    integer,
+    number,
     parse_concurrency,
     parse_duration,
     parse_pool_sizes,
@@ -36,6 +38,10 @@ from prefork.sockets import Address, parse_address
 #: Bounds on what one invocation may ask for (each run is bounded in time and count).
 MAX_DURATION = 3600.0
 MAX_ROUNDS = 20
+MAX_REQUESTS = 10**9
+#: The most windows the step-load mode's series may have (each holds a small histogram in
+#: every client process: about 17 KB for a --timeout of 5 s).
+MAX_WINDOWS = 10_000
 #: --duration when only --requests is given: the cap on each pool size's run, in seconds.
 REQUESTS_TIME_CAP = 60.0
 
@@ -66,7 +72,7 @@ def build_parser() -> ArgumentParser:
     )
     load.add_argument(
         "--rate",
-        type=float,
+        type=number,
         metavar="R",
         help="Open loop: start R requests per second whatever the replies; latency counts from when each "
         "was due. --concurrency still bounds those in flight.",
@@ -78,11 +84,13 @@ def build_parser() -> ArgumentParser:
         help=f"Measured time per pool size (10, 10s, 500ms, 1m). Default: 10s, or a cap of "
         f"{REQUESTS_TIME_CAP:g}s with --requests.",
     )
-    load.add_argument("-n", "--requests", type=int, metavar="N", help="Stop each pool size after N requests.")
+    load.add_argument(
+        "-n", "--requests", type=integer, metavar="N", help="Stop each pool size after N requests."
+    )
     load.add_argument(
         "-r",
         "--rounds",
-        type=int,
+        type=integer,
         default=3,
         metavar="N",
         help="Measure each pool size N times, the sizes interleaved (1, 2, 4, 4, 2, 1, ...); the table "
@@ -121,7 +129,7 @@ def build_parser() -> ArgumentParser:
     )
     load.add_argument(
         "--clients",
-        type=int,
+        type=integer,
         metavar="N",
         help="Client processes sharing the load. Default: the usable CPUs (at most --concurrency).",
     )
@@ -145,7 +153,7 @@ def build_parser() -> ArgumentParser:
         "--window",
         default="1s",
         metavar="TIME",
-        help="Step-load mode: the time per row of the series. Default: 1s.",
+        help=f"Step-load mode: the time per row of the series (at most {MAX_WINDOWS:,} rows). Default: 1s.",
     )
     modes.add_argument(
         "--settle",
@@ -232,6 +240,13 @@ class Options:
     settle: float = 5.0
     memory_limit: int | None = None
 
+    @property
+    def json_path(self) -> str | None:
+        """Where the JSON goes: ``--out``, or beside a ``--out PATH.csv``; None without it."""
+        if self.out is None:
+            return None
+        return self.out.removesuffix(".csv") + ".json" if self.out.endswith(".csv") else self.out
+
     def parameters(self) -> dict[str, Any]:
         """The run's parameters and the machine's (:func:`~prefork.bench.report.environment`),
         for the JSON and CSV files; times in seconds. Raises nothing."""
@@ -286,19 +301,22 @@ def check_options(args: argparse.Namespace) -> Options:
     """Turn ``args`` (from :func:`build_parser`) into :class:`Options`.
 
     Raises ValueError, with one line saying what is wrong, for bad or conflicting values, a
-    non-loopback ``--address`` without ``--allow-remote``, an output directory that does not
-    exist, or ``--plot`` without matplotlib.
+    non-loopback ``--address`` without ``--allow-remote``, an output file that is a directory
+    or in a directory that does not exist, or ``--plot`` without matplotlib.
     """
     if (args.target is None) == (args.address is None):
         raise ValueError("give a TARGET to start, or --address of a running server (not both)")
     modes = _check_modes(args)
     steps: tuple[Step, ...] = modes["steps"]
-    sizes: list[int | None] = list(parse_pool_sizes(args.workers) if args.workers else default_pool_sizes())
-    if not args.workers and (steps or args.address is not None):
+    given = args.workers is not None
+    sizes: list[int | None] = list(parse_pool_sizes(args.workers) if given else default_pool_sizes())
+    if not given and (steps or args.address is not None):
         sizes = [None]  # the server's own pool size
     concurrency, per_worker = parse_concurrency(args.concurrency)
-    requests_only = args.requests is not None and args.duration is None
-    duration = REQUESTS_TIME_CAP if requests_only else parse_duration(args.duration or "10s")
+    if args.duration is not None:
+        duration = parse_duration(args.duration)
+    else:  # --requests alone: the duration is a cap
+        duration = REQUESTS_TIME_CAP if args.requests is not None else 10.0
     if steps:
         duration = sum(step.seconds for step in steps)
     warmup, timeout = parse_duration(args.warmup), parse_duration(args.timeout)
@@ -306,8 +324,8 @@ def check_options(args: argparse.Namespace) -> Options:
         raise ValueError(f"--duration must be more than 0 and at most {MAX_DURATION:g}s (and --warmup too)")
     if not 0 < timeout <= MAX_DURATION:
         raise ValueError("--timeout must be more than 0")
-    if args.requests is not None and args.requests < 1:
-        raise ValueError("--requests must be at least 1")
+    if args.requests is not None and not 1 <= args.requests <= MAX_REQUESTS:
+        raise ValueError(f"--requests must be 1 to {MAX_REQUESTS:,}")
     if args.rate is not None and not 0 < args.rate <= 1e7:
         raise ValueError("--rate must be more than 0 (requests per second)")
     if args.clients is not None and not 1 <= args.clients <= 256:
@@ -329,9 +347,7 @@ def check_options(args: argparse.Namespace) -> Options:
             )
     elif args.scoreboard_file:
         raise ValueError("--scoreboard-file goes with --address (a started TARGET gets its own)")
-    for path in (args.out, args.plot):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"cannot write {path}: no such directory")
+    _check_outputs(args.out, args.plot)
     if args.plot:
         missing = check_plotting()
         if missing:
@@ -363,6 +379,23 @@ def check_options(args: argparse.Namespace) -> Options:
     )
 
 
+def _check_outputs(out: str | None, plot: str | None) -> None:
+    """Check that the files ``--out`` (and the JSON beside a CSV) and ``--plot`` can be
+    written: not a directory, in one that exists. Raises ValueError."""
+    paths = [out, plot]
+    if out is not None and out.endswith(".csv"):
+        paths.append(out.removesuffix(".csv") + ".json")
+    for path in paths:
+        if path is None:
+            continue
+        if not path:
+            raise ValueError("--out and --plot need a file name")
+        if os.path.isdir(path):
+            raise ValueError(f"cannot write {path}: it is a directory, not a file")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"cannot write {path}: no such directory")
+
+
 def _check_modes(args: argparse.Namespace) -> dict[str, Any]:
     """The rounds and the modes' values of ``args`` (the :class:`Options` fields ``rounds``,
     ``objectives``, ``steps``, ``window``, ``settle``, ``memory_limit``). Raises ValueError."""
@@ -382,6 +415,14 @@ def _check_modes(args: argparse.Namespace) -> dict[str, Any]:
     window, settle = parse_duration(args.window), parse_duration(args.settle)
     if not 0 < window <= MAX_DURATION:
         raise ValueError("--window must be more than 0")
+    if settle > MAX_DURATION:
+        raise ValueError(f"--settle must be at most {MAX_DURATION:g}s")
+    total = sum(step.seconds for step in steps)
+    if total / window > MAX_WINDOWS:
+        raise ValueError(
+            f"--window {args.window} cuts the steps' {total:g} s into more than {MAX_WINDOWS:,} windows: "
+            f"give at least {total / MAX_WINDOWS:.3g}s"
+        )
     return {
         "rounds": 1 if steps else args.rounds,
         "objectives": objectives,

@@ -79,6 +79,20 @@ def judge_reply(
     return complete, good, reusable
 
 
+def head_ends(protocol: str, inbox: bytearray, searched: int) -> bool:
+    """Whether the end of a reply's head of ``protocol`` is in ``inbox``, its first
+    ``searched`` bytes known not to hold it: the newline of a ``line`` reply, the blank line
+    after an HTTP response's head; a ``udp`` reply is whole at once, a ``raw`` one only at
+    EOF (never). Only the bytes from ``searched`` on (and the 3 before, for a blank line cut
+    in two) are searched, so a reply read in many pieces is not searched again and again.
+    Raises nothing."""
+    if protocol == "line":
+        return inbox.find(b"\n", searched) >= 0
+    if protocol == "http":
+        return inbox.find(b"\r\n\r\n", max(0, searched - 3)) >= 0
+    return protocol == "udp"
+
+
 def error_kind(err: int) -> str:
     """The kind an ``errno`` value ``err`` is counted as: ``refused``, ``reset``, ``timeout``,
     or ``other: NAME`` (``other: N`` for an unknown number). Raises nothing."""

@@ -22,8 +22,8 @@ import psutil
 
 from prefork import __version__
 from prefork.bench.protocols import ERROR_KINDS
-from prefork.bench.runner import PoolRun, compute_share
-from prefork.bench.slo import Objective, judge
+from prefork.bench.runner import PoolRun, compute_share, share_unknown
+from prefork.bench.slo import Objective, judge, latency_with_failures
 from prefork.bench.text import grid, mib, ms
 from prefork.config import usable_cpus
 
@@ -36,7 +36,8 @@ MACHINE_SATURATED = 0.9
 def figures(run: PoolRun, objectives: Sequence[Objective] = ()) -> dict[str, Any]:
     """Every figure of one run, as plain JSON values (see the module's units): with
     ``objectives`` (the SLO mode), its verdict on each (:func:`~prefork.bench.slo.judge`).
-    Raises nothing."""
+    ``p99_all_ms`` is the p99 of every request that came due, failed and unsent ones counted
+    as slower than any reply (None: more than 1% failed, "never"). Raises nothing."""
     load = run.load
     hist = load.histogram
     total = load.ok + load.error_total
@@ -54,6 +55,9 @@ def figures(run: PoolRun, objectives: Sequence[Objective] = ()) -> dict[str, Any
     requests = [w.requests for w in run.per_worker]
     worker_cpu = [round(100 * w.cpu / run.window, 1) for w in run.per_worker]
     share = compute_share(run.per_worker, run.window)
+    failed = load.error_total + load.unsent
+    p99_all = latency_with_failures(hist, load.ok, failed, 99)
+    runq = [w.runq for w in run.per_worker]
     found = {
         "workers": run.workers,
         "round": run.round,
@@ -63,6 +67,7 @@ def figures(run: PoolRun, objectives: Sequence[Objective] = ()) -> dict[str, Any
         "p50_ms": at(50),
         "p90_ms": at(90),
         "p99_ms": at(99),
+        "p99_all_ms": None if p99_all is None else round(p99_all, 3),
         "max_ms": round(hist.get_max_value() / 1000, 3) if load.ok else 0.0,
         "mean_ms": round(hist.get_mean_value() / 1000, 3) if load.ok else 0.0,
         "requests": total,
@@ -86,10 +91,11 @@ def figures(run: PoolRun, objectives: Sequence[Objective] = ()) -> dict[str, Any
         "worker_pids": [w.pid for w in run.per_worker],
         "machine_cpu_percent": round(run.machine_cpu, 1),
         "compute_share": None if share is None else round(share, 3),
-        "worker_run_queue_s": round(sum(w.runq for w in run.per_worker), 3),
+        "compute_share_unknown": share_unknown(run.per_worker),
+        "worker_run_queue_s": None if None in runq else round(sum(r or 0.0 for r in runq), 3),
     } | run.memory
     if objectives:
-        found["slo"] = judge(hist, load.ok, load.error_total + load.unsent, objectives)
+        found["slo"] = judge(hist, load.ok, failed, objectives)
     return found
 
 
@@ -236,11 +242,15 @@ def notes(sizes: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def recommendation_lines(
-    recommendation: dict[str, Any] | None, sizes: Sequence[dict[str, Any]], share: float | None
+    recommendation: dict[str, Any] | None,
+    sizes: Sequence[dict[str, Any]],
+    share: float | None,
+    no_cap: str | None = None,
 ) -> list[str]:
     """The recommendation (:func:`~prefork.bench.rounds.recommend`) and the notes on its caps,
     as lines to print; ``share``: the share of a request's time the workers compute (for the
-    CPU cap's note). Raises nothing."""
+    CPU cap's note); ``no_cap``: why there is no CPU cap, when it is off for want of that
+    share (:func:`~prefork.bench.runner.share_unknown`). Raises nothing."""
     if recommendation is None:
         return ["recommendation: none (no pool size served a request)"]
     out = []
@@ -252,7 +262,9 @@ def recommendation_lines(
             f"time (CPU time over the time not waiting for a CPU), so past {cap} more workers cannot add "
             f"throughput on {cpus} usable CPU{'s' * (cpus != 1)}"
         )
-    if "memory" in capped:
+    if no_cap is not None:
+        out.append(f"note: no CPU cap: {no_cap}")
+    if "memory" in capped and recommendation["workers"] is not None:
         out.append(
             f"note: at most {capped['memory']} workers are considered: more do not fit in --memory-limit"
         )
@@ -261,7 +273,10 @@ def recommendation_lines(
             "note: with fewer than 3 rounds per size the noise is hardly known: a larger pool is "
             "preferred only when every round of it beat every round of the smaller (--rounds 3 or more)"
         )
-    out.append(f"recommendation: {pool_name(recommendation)}: {recommendation['reason']}")
+    if recommendation["workers"] is None:
+        out.append(f"recommendation: none: {recommendation['reason']}")
+    else:
+        out.append(f"recommendation: {pool_name(recommendation)}: {recommendation['reason']}")
     return out
 
 

@@ -17,17 +17,21 @@ rounds a few outlier rounds are tolerated. With fewer rounds than the test needs
 5% (1 or 2), every round must beat every round. The test assumes nothing about the shape of
 the noise, which on a shared machine is anything but normal (one round hit by a neighbour).
 
-**The recommendation** is the smallest pool size that the best one (best median) does not
-beat: closed loop, by throughput; open loop (``--rate``), where the throughput is the rate
-asked for, by p99. Sizes above a cap are left out first: the CPU cap (:func:`cpu_cap`) and
-what fits in ``--memory-limit``.
+**The recommendation** is the smallest pool size that no other size beats: closed loop, by
+throughput; open loop (``--rate``), where the throughput is the rate asked for, by the p99 of
+every request that came due, failed and unsent ones counted as slower than any reply (a size
+that fails fast does not win on latency). Each step up is thus a gain beyond the noise over
+the size below it, so one lucky round can neither walk the answer up nor a noisy best pull it
+below a size that beats a smaller one. Sizes above a cap are left out first: the CPU cap
+(:func:`cpu_cap`) and what fits in ``--memory-limit``; when no size measured fits in memory,
+there is no recommendation.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, TypeVar
 
@@ -39,6 +43,8 @@ MATERIAL_GAIN = 0.05
 MATERIAL_LATENCY_GAIN = 0.10
 #: The one-sided p-value below which the rounds of one pool size are better than another's.
 SIGNIFICANCE = 0.05
+#: A compute share this high counts as all the time, for the CPU cap (:func:`cpu_cap`).
+CPU_BOUND_SHARE = 1 - MATERIAL_GAIN
 
 #: Figures of a size's summary that are the median of its rounds' (the table's and JSON's).
 _MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "machine_cpu_percent")
@@ -98,7 +104,7 @@ def beats(
     sign = 1.0 if higher_is_better else -1.0
     a, b = [sign * x for x in better], [sign * x for x in worse]
     gain = statistics.median(a) - statistics.median(b)
-    if gain <= 0 or gain < material * abs(statistics.median(b)):
+    if not gain > 0 or gain < material * abs(statistics.median(b)):  # NaN: both never
         return False
     if 1 / math.comb(len(a) + len(b), len(a)) > SIGNIFICANCE:  # too few rounds for the test
         return min(a) > max(b)
@@ -109,8 +115,9 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One pool size's summary from its rounds' figures: the figures of its median round (by
     throughput), with the latencies the medians of all rounds', the counts their totals,
     the spreads (``rps_min``, ``rps_max``, ``p99_min_ms``, ``p99_max_ms``), each round's
-    throughput and p99 (``rps_rounds``, ``p99_rounds_ms``) and every round's figures
-    (``rounds``). Raises ValueError for no rounds."""
+    throughput and p99 (``rps_rounds``, ``p99_rounds_ms``; ``p99_all_rounds_ms``, failures
+    counted, None: never) and every round's figures (``rounds``). Raises ValueError for no
+    rounds."""
     if not rounds:
         raise ValueError("no rounds to summarize")
     ordered = sorted(rounds, key=lambda r: r["rps"])
@@ -126,6 +133,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "p99_min_ms": min(p99),
         "p99_max_ms": max(p99),
         "p99_rounds_ms": p99,
+        "p99_all_rounds_ms": [r.get("p99_all_ms") for r in rounds],
     }
     for key in _MEDIAN_KEYS:
         summary[key] = round(statistics.median(r[key] for r in rounds), 3)
@@ -161,72 +169,108 @@ def cpu_cap(sizes: Sequence[dict[str, Any]], cpus: int) -> tuple[int | None, flo
     time over the time not spent waiting for a CPU, see :mod:`prefork.bench.runner`).
 
     N workers that compute a share *f* of their time keep N x f CPUs busy: past the smallest
-    N that keeps (1 - :data:`MATERIAL_GAIN`) of the CPUs busy, one more worker cannot add a
-    material gain, however fair a share of a shared machine it wins. (None, None) when no
-    size measured the share. Raises nothing."""
+    N that keeps every CPU busy (N x f >= ``cpus``) one more worker cannot add throughput,
+    however fair a share of a shared machine it wins. A share of at least
+    :data:`CPU_BOUND_SHARE` counts as all the time (a CPU-bound handler's worker also spends
+    a little on its accept), so such a handler is capped at exactly the CPUs. (None, None)
+    when no size measured the share. Raises nothing."""
     shares = [s["compute_share"] for s in sizes if s.get("compute_share")]
     if not shares:
         return None, None
     share = statistics.median(shares)
-    return max(1, math.ceil((1 - MATERIAL_GAIN) * cpus / share - 1e-9)), share
+    counted = 1.0 if share >= CPU_BOUND_SHARE else share
+    return max(1, math.ceil(cpus / counted - 1e-9)), share
+
+
+def _never_inf(values: Sequence[float | None]) -> list[float]:
+    """``values`` with None (never) as infinity."""
+    return [math.inf if v is None else float(v) for v in values]
 
 
 def recommend(
     sizes: Sequence[dict[str, Any]], *, open_loop: bool, caps: dict[str, int | None]
 ) -> dict[str, Any] | None:
-    """The smallest pool size that the best one does not beat beyond the noise (see the
-    module's docstring), among those within ``caps`` (name -> the most workers, or None: no
-    cap; ``cpu``, ``memory``); None when no size served a request.
+    """The smallest pool size that no other size beats beyond the noise (see the module's
+    docstring), among those within ``caps`` (name -> the most workers, or None: no cap;
+    ``cpu``, ``memory``); None when no size served a request.
 
-    ``sizes``: :func:`summarize` of each pool size; ``open_loop``: compare p99s (``--rate``)
-    instead of throughputs. Returns ``workers``, ``best_workers`` (the best within the caps),
-    ``capped`` (``{name: cap}`` of the caps that left a size out), ``metric`` and a one-line
+    ``sizes``: :func:`summarize` of each pool size; ``open_loop``: compare p99s, failures
+    counted (``--rate``), instead of throughputs. Returns ``workers`` (None when no size
+    measured fits in memory), ``best_workers`` (the best within the caps), ``capped``
+    (``{name: cap}`` of the caps that left a size out), ``metric`` and a one-line
     ``reason``. Raises nothing.
     """
     served = sorted((s for s in sizes if s["ok"] and s["workers"] is not None), key=lambda s: s["workers"])
     if not served:
         return None
+    capped = {name: cap for name, cap in caps.items() if cap is not None and served[-1]["workers"] > cap}
+    metric = "p99" if open_loop else "throughput"
+    memory = caps.get("memory")
+    if memory is not None and served[0]["workers"] > memory:
+        if memory == 0:
+            reason = "no worker fits in --memory-limit, beside the master and what is shared"
+        else:
+            fit = f"only {memory} worker{'s' * (memory != 1)} fit"
+            reason = f"{fit} in --memory-limit, fewer than the smallest pool size measured"
+        return {"workers": None, "best_workers": None, "capped": capped, "metric": metric, "reason": reason}
     limit = min((c for c in caps.values() if c is not None), default=None)
     candidates = [s for s in served if limit is None or s["workers"] <= limit] or served[:1]
-    capped = {name: cap for name, cap in caps.items() if cap is not None and served[-1]["workers"] > cap}
-    key, better = ("p99_rounds_ms", False) if open_loop else ("rps_rounds", True)
     material = MATERIAL_LATENCY_GAIN if open_loop else MATERIAL_GAIN
 
-    def median(size: dict[str, Any]) -> float:
-        return float(statistics.median(size[key]))
+    def rounds_of(size: dict[str, Any]) -> list[float]:
+        if open_loop:
+            return _never_inf(size.get("p99_all_rounds_ms", size["p99_rounds_ms"]))
+        return [float(v) for v in size["rps_rounds"]]
 
-    best = (min if open_loop else max)(candidates, key=median)
-    chosen = next(
-        s
-        for s in candidates
-        if s is best or not beats(best[key], s[key], higher_is_better=better, material=material)
-    )
+    def beaten(size: dict[str, Any]) -> bool:
+        return any(
+            beats(rounds_of(other), rounds_of(size), higher_is_better=not open_loop, material=material)
+            for other in candidates
+            if other is not size
+        )
+
+    best = (min if open_loop else max)(candidates, key=lambda s: statistics.median(rounds_of(s)))
+    chosen = next(s for s in candidates if not beaten(s))  # the best is never beaten
     return {
         "workers": chosen["workers"],
         "best_workers": best["workers"],
         "capped": capped,
-        "metric": "p99" if open_loop else "throughput",
-        "reason": _reason(chosen, best, open_loop),
+        "metric": metric,
+        "reason": _reason(chosen, best, rounds_of, open_loop),
     }
 
 
-def _describe(size: dict[str, Any], open_loop: bool) -> str:
+def _describe(size: dict[str, Any], values: list[float], open_loop: bool) -> str:
+    """``size``'s median and range over its rounds' ``values``."""
     rounds = size["rounds_run"]
+
+    def show(value: float) -> str:
+        if not open_loop:
+            return f"{value:,.0f}"
+        return "never" if math.isinf(value) else f"{value:g}"
+
+    median = statistics.median(values)
     if open_loop:
-        value = f"p99 {size['p99_ms']:g} ms"
-        spread = f"{size['p99_min_ms']:g}-{size['p99_max_ms']:g}"
+        value = "p99 never" if math.isinf(median) else f"p99 {median:g} ms"
     else:
-        value = f"{size['rps']:,.0f} req/s"
-        spread = f"{size['rps_min']:,.0f}-{size['rps_max']:,.0f}"
-    return value if rounds == 1 else f"{value} median, {spread} over {rounds} rounds"
+        value = f"{median:,.0f} req/s"
+    if rounds == 1:
+        return value
+    return f"{value} median, {show(min(values))}-{show(max(values))} over {rounds} rounds"
 
 
-def _reason(chosen: dict[str, Any], best: dict[str, Any], open_loop: bool) -> str:
+def _reason(
+    chosen: dict[str, Any],
+    best: dict[str, Any],
+    rounds_of: Callable[[dict[str, Any]], list[float]],
+    open_loop: bool,
+) -> str:
     what = "p99" if open_loop else "throughput"
     if chosen is best:
-        return f"the best {what} ({_describe(best, open_loop)})"
+        return f"the best {what} ({_describe(best, rounds_of(best), open_loop)})"
     workers = best["workers"]
     return (
-        f"{_describe(chosen, open_loop)}; the best {what}, {workers} worker{'s' * (workers != 1)} "
-        f"({_describe(best, open_loop)}), is not better beyond the noise"
+        f"{_describe(chosen, rounds_of(chosen), open_loop)}; the best {what}, {workers} "
+        f"worker{'s' * (workers != 1)} ({_describe(best, rounds_of(best), open_loop)}), is not better "
+        "beyond the noise"
     )

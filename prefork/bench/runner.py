@@ -12,12 +12,16 @@ recommendation: :func:`prefork.bench.rounds.cpu_cap`): the workers' CPU time ove
 their requests took (the scoreboard's busy seconds; without a scoreboard, the window) less
 the time they waited for a CPU (the run-queue wait of ``/proc/PID/schedstat``). So measured,
 a CPU-bound handler computes all of its time, even on a machine whose CPUs other processes
-share, where it waits for a CPU part of the time.
+share, where it waits for a CPU part of the time. It is unknown (and the cap off,
+:func:`share_unknown`) where the kernel keeps no ``schedstat``, and for workers that run
+several threads (the ``thread`` worker class): their busy seconds overlap, and the
+``schedstat`` of a process is its main thread's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import selectors
 import time
@@ -29,6 +33,7 @@ import psutil
 
 from prefork.bench.client_process import ClientProcess
 from prefork.bench.errors import BenchError
+from prefork.bench.lifecycle import held_signals
 from prefork.bench.load import LoadResult, LoadSpec
 from prefork.bench.memory import memory_figures, sample_memory
 from prefork.bench.server import START_TIMEOUT
@@ -42,8 +47,8 @@ START_DELAY = 0.05
 @dataclass(frozen=True)
 class WorkerSample:
     """One worker process at one moment: CPU seconds (user + system), RSS bytes, seconds it
-    waited on a run queue for a CPU (None: unknown), and the requests it served and their
-    seconds in all (from the scoreboard; None without one)."""
+    waited on a run queue for a CPU (None: unknown), the requests it served and their
+    seconds in all (from the scoreboard; None without one), and its threads."""
 
     pid: int
     cpu: float
@@ -51,20 +56,23 @@ class WorkerSample:
     requests: int | None
     runq: float | None = None
     busy: float | None = None
+    threads: int = 1
 
 
 @dataclass
 class WorkerLoad:
     """One worker's load over the measured window: ``requests`` served (None without a
     scoreboard), ``cpu`` seconds used (user + system), ``rss`` bytes at the end, seconds it
-    waited for a CPU (``runq``) and its requests took (``busy``; None without a scoreboard)."""
+    waited for a CPU (``runq``; None: unknown) and its requests took (``busy``; None without
+    a scoreboard), and its ``threads`` at the end."""
 
     pid: int
     requests: int | None
     cpu: float
     rss: int
-    runq: float = 0.0
+    runq: float | None = 0.0
     busy: float | None = None
+    threads: int = 1
 
 
 @dataclass
@@ -146,10 +154,12 @@ def sample_workers(pids: list[int], scoreboard: str | None) -> dict[int, WorkerS
             with proc.oneshot():
                 times = proc.cpu_times()
                 rss = proc.memory_info().rss
+                threads = proc.num_threads()
         except psutil.Error:
             continue
         requests, busy = (None, None) if counts is None or pid not in counts else counts[pid]
-        found[pid] = WorkerSample(pid, times.user + times.system, rss, requests, run_queue_seconds(pid), busy)
+        cpu = times.user + times.system
+        found[pid] = WorkerSample(pid, cpu, rss, requests, run_queue_seconds(pid), busy, threads)
     return found
 
 
@@ -165,18 +175,35 @@ def window_loads(before: dict[int, WorkerSample], after: dict[int, WorkerSample]
         if busy is not None and start is not None and start.busy is not None:
             busy -= start.busy
         cpu = end.cpu - (start.cpu if start is not None else 0.0)
-        runq = (end.runq or 0.0) - (start.runq or 0.0 if start is not None else 0.0)
-        loads.append(WorkerLoad(pid, requests, cpu, end.rss, max(0.0, runq), busy))
+        waited = 0.0 if start is None else start.runq
+        runq = None if end.runq is None or waited is None else max(0.0, end.runq - waited)
+        loads.append(WorkerLoad(pid, requests, cpu, end.rss, runq, busy, end.threads))
     return loads
+
+
+def share_unknown(loads: list[WorkerLoad]) -> str | None:
+    """Why the compute share of ``loads`` cannot be told (see the module's docstring), as a
+    clause to print; None when it can, or when the workers computed nothing. Raises nothing."""
+    if sum(w.cpu for w in loads) <= 0:
+        return None
+    if any(w.threads > 1 for w in loads):
+        return (
+            "the workers run several threads (as the thread worker class does): their requests' "
+            "times overlap, and /proc/PID/schedstat counts the main thread's waits only"
+        )
+    if any(w.runq is None for w in loads):
+        return "/proc/PID/schedstat is missing: the time the workers waited for a CPU is unknown"
+    return None
 
 
 def compute_share(loads: list[WorkerLoad], window: float) -> float | None:
     """The share of a request's time the workers computed over ``window`` seconds (see the
-    module's docstring), 0 to 1; None when they computed nothing. Raises nothing."""
+    module's docstring), 0 to 1; None when they computed nothing or it cannot be told
+    (:func:`share_unknown`). Raises nothing."""
     cpu = sum(w.cpu for w in loads)
-    if cpu <= 0:
+    if cpu <= 0 or share_unknown(loads) is not None:
         return None
-    computing = sum(max(w.cpu, (window if w.busy is None else w.busy) - w.runq) for w in loads)
+    computing = sum(max(w.cpu, (window if w.busy is None else w.busy) - (w.runq or 0.0)) for w in loads)
     return min(1.0, cpu / computing)
 
 
@@ -220,6 +247,17 @@ def _snapshot(worker_pids: Callable[[], list[int]], scoreboard: str | None) -> _
     return _Snapshot(time.monotonic(), sample_workers(worker_pids(), scoreboard), total - idle, total)
 
 
+def client_count(wanted: int, concurrency: int, rate: float | None) -> int:
+    """How many client processes share a load: ``wanted``, but no more than the requests in
+    flight (``concurrency``) and, open loop, than ``rate`` (the highest, requests per
+    second, rounded up): a client of less than one request a second would only add a
+    process. At least 1. Raises nothing."""
+    count = min(wanted, concurrency)
+    if rate is not None:
+        count = min(count, math.ceil(rate))
+    return max(1, count)
+
+
 def measure(
     spec: LoadSpec,
     clients: int,
@@ -227,20 +265,24 @@ def measure(
     scoreboard: str | None,
     progress: Progress | None = None,
 ) -> Measured:
-    """Drive ``spec`` from ``clients`` client processes, each with its share of the
-    concurrency, rate and request count; sample the workers (and the machine's CPU) at the
-    start and the end of the measured window.
+    """Drive ``spec`` from ``clients`` client processes (at most its concurrency), each with
+    its share of the concurrency, the open loop's schedule and the request count; sample the
+    workers (and the machine's CPU) at the start and the end of the measured window.
 
     Bounded: client processes that have not reported ``CLIENT_GRACE`` seconds after the run
     should have ended are killed, and BenchError is raised; so it is when a client process
-    exits without a result. ``worker_pids``: called for the pids to sample; ``scoreboard``:
-    the server's scoreboard file, or None; ``progress(elapsed s, completed)``: called while
-    measuring. Raises OSError when a client process cannot be started.
+    exits without a result (with the one line it wrote, if it wrote one). ``worker_pids``:
+    called for the pids to sample; ``scoreboard``: the server's scoreboard file, or None;
+    ``progress(elapsed s, completed)``: called while measuring. Raises OSError when a client
+    process cannot be started. The client processes started are killed before it returns or
+    raises (a KeyboardInterrupt included).
     """
-    shares = [_share(spec, i, clients) for i in range(clients)]
-    procs = [ClientProcess(s) for s in shares if s.concurrency > 0]
+    clients = max(1, min(clients, spec.concurrency))
+    procs: list[ClientProcess] = []
     selector = selectors.DefaultSelector()
     try:
+        for index in range(clients):
+            procs.append(ClientProcess(_share(spec, index, clients)))
         for proc in procs:
             selector.register(proc.stdout, selectors.EVENT_READ, proc)
         deadline = time.monotonic() + START_TIMEOUT
@@ -269,6 +311,8 @@ def measure(
         merged = LoadResult()
         for proc in procs:
             if proc.result is None:
+                if proc.error:
+                    raise BenchError(f"a client process failed: {proc.error}")
                 raise BenchError(f"a client process exited with status {proc.proc.wait()} without a result")
             merged.merge(proc.result)
         total = after.total - before.total
@@ -276,9 +320,10 @@ def measure(
         window = max(1e-9, after.at - before.at)
         return Measured(merged, window, window_loads(before.workers, after.workers), machine)
     finally:
-        selector.close()
-        for proc in procs:
-            proc.kill()
+        with held_signals():  # a second Ctrl-C must not leave a client process running
+            selector.close()
+            for proc in procs:
+                proc.kill()
 
 
 def _pump(selector: selectors.BaseSelector, deadline: float, what: str, timeout: float = 0.25) -> None:
@@ -292,14 +337,14 @@ def _pump(selector: selectors.BaseSelector, deadline: float, what: str, timeout:
 
 
 def _share(spec: LoadSpec, index: int, clients: int) -> LoadSpec:
-    """Client ``index``'s part of ``spec`` (of ``clients``): concurrency, rate, steps, requests."""
+    """Client ``index``'s part of ``spec`` (of ``clients``): its concurrency and request
+    count, and in open loop its turn in the schedule (``phase`` of ``stride``: every
+    ``clients``-th request, from request ``index`` on)."""
 
     def part(total: int) -> int:
         return total // clients + (1 if index < total % clients else 0)
 
-    rate = None if spec.rate is None else spec.rate / clients
-    steps = None if spec.steps is None else tuple((r / clients, t) for r, t in spec.steps)
     requests = None if spec.requests is None else part(spec.requests)
     return dataclasses.replace(
-        spec, concurrency=part(spec.concurrency), rate=rate, steps=steps, requests=requests
+        spec, concurrency=part(spec.concurrency), requests=requests, phase=index, stride=clients
     )

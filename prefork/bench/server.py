@@ -3,8 +3,14 @@
 
 Everything here runs in the bench's parent process. :class:`ServerUnderTest` starts the
 server in its own process group and stops it (SIGTERM to the master, SIGKILL to the group
-if it does not exit in time). Nothing is killed by name: only the processes started here,
-by pid or process group.
+if it does not exit in time, or at once on a second Ctrl-C). Nothing is killed by name:
+only the processes started here, by pid or process group.
+
+**The server never outlives the bench.** The stop always ends with SIGKILL to the server's
+process group and the removal of its temporary directory, the stop signals held meanwhile
+(:func:`~prefork.bench.lifecycle.held_signals`); and the master gets SIGTERM when the bench
+ends without stopping it, even by SIGKILL (:func:`~prefork.bench.lifecycle.die_with_parent`),
+and stops its workers as on any SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from prefork.bench.errors import BenchError
+from prefork.bench.lifecycle import die_with_parent, held_signals, interrupt_pending
 from prefork.sockets import Address, parse_address
 
 #: The master's "Listening at ADDR, ADDR with N ..." log line.
@@ -42,7 +49,8 @@ class ServerUnderTest:
     a dynamic pool's bounds for one). :meth:`start` waits until the master logs where it
     listens and its workers run (as many as the scoreboard says the master wants);
     :meth:`stop` sends SIGTERM to the master and waits ``STOP_TIMEOUT`` seconds, then
-    SIGKILLs the process group. Raises BenchError when it does not start.
+    SIGKILLs the process group. Raises BenchError when it does not start, OSError when it
+    cannot be run.
     """
 
     def __init__(self, target: str, workers: int | None, *, unix: bool, udp: bool, extra: list[str]) -> None:
@@ -61,16 +69,22 @@ class ServerUnderTest:
             command.append("--udp")
         command += extra
         self.log_path = Path(self.tmp.name) / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        try:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent(signal.SIGTERM),
+                )
+        except BaseException:
+            self.tmp.cleanup()
+            raise
         self.pid = self.proc.pid
         self.listening = ""
+        self.stopped = False
 
     def log_tail(self, lines: int = 5) -> str:
         """The last ``lines`` lines the server wrote ("" if its log cannot be read). Raises nothing."""
@@ -135,19 +149,28 @@ class ServerUnderTest:
         return pids
 
     def stop(self) -> None:
-        """SIGTERM the master, wait; SIGKILL the process group after ``STOP_TIMEOUT`` s; remove
-        the temporary directory. Raises nothing."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+        """SIGTERM the master, wait; SIGKILL the process group after ``STOP_TIMEOUT`` s, or at
+        once when a stop signal (a second Ctrl-C, SIGTERM, SIGHUP) comes meanwhile; remove
+        the temporary directory. The stop signals are held until it is done, then delivered.
+        Safe to call twice; raises nothing itself."""
+        if self.stopped:
+            return
+        with held_signals():
             try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # workers left behind by a killed master, too
-        self.proc.wait()
-        self.tmp.cleanup()
+                if self.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGTERM)
+                    deadline = time.monotonic() + STOP_TIMEOUT
+                    while self.proc.poll() is None and not interrupt_pending():
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.01)
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)  # workers left behind by a killed master, too
+                self.proc.wait()
+                self.tmp.cleanup()
+                self.stopped = True
 
 
 @contextlib.contextmanager

@@ -15,9 +15,11 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from prefork.bench.parse import parse_duration
+from prefork.bench.parse import parse_duration, shown
 
-_OBJECTIVE = re.compile(r"^\s*p(\d+(?:\.\d+)?)\s*=\s*(.+?)\s*$")
+_OBJECTIVE = re.compile(r"^\s*p(\d+(?:\.\d+)?)\s*=\s*(.+?)\s*$", re.ASCII)
+#: The highest latency an objective may set, in seconds: an hour, the histograms' range.
+MAX_LIMIT = 3600.0
 
 
 class Objective(NamedTuple):
@@ -38,16 +40,18 @@ class Objective(NamedTuple):
 
 def parse_slo(text: str) -> list[Objective]:
     """The objectives in ``p99=50ms`` or ``p50=10ms,p99=50ms`` (a percentile above 0 and at
-    most 100, a time more than 0). Raises ValueError with one line saying what is wrong."""
+    most 100, a time more than 0 and at most :data:`MAX_LIMIT`). Raises ValueError with one
+    line saying what is wrong."""
     objectives = []
     for part in text.split(","):
         match = _OBJECTIVE.match(part)
         if match is None:
-            raise ValueError(f"bad SLO {text!r}: expected pNN=TIME, e.g. p99=50ms (comma-separated)")
+            raise ValueError(f"bad SLO {shown(text)}: expected pNN=TIME, e.g. p99=50ms (comma-separated)")
         percentile, limit = float(match[1]), parse_duration(match[2])
-        if not 0 < percentile <= 100 or limit <= 0:
+        if not 0 < percentile <= 100 or not 0 < limit <= MAX_LIMIT:
             raise ValueError(
-                f"bad SLO {part.strip()!r}: the percentile must be above 0 and at most 100, the time above 0"
+                f"bad SLO {shown(part.strip())}: the percentile must be above 0 and at most 100, "
+                f"the time above 0 and at most {MAX_LIMIT / 3600:g} h"
             )
         objectives.append(Objective(percentile, limit))
     return objectives

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from prefork.bench.load import LoadResult, Window, new_histogram
+from prefork.bench.load import LoadResult, Window, histogram_like
 from prefork.bench.parse import parse_duration
 from prefork.bench.text import grid, ms
 
@@ -28,7 +28,7 @@ SAMPLE_INTERVAL = 0.25
 MAX_STEPS = 100
 MAX_RATE = 1e7
 
-_STEP = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*s\s*(?:for\s+|:\s*)(.+?)\s*$")
+_STEP = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*s\s*(?:for\s+|:\s*)(.+?)\s*$", re.ASCII)
 
 
 class Step(NamedTuple):
@@ -117,9 +117,20 @@ def rate_at(steps: Sequence[Step], start: float, end: float) -> float:
 
 
 def _ms(histogram: Any, percentile: float) -> float | None:
-    if not histogram.get_total_count():
+    if histogram is None or not histogram.get_total_count():
         return None
     return round(float(histogram.get_value_at_percentile(percentile)) / 1000, 3)
+
+
+def _added(total: Any, histogram: Any) -> Any:
+    """``total`` (None: none yet, made like ``histogram``) with ``histogram`` (None: empty)
+    added."""
+    if histogram is None:
+        return total
+    if total is None:
+        total = histogram_like(histogram)
+    total.add(histogram)
+    return total
 
 
 def series(
@@ -159,13 +170,18 @@ def step_summaries(
     most were first reached (seconds into the step), at its end. Raises nothing."""
     out, at = [], 0.0
     for step in steps:
-        whole, ramp, settled = new_histogram(), new_histogram(), new_histogram()
+        whole: Any = None
+        ramp: Any = None
+        settled: Any = None
         errors = 0
         for index, part in enumerate(load.windows):
             start = index * window
             if at <= start < at + step.seconds:
-                whole.add(part.histogram)
-                (ramp if start < at + settle else settled).add(part.histogram)
+                whole = _added(whole, part.histogram)
+                if start < at + settle:
+                    ramp = _added(ramp, part.histogram)
+                else:
+                    settled = _added(settled, part.histogram)
                 errors += part.failed
         inside = [s for s in samples if at <= s["t"] < at + step.seconds]
         most = max((s["workers"] for s in inside), default=None)
