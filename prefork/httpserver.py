@@ -37,7 +37,10 @@ class PreforkUnixHTTPServer(PreforkMixIn, socketserver.UnixStreamServer):
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept a request (see :meth:`PreforkMixIn.get_request`) with ``client_address``
-        as ``(PEER, 0)``. Runs in the worker. May be extended."""
+        as ``(PEER, 0)``, or the client a PROXY header named (``(HOST, PORT)``, kept as it
+        is). Runs in the worker. May be extended."""
         request, peer = super().get_request()
+        if isinstance(peer, tuple):  # from a PROXY header (prefork.edge)
+            return request, peer
         name = os.fsdecode(peer) if isinstance(peer, bytes) else str(peer)
         return request, (name or "unix", 0)
