@@ -1,10 +1,17 @@
 """The ``prefork`` command (and ``python -m prefork``): serve a handler class from a pool.
 
 ``prefork [TARGET] [--bind ADDR]... [--udp] [--preload] [--workers N] [--graceful-timeout S]
-[--name NAME] [--backlog N] [--log-level LEVEL] [--log-file PATH] [setting flags]``. TARGET is
-``module:Handler``, ``path/to/file.py:Handler``, or a module or file alone (its ``Handler``, or
-its only request handler class). Errors in what the user gave (target, flags, addresses,
-binding, log file) print one line on stderr and exit with 2.
+[--name NAME] [--backlog N] [--log-level LEVEL] [--log-file PATH] [setting flags] [--config
+PATH] [--print-config]``. TARGET is ``module:Handler``, ``path/to/file.py:Handler``, or a
+module or file alone (its ``Handler``, or its only request handler class). Errors in what the
+user gave (target, flags, configuration file, environment, addresses, binding, log file)
+print one line on stderr and exit with 2.
+
+Every argument but ``--config``, ``--print-config`` and ``--version`` is a setting of
+:data:`prefork.config.ALL_SETTINGS`, also read from the configuration file and the
+``PREFORK_<NAME>`` environment variables (:mod:`prefork.config.sources`: defaults < file <
+environment < flags); the pool's first server keeps the :class:`Configuration`, so a HUP
+reads the file again (:mod:`prefork.config.reload`).
 
 Listening sockets handed to the process (systemd socket activation, or the old master of a
 USR2 upgrade) replace the ``--bind`` list. Without ``--preload`` the master imports TARGET only
@@ -29,7 +36,7 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from prefork import __version__, config, logs, upgrade
 from prefork.command import (
@@ -40,6 +47,8 @@ from prefork.command import (
     ArgumentParser,
     UsageError,
 )
+from prefork.config.files import ConfigError
+from prefork.config.sources import Configuration, Value, resolve
 from prefork.errors import PreforkError, WorkerBootError
 from prefork.server import (
     PreforkMixIn,
@@ -52,12 +61,9 @@ from prefork.sockets import Address, inherited_sockets, is_http_handler, parse_a
 from prefork.spawn import pause_gc
 from prefork.target import check_target, load_target, reimporting
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("prefork")
 
-DEFAULT_BIND = "127.0.0.1:8000"
+DEFAULT_BIND = config.DEFAULT_BIND
 #: Tries to bind an address in use, BIND_RETRY_DELAY seconds apart (as gunicorn's 5 tries): the
 #: workers of a killed master may hold it until their requests end.
 BIND_ATTEMPTS = 5
@@ -66,68 +72,66 @@ LOG_FORMAT = logs.LOG_FORMAT
 
 
 def build_parser() -> ArgumentParser:
-    """The ``prefork`` argument parser; its setting flags come from :data:`config.SETTINGS`."""
+    """The ``prefork`` argument parser; its TARGET and flags come from
+    :data:`config.ALL_SETTINGS`, one per setting (see :func:`_add_setting`)."""
     parser = ArgumentParser(
         prog="prefork",
         description="Serve a socketserver request handler from a supervised pool of preforked "
-        "worker processes. With no TARGET, serves a demo HTTP handler on " + DEFAULT_BIND + ".",
+        "worker processes. With no TARGET, serves a demo HTTP handler on " + DEFAULT_BIND + ". "
+        "Each setting is also read from a TOML file (--config, or [tool.prefork] of "
+        "./pyproject.toml) and from PREFORK_<NAME> environment variables: defaults < file < "
+        "environment < flags.",
         epilog="Signals to the master: TERM graceful stop, INT/QUIT fast stop, HUP graceful "
-        "reload, TTIN/TTOU one worker more/fewer, USR1 reopen log files, USR2 upgrade. Listening "
-        "sockets passed by systemd socket activation (LISTEN_FDS) replace --bind.",
+        "reload (and the configuration file read again), TTIN/TTOU one worker more/fewer, USR1 "
+        "reopen log files, USR2 upgrade. Listening sockets passed by systemd socket activation "
+        "(LISTEN_FDS) replace --bind.",
     )
+    for setting in config.ALL_SETTINGS:
+        _add_setting(parser, setting)
     parser.add_argument(
-        "target",
-        nargs="?",
-        metavar="TARGET",
-        help="The handler: module:Handler, path/to/file.py:Handler, or a module or file alone "
-        "(its 'Handler', or its only socketserver.BaseRequestHandler subclass).",
-    )
-    parser.add_argument(
-        "-b",
-        "--bind",
-        action="append",
-        metavar="ADDR",
-        help="Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH, or udp://HOST:PORT. "
-        f"Repeat to listen on several. Default: {DEFAULT_BIND}. Ignored when listening sockets "
-        "are inherited (systemd socket activation, USR2 upgrade).",
-    )
-    parser.add_argument(
-        "--udp",
-        action="store_true",
-        help="Serve datagrams (UDP, or Unix datagram for unix:PATH) on every --bind address. "
-        "Implied by a socketserver.DatagramRequestHandler target.",
-    )
-    parser.add_argument(
-        "--preload",
-        action="store_true",
-        help="Import TARGET once in the master; workers share it (copy-on-write) and HUP restarts "
-        "them with the same code. Default: the master imports TARGET only to check it, and each "
-        "worker imports it afresh, so HUP serves edited code.",
-    )
-    for setting in config.SETTINGS:
-        parser.add_argument(
-            *setting.flags,
-            dest=setting.name,
-            type=_argument_type(setting),
-            metavar=setting.metavar,
-            default=argparse.SUPPRESS,
-            help=f"{setting.help} (setting '{setting.name}')",
-        )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        type=str.lower,
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="Level of the log. Default: info.",
-    )
-    parser.add_argument(
-        "--log-file",
+        "--config",
         metavar="PATH",
-        help="Append the log to this file instead of stderr ('-': stderr); stdout and stderr "
-        "(print(), faulthandler dumps) go there too. USR1 reopens it after a rotation.",
+        help="Read settings from this TOML file: its keys are the setting names (those quoted "
+        "here), e.g. workers = 4. Default: the [tool.prefork] table of pyproject.toml in the "
+        "working directory, if any. HUP reads it again.",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="Print each setting's value and where it came from (default, file, env, flag) as "
+        "TOML, then exit without serving.",
     )
     parser.add_argument("--version", action="version", version=f"prefork {__version__}")
     return parser
+
+
+def _add_setting(parser: ArgumentParser, setting: config.Setting[Any]) -> None:
+    """Add ``setting``'s argument to ``parser``: TARGET when it has no flags, else its flags,
+    taking one value (converted as it is parsed), repeated (``append``: converted by
+    :func:`_flag_values`) or none (``switch``: ``--NAME``/``--no-NAME``). A flag not given
+    leaves no attribute, so the file and the environment can set it."""
+    help_text = f"{setting.help} (setting '{setting.name}')"
+    common: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+    if not setting.flags:
+        parser.add_argument(
+            setting.name, nargs="?", metavar=setting.metavar, type=_argument_type(setting), **common
+        )
+    elif setting.action == "append":
+        parser.add_argument(
+            *setting.flags, dest=setting.name, action="append", metavar=setting.metavar, **common
+        )
+    elif setting.action == "switch":
+        parser.add_argument(
+            *setting.flags, dest=setting.name, action=argparse.BooleanOptionalAction, **common
+        )
+    elif setting.choices:  # argparse checks them: its "invalid choice" message
+        parser.add_argument(
+            *setting.flags, dest=setting.name, type=str.lower, choices=setting.choices, **common
+        )
+    else:
+        parser.add_argument(
+            *setting.flags, dest=setting.name, type=_argument_type(setting), metavar=setting.metavar, **common
+        )
 
 
 def _argument_type(setting: config.Setting[Any]) -> Any:
@@ -139,6 +143,23 @@ def _argument_type(setting: config.Setting[Any]) -> Any:
 
     convert.__name__ = setting.name
     return convert
+
+
+def _flag_values(parser: ArgumentParser, args: argparse.Namespace) -> dict[str, Value]:
+    """The settings given on the command line, converted, with their origin (``flag
+    --workers``, ``argument TARGET``). A bad repeated flag's value exits as argparse does."""
+    found = {}
+    for setting in config.ALL_SETTINGS:
+        if hasattr(args, setting.name):
+            value = getattr(args, setting.name)
+            if setting.action == "append" or setting.choices:
+                try:
+                    value = setting.validate(value)
+                except ValueError as exc:
+                    parser.error(f"argument {'/'.join(setting.flags)}: {exc}")
+            origin = f"flag {setting.flags[-1]}" if setting.flags else f"argument {setting.metavar}"
+            found[setting.name] = Value(value, origin)
+    return found
 
 
 def server_class_for(address: Address, handler: type[socketserver.BaseRequestHandler]) -> type[PreforkMixIn]:
@@ -277,79 +298,97 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prefork.ctl import main as ctl_main
 
         return ctl_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        conf = resolve(_flag_values(parser, args), os.environ, args.config)
+    except ConfigError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        for warning in conf.warnings:
+            print(f"prefork: warning: {warning}", file=sys.stderr)
+        print(conf.describe())
+        return 0
     try:
         logs.setup(
-            args.log_level,
-            args.log_file,
-            getattr(args, "user", None),
-            getattr(args, "group", None),
-            log_format=getattr(args, "log_format", config.LOG_FORMAT.default),
+            conf["log_level"], conf["log_file"], conf["user"], conf["group"], log_format=conf["log_format"]
         )
     except OSError as exc:
-        print(f"prefork: error: cannot open log file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        where, path, reason = conf.where("log_file"), conf["log_file"], exc.strerror or exc
+        print(f"prefork: error: {where}cannot open log file {path}: {reason}", file=sys.stderr)
         return EXIT_USAGE
-    settings = {s.name: getattr(args, s.name) for s in config.SETTINGS if hasattr(args, s.name)}
+    for warning in conf.warnings:
+        log.warning("%s", warning)
     try:
-        handler: type[socketserver.BaseRequestHandler]
-        pool_class: type[PreforkMixIn] | None = None
-        try:
-            config.pool_bounds(
-                settings.get("workers") or 1, settings.get("min_workers"), settings.get("max_workers")
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if args.target:
-            if args.preload and settings.get("gc_freeze", config.GC_FREEZE.default):
-                pause_gc()  # until the first fork: see prefork.spawn
-            handler = load_target(args.target) if args.preload else check_target(args.target)
-        else:
-            from prefork.demo import DemoHandler  # imports http.server: only when it is served
-
-            handler = DemoHandler
-        settings.setdefault("proc_name", args.target or "demo")
-        datagram = args.udp or issubclass(handler, socketserver.DatagramRequestHandler)
-        if datagram and issubclass(handler, socketserver.StreamRequestHandler):
-            raise UsageError(f"{handler.__name__} is a stream handler: it cannot serve datagrams (--udp)")
-        check_user_switch(settings.get("user"), settings.get("group"))
-        listening = [(address, text, True) for address, text in inherited_addresses()]
-        if listening and args.bind and not upgrade.upgrading():  # an upgrade's are --bind's
-            log.info("Listening on %d inherited socket(s): --bind is ignored", len(listening))
-        if not listening:
-            binds = args.bind or [DEFAULT_BIND]
-            try:
-                listening = [(parse_address(text, datagram), text, False) for text in binds]
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        servers: list[PreforkMixIn] = []
-        with contextlib.ExitStack() as stack:
-            for address, text, inherited in listening:
-                if not servers and args.target and not args.preload:
-                    pool_class = reimporting(server_class_for(address, handler), args.target)
-                # The pool's settings go to the first server; each listener needs its backlog.
-                backlog = {k: v for k, v in settings.items() if k == "request_queue_size"}
-                server = bind(
-                    address,
-                    text,
-                    handler,
-                    server_class=None if servers else pool_class,
-                    inherited=inherited,
-                    **(backlog if servers else settings),
-                )
-                if address.family == socket.AF_UNIX:  # registered first, so run after server_close
-                    stack.callback(_unlink_unused, str(address.server_address), address.datagram)
-                stack.enter_context(server)
-                servers.append(server)
-            servers[0].listeners.extend(servers[1:])
-            try:
-                servers[0].serve_forever()
-            except WorkerBootError:
-                return EXIT_BOOT_ERROR  # the master logged the cause
-            except PreforkError as exc:  # the master could not start, e.g. no pid file
-                raise UsageError(str(exc)) from None
+        return serve(conf)
     except UsageError as exc:
         print(f"prefork: error: {exc}", file=sys.stderr)
         return EXIT_ADDRESS_IN_USE if isinstance(exc, AddressInUse) else EXIT_USAGE
+
+
+def serve(conf: Configuration) -> int:
+    """Serve TARGET as the configuration ``conf`` says, until a stop; return the exit
+    status (0, or 3 when workers failed to boot). The pool's first server keeps ``conf``, so
+    a HUP reads its file again. Raises UsageError (exit 2) or AddressInUse (exit 4) for
+    what cannot start. Runs in the master."""
+    settings = conf.given_values(config.SETTINGS)
+    target, preload = conf["target"], conf["preload"]
+    handler: type[socketserver.BaseRequestHandler]
+    pool_class: type[PreforkMixIn] | None = None
+    try:
+        config.pool_bounds(conf["workers"] or 1, conf["min_workers"], conf["max_workers"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if target:
+        if preload and conf["gc_freeze"]:
+            pause_gc()  # until the first fork: see prefork.spawn
+        handler = load_target(target) if preload else check_target(target)
+    else:
+        from prefork.demo import DemoHandler  # imports http.server: only when it is served
+
+        handler = DemoHandler
+    settings.setdefault("proc_name", target or "demo")
+    datagram = conf["udp"] or issubclass(handler, socketserver.DatagramRequestHandler)
+    if datagram and issubclass(handler, socketserver.StreamRequestHandler):
+        raise UsageError(f"{handler.__name__} is a stream handler: it cannot serve datagrams (--udp)")
+    check_user_switch(conf["user"], conf["group"])
+    listening = [(address, text, True) for address, text in inherited_addresses()]
+    if listening and conf.given("bind") and not upgrade.upgrading():  # an upgrade's are bind's
+        given = "--bind" if conf.origin("bind").startswith("flag") else f"bind ({conf.origin('bind')})"
+        log.info("Listening on %d inherited socket(s): %s is ignored", len(listening), given)
+    if not listening:
+        try:
+            listening = [(parse_address(text, datagram), text, False) for text in conf["bind"]]
+        except ValueError as exc:
+            raise UsageError(f"{conf.where('bind')}{exc}") from None
+    servers: list[PreforkMixIn] = []
+    with contextlib.ExitStack() as stack:
+        for address, text, inherited in listening:
+            if not servers and target and not preload:
+                pool_class = reimporting(server_class_for(address, handler), target)
+            # The pool's settings go to the first server; each listener needs its backlog.
+            backlog = {k: v for k, v in settings.items() if k == "request_queue_size"}
+            server = bind(
+                address,
+                text,
+                handler,
+                server_class=None if servers else pool_class,
+                inherited=inherited,
+                **(backlog if servers else settings),
+            )
+            if address.family == socket.AF_UNIX:  # registered first, so run after server_close
+                stack.callback(_unlink_unused, str(address.server_address), address.datagram)
+            stack.enter_context(server)
+            servers.append(server)
+        servers[0].listeners.extend(servers[1:])
+        servers[0].configuration = conf
+        try:
+            servers[0].serve_forever()
+        except WorkerBootError:
+            return EXIT_BOOT_ERROR  # the master logged the cause
+        except PreforkError as exc:  # the master could not start, e.g. no pid file
+            raise UsageError(str(exc)) from None
     return 0
 
 

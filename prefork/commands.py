@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prefork import systemd, upgrade
+from prefork.config.reload import reloading_settings
 from prefork.contract import pool_servers
 from prefork.edge import setup_edge
 from prefork.errors import PreforkError
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from prefork.scaling import PoolScaler
     from prefork.scoreboard import Scoreboard
     from prefork.spawn import Spawner
+    from prefork.watchdog import Watchdog
 
 log = logging.getLogger("prefork")
 
@@ -72,6 +74,7 @@ class MasterCommands:
     stop_at: float
     signalled_stop: bool
     observer: Observer
+    watchdog: Watchdog
 
     def dispatch_signals(self) -> None:
         """Act on the recorded signals, in order, with their ``handle_<name>`` methods."""
@@ -105,11 +108,13 @@ class MasterCommands:
 
     def handle_hup(self) -> None:
         """HUP: graceful reload; each new worker starts, then the old one it replaces retires.
-        The TLS certificate files are read again first: when they cannot be used, the reload
-        fails and the workers serve on with the old ones."""
+        The config file and the TLS certificate files are read again first
+        (:mod:`prefork.config.reload`): when they cannot be used, the reload fails and the
+        workers serve on as they were."""
         log.info("Received SIGHUP, reloading: new workers start, then the old ones retire.")
         try:
-            setup_edge(pool_servers(self.server))
+            with reloading_settings(self):  # the config file read again, applied, or rolled back
+                setup_edge(pool_servers(self.server))
         except PreforkError as exc:
             log.error("Reload failed: %s; the workers serve on.", exc)
             return

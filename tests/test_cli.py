@@ -66,10 +66,13 @@ def test_no_target_serves_the_demo_from_several_workers(serve_cli: Serve) -> Non
 
 def test_default_address_is_localhost_8000() -> None:
     parser = build_parser()
-    assert parser.parse_args([]).bind is None  # main() falls back to DEFAULT_BIND
+    assert not hasattr(parser.parse_args([]), "bind")  # not given: the file, env or default decide
     from prefork.cli import DEFAULT_BIND
 
     assert DEFAULT_BIND == "127.0.0.1:8000"
+    from prefork.config.commandline import BIND
+
+    assert BIND.default == (DEFAULT_BIND,)
 
 
 @pytest.mark.parametrize(
@@ -140,10 +143,10 @@ def test_stale_unix_socket_file_is_replaced(serve_cli: Serve, unix_path: str) ->
 def test_help_documents_every_flag() -> None:
     done = run_cli("--help")
     assert done.returncode == 0
-    for setting in config.SETTINGS:
+    for setting in config.ALL_SETTINGS:
         for flag in setting.flags:
             assert flag in done.stdout
-    for flag in ("--bind", "--udp", "--log-level", "TARGET"):
+    for flag in ("--bind", "--udp", "--log-level", "TARGET", "--config", "--print-config"):
         assert flag in done.stdout
 
 

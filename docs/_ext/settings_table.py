@@ -1,8 +1,10 @@
 """``settings-table`` directive: the settings reference, generated from ``prefork.config``.
 
-Every setting is declared once, in :data:`prefork.config.SETTINGS`; this directive inserts
-:func:`prefork.config.reference_markdown` (the same text ``python -m prefork.config`` prints)
-into the page at build time, so the reference cannot drift from the code.
+Every setting is declared once, in :data:`prefork.config.ALL_SETTINGS` (the servers' and the
+command's); this directive inserts :func:`prefork.config.reference_markdown` (the same text
+``python -m prefork.config`` prints: each setting's flags, file key, environment variable,
+default and what a HUP does with it) into the page at build time, so the reference cannot
+drift from the code.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 from prefork import config
+from prefork.config import commandline, edge, observability, sizing
 
 
 class SettingsTable(SphinxDirective):
@@ -24,7 +27,8 @@ class SettingsTable(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        self.env.note_dependency(inspect.getfile(config))  # rebuild the page when config.py changes
+        for module in (config, commandline, edge, observability, sizing):  # rebuild when one changes
+            self.env.note_dependency(inspect.getfile(module))
         container = nodes.container()
         text = config.reference_markdown()
         # With MyST, nested_parse parses Markdown; match_titles lets the "### Section" headings

@@ -1,16 +1,21 @@
 """Settings, each declared once.
 
-Every setting of a prefork server is one :class:`Setting` in :data:`SETTINGS`. That one
-declaration gives the server class attribute's default, the keyword-only constructor argument
-(validated by :meth:`Setting.convert`), the ``prefork`` command-line flag and the reference
-table in the docs (``python -m prefork.config`` prints it as Markdown). The converters that
-validate the values are in :mod:`prefork.config.convert`.
+Every setting of a prefork server is one :class:`Setting` in :data:`SETTINGS`; the settings of
+the ``prefork`` command itself (TARGET, ``bind``, ``udp``, ``preload``, ``log_level``,
+``log_file``: not server attributes) are in :data:`COMMAND_SETTINGS`; :data:`ALL_SETTINGS`
+lists both. That one declaration gives the server class attribute's default, the keyword-only
+constructor argument (validated by :meth:`Setting.convert`), the ``prefork`` command-line flag,
+the key of the configuration file and the ``PREFORK_<NAME>`` environment variable
+(:mod:`prefork.config.sources`), and the reference table in the docs (``python -m
+prefork.config`` prints it as Markdown). The converters that validate the values are in
+:mod:`prefork.config.convert`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from prefork.config.commandline import COMMAND_SETTINGS, DEFAULT_BIND
 from prefork.config.convert import (
     WORKER_CLASS_NAMES,
     byte_size,
@@ -29,7 +34,7 @@ from prefork.config.convert import (
 )
 from prefork.config.edge import EDGE_SETTINGS
 from prefork.config.observability import ACCESS_LOG, CONTROL_SOCKET, LOG_FORMAT, METRICS
-from prefork.config.setting import Setting, usable_cpus
+from prefork.config.setting import HUP, RESTART, USR2, Setting, usable_cpus
 from prefork.config.sizing import GC_FREEZE, MAX_WORKERS, MIN_WORKERS, pool_bounds
 
 if TYPE_CHECKING:
@@ -37,13 +42,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESS_LOG",
+    "ALL_SETTINGS",
+    "COMMAND_SETTINGS",
     "CONTROL_SOCKET",
+    "DEFAULT_BIND",
     "GC_FREEZE",
+    "HUP",
     "LOG_FORMAT",
     "MAX_WORKERS",
     "METRICS",
     "MIN_WORKERS",
+    "RESTART",
     "SETTINGS",
+    "USR2",
     "WORKER_CLASS_NAMES",
     "Network",
     "Setting",
@@ -61,6 +72,7 @@ WORKERS: Setting[int | None] = Setting(
     flags=("-w", "--workers"),
     metavar="N",
     help="Number of worker processes in the pool. Default (None): the number of usable CPUs.",
+    at_hup=HUP,
 )
 WORKER_CLASS: Setting[str] = Setting(
     name="worker_class",
@@ -82,6 +94,7 @@ THREADS: Setting[int] = Setting(
         "Threads per worker of the 'thread' worker class: each worker serves up to N requests "
         "at once and stops accepting while all N are busy (as gunicorn's gthread threads)."
     ),
+    at_hup=HUP,
 )
 ACCEPT: Setting[str] = Setting(
     name="accept",
@@ -106,6 +119,7 @@ GRACEFUL_TIMEOUT: Setting[float] = Setting(
         "Seconds a stopping worker (on TERM, reload or pool shrink) may spend finishing its "
         "request before it is killed with SIGKILL, as gunicorn's graceful_timeout."
     ),
+    at_hup=HUP,
 )
 SHUTDOWN_DELAY: Setting[float] = Setting(
     name="shutdown_delay",
@@ -119,6 +133,7 @@ SHUTDOWN_DELAY: Setting[float] = Setting(
         "load balancer or a Kubernetes endpoint controller notices the instance is leaving "
         "(as a preStop sleep); a second TERM, INT or QUIT stops at once. 0: none."
     ),
+    at_hup=HUP,
 )
 REQUEST_TIMEOUT: Setting[float] = Setting(
     name="request_timeout",
@@ -133,6 +148,7 @@ REQUEST_TIMEOUT: Setting[float] = Setting(
         "off. Idle workers are never killed. As gunicorn's timeout (named request_timeout here "
         "because socketserver's BaseServer.timeout is handle_request()'s wait)."
     ),
+    at_hup=HUP,
 )
 MAX_REQUESTS: Setting[int] = Setting(
     name="max_requests",
@@ -145,6 +161,7 @@ MAX_REQUESTS: Setting[int] = Setting(
         "A worker that has served this many requests finishes the one in progress, exits and "
         "is replaced (recycling, as gunicorn's max_requests); 0 turns it off."
     ),
+    at_hup=HUP,
 )
 MAX_REQUESTS_JITTER: Setting[int] = Setting(
     name="max_requests_jitter",
@@ -157,6 +174,7 @@ MAX_REQUESTS_JITTER: Setting[int] = Setting(
         "Each worker's limit is max_requests plus a random 0..N, so workers do not all "
         "recycle at once (as gunicorn's max_requests_jitter)."
     ),
+    at_hup=HUP,
 )
 MAX_WORKER_MEMORY: Setting[int] = Setting(
     name="max_worker_memory",
@@ -170,6 +188,7 @@ MAX_WORKER_MEMORY: Setting[int] = Setting(
         "second) exceeds this many bytes (suffixes K, M, G allowed) finishes its request, exits "
         "and is replaced (as uWSGI's reload-on-rss); 0 turns it off."
     ),
+    at_hup=HUP,
 )
 SCOREBOARD_FILE: Setting[str | None] = Setting(
     name="scoreboard_file",
@@ -211,6 +230,7 @@ SOCKET_TIMEOUT: Setting[float] = Setting(
         "RequestSocket; CPython's timeout polls before each), so it costs one ioctl() per "
         "connection."
     ),
+    at_hup=HUP,
 )
 READ_MIN_RATE: Setting[int] = Setting(
     name="read_min_rate",
@@ -268,6 +288,7 @@ ALLOW: Setting[tuple[Network, ...]] = Setting(
         "Only clients in these networks are served (verify_request); others are closed at "
         "once and counted. Empty: everyone. Unix-socket clients are always allowed."
     ),
+    at_hup=HUP,
 )
 DENY: Setting[tuple[Network, ...]] = Setting(
     name="deny",
@@ -277,6 +298,7 @@ DENY: Setting[tuple[Network, ...]] = Setting(
     flags=("--deny",),
     metavar="CIDR,...",
     help="Clients in these networks are closed at once and counted (verify_request); deny wins over allow.",
+    at_hup=HUP,
 )
 UNIX_SOCKET_MODE: Setting[int | None] = Setting(
     name="unix_socket_mode",
@@ -286,6 +308,7 @@ UNIX_SOCKET_MODE: Setting[int | None] = Setting(
     flags=("--unix-socket-mode",),
     metavar="MODE",
     help="File mode (octal, e.g. 660) set on a Unix socket after binding. Default: as the umask leaves it.",
+    at_hup=RESTART,
 )
 PROC_NAME: Setting[str | None] = Setting(
     name="proc_name",
@@ -386,14 +409,29 @@ SETTINGS: tuple[Setting[Any], ...] = (
 CONSTRUCTOR_SETTINGS: tuple[Setting[Any], ...] = (REQUEST_QUEUE_SIZE, UNIX_SOCKET_MODE)
 
 
+#: Every setting: the command's, then the servers', in the order of the docs.
+ALL_SETTINGS: tuple[Setting[Any], ...] = COMMAND_SETTINGS + SETTINGS
+
+#: How the reference shows what a HUP does with a new value from the configuration file.
+_AT_HUP = {HUP: "applied", USR2: "USR2", RESTART: "restart"}
+
+
 def reference_markdown() -> str:
-    """Return the settings reference as a Markdown table, grouped by section (for the docs)."""
+    """Return the settings reference as Markdown tables, one per section (for the docs): each
+    setting's name (its key in a configuration file), flags, environment variable, default,
+    what a HUP does with a new value from the file, and meaning."""
     lines: list[str] = []
-    for section in dict.fromkeys(s.section for s in SETTINGS):
-        lines += [f"### {section}", "", "| setting | CLI flag | default | meaning |", "|---|---|---|---|"]
-        for s in SETTINGS:
+    for section in dict.fromkeys(s.section for s in ALL_SETTINGS):
+        lines += [
+            f"### {section}",
+            "",
+            "| setting (file key) | CLI flag | environment | default | at HUP | meaning |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in ALL_SETTINGS:
             if s.section == section:
-                flags = ", ".join(f"`{f}`" for f in s.flags)
-                lines.append(f"| `{s.name}` | {flags} | `{s.default!r}` | {s.help} |")
+                flags = ", ".join(f"`{f}`" for f in s.flags) or f"`{s.metavar}` (argument)"
+                row = [f"`{s.name}`", flags, f"`{s.env}`", f"`{s.default!r}`", _AT_HUP[s.at_hup], s.help]
+                lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -53,10 +53,18 @@ from prefork.config.edge import (
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
+    from prefork.config.sources import Configuration
 
 
 class SettingAttributes:
-    """The settings of a prefork server, one class attribute each (see :mod:`prefork.config`)."""
+    """The settings of a prefork server, one class attribute each (see :mod:`prefork.config`),
+    and the configuration they were read from."""
+
+    #: The configuration (file, environment, flags) the settings were read from, set by the
+    #: ``prefork`` command on the pool's first server: a HUP reads its file again
+    #: (:func:`prefork.config.reload.reloading_settings`). None for a server made in code,
+    #: unless given one (:func:`prefork.config.sources.resolve`).
+    configuration: Configuration | None = None
 
     workers: int | None = WORKERS.default
     min_workers: int | None = MIN_WORKERS.default

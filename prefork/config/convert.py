@@ -180,13 +180,41 @@ def _id(value: Any, lookup: Callable[[str], Any], kind: str) -> int:
 
 
 def optional_str(value: Any) -> str | None:
-    """Pass None through; convert anything else to a non-empty str."""
+    """Pass None through; convert anything else but a list or a table (of a configuration
+    file) to a non-empty str."""
     if value is None:
         return None
+    if isinstance(value, (list, tuple, dict, set)):
+        raise ValueError(f"must be a string, got {value!r}")
     text = str(value)
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+def addresses(value: Any) -> tuple[str, ...]:
+    """Convert listening addresses to a tuple of at least one non-empty string: a string is
+    a comma-separated list (as in the environment, or a TOML string), a list's items are
+    taken whole (a TOML array, a repeated flag: a Unix socket path may hold a comma). The
+    addresses themselves are parsed when bound (:func:`prefork.sockets.parse_address`)."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"must be addresses such as 127.0.0.1:8000,unix:/run/app.sock, got {value!r}")
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"must be one or more non-empty addresses, got {value!r}")
+    return tuple(items)
+
+
+#: The levels of the ``log_level`` setting, as ``logging`` names them (lower case).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(value: Any) -> str:
+    """Convert a logging level name (any case) to one of :data:`LOG_LEVELS`."""
+    return choice(str(value).lower() if isinstance(value, str) else value, LOG_LEVELS)
 
 
 def metrics_address(value: Any) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prefork.config.convert import choice, networks, optional_str
-from prefork.config.setting import Setting
+from prefork.config.setting import HUP, Setting
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
@@ -29,6 +29,7 @@ CERTFILE: Setting[str | None] = Setting(
         "built and checked once in the master, before forking; HUP reads the files again. "
         "Default (None): no TLS."
     ),
+    at_hup=HUP,
 )
 KEYFILE: Setting[str | None] = Setting(
     name="keyfile",
@@ -38,6 +39,7 @@ KEYFILE: Setting[str | None] = Setting(
     flags=("--keyfile",),
     metavar="PATH",
     help="The private key (PEM) of certfile. Default (None): in certfile.",
+    at_hup=HUP,
 )
 CA_CERTS: Setting[str | None] = Setting(
     name="ca_certs",
@@ -47,6 +49,7 @@ CA_CERTS: Setting[str | None] = Setting(
     flags=("--ca-certs",),
     metavar="PATH",
     help="Certificates (PEM) of the authorities that sign client certificates (cert_reqs).",
+    at_hup=HUP,
 )
 CERT_REQS: Setting[str] = Setting(
     name="cert_reqs",
@@ -56,6 +59,7 @@ CERT_REQS: Setting[str] = Setting(
     flags=("--cert-reqs",),
     metavar="WHEN",
     help="Client certificates: none (not asked), optional (checked if sent), required.",
+    at_hup=HUP,
 )
 CIPHERS: Setting[str | None] = Setting(
     name="ciphers",
@@ -65,6 +69,7 @@ CIPHERS: Setting[str | None] = Setting(
     flags=("--ciphers",),
     metavar="LIST",
     help="OpenSSL cipher list for TLS 1.2 (TLS 1.3's suites are OpenSSL's). Default: Python's.",
+    at_hup=HUP,
 )
 TLS_MIN_VERSION: Setting[str] = Setting(
     name="tls_min_version",
@@ -74,6 +79,7 @@ TLS_MIN_VERSION: Setting[str] = Setting(
     flags=("--tls-min-version",),
     metavar="VERSION",
     help="The oldest TLS version accepted: 1.2 or 1.3.",
+    at_hup=HUP,
 )
 PROXY_PROTOCOL: Setting[str] = Setting(
     name="proxy_protocol",
@@ -87,6 +93,7 @@ PROXY_PROTOCOL: Setting[str] = Setting(
         "verify_request: client_address, allow/deny and the logs see the original client. "
         "v1, v2, or auto (either). A connection without a valid header is closed unprocessed."
     ),
+    at_hup=HUP,
 )
 PROXY_ALLOW: Setting[tuple[Network, ...] | None] = Setting(
     name="proxy_allow",
@@ -99,6 +106,7 @@ PROXY_ALLOW: Setting[tuple[Network, ...] | None] = Setting(
         "The peers allowed to send a PROXY header (the load balancers); a connection from "
         "another is closed unprocessed. Default (None): loopback. Unix-socket peers always."
     ),
+    at_hup=HUP,
 )
 
 #: The settings of this module, in the order of the docs.
