@@ -254,10 +254,13 @@ def test_xmlrpc_over_tls_with_keep_alive_on_the_thread_worker(certs: Certificate
 # -- the PROXY protocol ---------------------------------------------------------------------------
 
 
-def test_the_handler_sees_the_client_of_the_proxy_header(serve_cli: Serve) -> None:
-    server = serve_cli(ECHO, "--workers", "1", "--proxy-protocol", "auto", "--deny", "198.51.100.0/24")
+def test_the_handler_sees_the_client_of_the_proxy_header(serve_cli: Serve, tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    flags = ["--proxy-protocol", "auto", "--deny", "198.51.100.0/24", "--access-log", str(access)]
+    server = serve_cli(ECHO, "--workers", "1", *flags)
     address = server.address
     assert plain_line(address, b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\nv1\n") == b"192.0.2.7 4242 v1\n"
+    wait_for(lambda: "192.0.2.7" in access.read_text())  # the access log names the client too
     local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"  # v2 LOCAL: a health check, its own address
     assert plain_line(address, local + b"check\n").startswith(b"127.0.0.1 ")
     assert (
@@ -281,3 +284,14 @@ def test_tls_behind_a_proxy_header(serve_cli: Serve, certs: Certificates) -> Non
     body = addresses + (4242).to_bytes(2, "big") + (443).to_bytes(2, "big")
     header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x21" + len(body).to_bytes(2, "big") + body
     assert tls_line(server.address, certs.client(), b"both\n", header) == b"2001:db8::7 4242 both\n"
+
+
+def test_tls_on_a_unix_socket(serve_cli: Serve, certs: Certificates, unix_path: str) -> None:
+    server = serve_cli(ECHO, "--workers", "1", "--bind", f"unix:{unix_path}", *certs.flags())
+    server.wait_logged(f"unix:{unix_path} (tls)")
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(5)
+        raw.connect(unix_path)
+        with certs.client().wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(b"local\n")
+            assert conn.makefile("rb").readline().endswith(b" local\n")
