@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 from typing import Any
 
 #: The largest configuration file read (bytes): a settings file is a few hundred bytes, a
@@ -78,12 +77,12 @@ def parse_toml(data: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
     raise ConfigError(f"configuration file {os.fspath(path)} is not valid TOML: {reason}")
 
 
-def read_pyproject(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
+def read_pyproject(directory: str | os.PathLike[str]) -> tuple[str, dict[str, Any]] | None:
     """Return the path of ``pyproject.toml`` in ``directory`` and its ``[tool.prefork]``
     table, or None when there is no such file, or it has no such table. A file that does not
     mention prefork at all is not parsed (it is the project's, not ours: a broken one is not
     prefork's error); one that does and cannot be read or parsed raises :class:`ConfigError`."""
-    path = Path(directory, PYPROJECT).absolute()
+    path = os.path.abspath(os.path.join(directory, PYPROJECT))
     try:
         data = read_bounded(path)
     except ConfigError:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from prefork.config import ALL_SETTINGS, Setting
@@ -57,7 +56,7 @@ class Source(NamedTuple):
     working directory's ``pyproject.toml`` looked for without ``--config`` (then ``path`` is
     where it is looked for again on HUP, and ``found`` whether it had a ``[tool.prefork]``)."""
 
-    path: Path | None
+    path: str | None
     pyproject: bool = False
     found: bool = False
 
@@ -112,7 +111,7 @@ class Configuration:
         not change). Raises :class:`ConfigError` when the file cannot be used now."""
         if self.source.pyproject:
             assert self.source.path is not None
-            source, table = _pyproject(self.source.path.parent)
+            source, table = _pyproject(os.path.dirname(self.source.path))
         else:
             source, table = self.source, _file_table(self.source.path)
         return _combine(table, source, self.env, self.flags, self.warnings)
@@ -157,15 +156,15 @@ def resolve(
     cannot be read or parsed, an unknown key, or a value of the file or the environment that
     its setting refuses."""
     if config is None:
-        source, table = _pyproject(Path(directory))
+        source, table = _pyproject(directory)
     else:
-        source = Source(Path(config).absolute())
+        source = Source(os.path.abspath(config))
         table = _file_table(source.path)
     env, warnings = from_environment(environ)
     return _combine(table, source, env, dict(flags), warnings)
 
 
-def from_file(table: Mapping[str, Any], path: Path) -> dict[str, Value]:
+def from_file(table: Mapping[str, Any], path: str) -> dict[str, Value]:
     """The settings of a configuration file's ``table`` (read from ``path``), converted.
     Raises :class:`ConfigError` for an unknown key (with the closest valid name) or a value
     its setting refuses, naming the file."""
@@ -221,13 +220,13 @@ def _combine(
     return Configuration(values, source, env, flags, warnings)
 
 
-def _file_table(path: Path | None) -> dict[str, Any] | None:
+def _file_table(path: str | None) -> dict[str, Any] | None:
     """The settings table of the file at ``path``: the document, or the ``[tool.prefork]``
     table of a file named ``pyproject.toml``."""
     if path is None:
         return None
     document = read_toml(path)
-    if path.name != PYPROJECT:
+    if os.path.basename(path) != PYPROJECT:
         return document
     tool = document.get("tool")
     table = tool.get("prefork") if isinstance(tool, dict) else None
@@ -236,10 +235,10 @@ def _file_table(path: Path | None) -> dict[str, Any] | None:
     return table
 
 
-def _pyproject(directory: Path) -> tuple[Source, dict[str, Any] | None]:
+def _pyproject(directory: str | os.PathLike[str]) -> tuple[Source, dict[str, Any] | None]:
     found = read_pyproject(directory)
     if found is None:
-        return Source(Path(directory, PYPROJECT).absolute(), pyproject=True), None
+        return Source(os.path.abspath(os.path.join(directory, PYPROJECT)), pyproject=True), None
     path, table = found
     return Source(path, pyproject=True, found=True), table
 
