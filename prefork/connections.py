@@ -200,6 +200,11 @@ DEFER_RACE_GRACE = 0.01
 _PROGRESS: weakref.WeakKeyDictionary[socket.socket, Progress] = weakref.WeakKeyDictionary()
 
 
+def readable_now(fd: int) -> bool:
+    """Whether ``fd`` is readable at once (data, EOF or an error): a poll() without waiting."""
+    return _readable(fd, 0.0)
+
+
 def _readable(fd: int, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``fd`` to be readable (or closed, or in error)."""
     poller = select.poll()

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from prefork.connections import RejectedConnection
+from prefork.connections import RejectedConnection, RequestSocket
 from prefork.errors import PreforkError
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ log = logging.getLogger("prefork")
 #: Seconds a connection's PROXY header and TLS handshake may take in all, when the server
 #: sets no ``socket_timeout``.
 EDGE_TIMEOUT = 10.0
+#: Seconds a PROXY header may take at most: a balancer sends it with the connection, and it
+#: is read in the accept loop (the thread worker's other threads wait meanwhile).
+PROXY_TIMEOUT = 2.0
 
 
 class Edge:
@@ -75,7 +78,9 @@ class Edge:
         try:
             if request.family != socket.AF_UNIX and not self._allowed(client_address):
                 raise proxyproto.ProxyHeaderError("a PROXY header from a peer not in proxy_allow")
-            found = proxyproto.read_header(request, self.proxy, time.monotonic() + self.limit)
+            found = proxyproto.read_header(
+                request, self.proxy, time.monotonic() + min(self.limit, PROXY_TIMEOUT)
+            )
         except (proxyproto.ProxyHeaderError, OSError) as exc:
             _count(server, "count_proxy_refused")
             log.info("Closed a connection from %s: %s (proxy_protocol %s)", client_address, exc, self.proxy)
@@ -127,6 +132,12 @@ def _count(server: PoolServer, counter: str) -> None:
         getattr(worker.scoreboard, counter)(worker.slot)
 
 
+def ssl_socket_class() -> type:
+    import ssl
+
+    return ssl.SSLSocket
+
+
 def setup_edge(servers: list[PoolServer]) -> None:
     """Give each of the pool's ``servers`` its :class:`Edge` (the stream ones; None when
     neither TLS nor the PROXY protocol is on), from the first server's settings and its
@@ -138,6 +149,10 @@ def setup_edge(servers: list[PoolServer]) -> None:
         context = first.ssl_context()
     except (ValueError, OSError) as exc:
         raise PreforkError(str(exc)) from None
+    if context is not None and context.sslsocket_class is ssl_socket_class():
+        from prefork.tls import ruled_socket_class  # a context of the hook's own is left alone
+
+        context.sslsocket_class = ruled_socket_class(cast("type[RequestSocket]", first.request_socket))
     edge = None
     if context is not None or first.proxy_protocol != "off":
         limit = min(t for t in (first.socket_timeout, first.read_deadline, EDGE_TIMEOUT) if t > 0)

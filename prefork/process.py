@@ -82,13 +82,13 @@ class MasterProcess:
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise PreforkError(f"cannot write pid file {self.pidfile.path}: {reason}") from None
-        setup_edge(self.servers)  # TLS context, PROXY protocol: a bad certificate stops here
         for server in self.servers:
             server.socket.setblocking(False)  # workers accept without blocking
             server.scoreboard = self.scoreboard
             server.access = self.access
             deferred = connections.defer_accept(server)
             server.request_socket = connections.request_socket_class(server, deferred)
+        setup_edge(self.servers)  # TLS (with the read rules above), PROXY: a bad certificate stops here
         log.info(
             "Listening at %s with %d %s worker%s (master pid %d)",
             ", ".join(sockets.describe(s) for s in self.servers),

@@ -233,19 +233,20 @@ class PreforkMixIn(SettingAttributes, _Base):
         the ``read_min_rate`` and ``read_deadline`` rules (and ``defer_accept``'s). Runs in
         the worker. May be extended."""
         request, client_address = (self._accept or super().get_request)()
-        if self.edge is not None:  # the PROXY header, TLS: the wrapped socket keeps the timeout
-            request.settimeout(self.socket_timeout or None)
-            return self.edge.accept(self, request, client_address)
         timeout = self.socket_timeout or None
         if type(request) is socket.socket:
             if timeout:
                 request.__class__ = self.request_socket
                 request.settimeout(timeout)
-                return request, client_address
+                if self.edge is None:
+                    return request, client_address
+                return self.edge.accept(self, request, client_address)  # PROXY header, TLS
             if getattr(self.RequestHandlerClass, "timeout", None):
                 request.__class__ = self.request_socket
         if isinstance(request, socket.socket) and request.gettimeout() != timeout:
             request.settimeout(timeout)
+        if self.edge is not None:
+            return self.edge.accept(self, request, client_address)
         return request, client_address
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -201,3 +201,14 @@ def test_hup_after_editing_max_requests_recycles_with_the_new_limit(serve_cli: A
     for _ in range(2):
         assert request_line(server.address, b"x\n") == f"{new} x\n".encode()
     wait_for(lambda: (pids := server.wait_workers(1)) != {new} and pids, timeout=15)  # recycled
+
+
+def test_a_change_reaches_every_listener(tmp_path: Path) -> None:
+    """With several --bind addresses the pool has several servers: a new deny (or any
+    setting HUP applies) reaches each of them, not only the first."""
+    path, master = started(tmp_path, "max_requests = 5\n")
+    second = SimpleNamespace(**{s.name: getattr(master.server, s.name) for s in config.SETTINGS})
+    master.server.listeners = [second]
+    write(path, 'max_requests = 5\ndeny = ["127.0.0.0/8"]\n')
+    hup(master)
+    assert [str(n) for n in master.server.deny] == [str(n) for n in second.deny] == ["127.0.0.0/8"]

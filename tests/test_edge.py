@@ -6,6 +6,7 @@ allow/deny."""
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import signal
 import socket
@@ -295,3 +296,38 @@ def test_tls_on_a_unix_socket(serve_cli: Serve, certs: Certificates, unix_path: 
         with certs.client().wrap_socket(raw, server_hostname="127.0.0.1") as conn:
             conn.sendall(b"local\n")
             assert conn.makefile("rb").readline().endswith(b" local\n")
+
+
+@pytest.mark.parametrize("edge", ["tls", "proxy"])
+def test_the_read_rules_hold_behind_the_edge(serve_cli: Serve, certs: Certificates, edge: str) -> None:
+    """A client trickling a byte every 0.5 s, over TLS or behind a PROXY header, is cut at
+    read_deadline as a plain one is (it was held until request_timeout)."""
+    flags = ["--socket-timeout", "1", "--read-deadline", "2", "--timeout", "30"]
+    flags += certs.flags() if edge == "tls" else ["--proxy-protocol", "v1"]
+    server = serve_cli(HTTP, "--workers", "1", *flags)
+    raw = socket.create_connection(server.address, timeout=10)
+    sock: socket.socket = (
+        certs.client().wrap_socket(raw, server_hostname="127.0.0.1") if edge == "tls" else raw
+    )
+    with sock:
+        if edge == "proxy":
+            sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 50:
+                sock.send(bytes([byte]))
+                time.sleep(0.5)
+        assert time.monotonic() - started < 6  # read_deadline (2 s) and the time to notice
+
+
+def test_a_certfile_that_is_a_fifo_is_refused_without_hanging(certs: Certificates, tmp_path: Path) -> None:
+    fifo = tmp_path / "cert.fifo"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefork", ECHO, "--bind", "127.0.0.1:0", "--certfile", str(fifo)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 2 and "not a regular file" in done.stderr, done.stderr

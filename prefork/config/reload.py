@@ -138,7 +138,7 @@ def _apply(setting: Setting[Any], value: Any, master: ReloadingMaster) -> Callab
         level = root.level
         root.setLevel(value.upper())
         return lambda: root.setLevel(level)
-    targets: list[Any] = [master.server]
+    targets: list[Any] = [master.server, *getattr(master.server, "listeners", ())]  # a second --bind too
     if setting.name in ("request_timeout", "max_worker_memory"):
         targets.append(master.watchdog)
     olds = [(target, getattr(target, setting.name)) for target in targets]
