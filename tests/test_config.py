@@ -115,3 +115,9 @@ def test_worker_class_names_are_the_registered_worker_classes() -> None:
     from prefork.workers import WORKER_CLASSES
 
     assert tuple(WORKER_CLASSES) == config.WORKER_CLASS_NAMES
+
+
+def test_an_error_quoting_a_huge_value_stays_short() -> None:
+    with pytest.raises(ValueError) as raised:
+        config.WORKERS.validate("9" * 5000)
+    assert raised.value.args[0].startswith("workers ") and len(raised.value.args[0]) <= 220

@@ -28,6 +28,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: The longest message a setting's error gives, in characters.
+MAX_ERROR = 200
+
+
 class Setting(NamedTuple, Generic[T]):
     """One setting: its name (the server attribute and constructor keyword, the key in a
     configuration file, ``PREFORK_<NAME>`` in the environment), default and docs.
@@ -61,8 +65,13 @@ class Setting(NamedTuple, Generic[T]):
         return "PREFORK_" + self.name.upper()
 
     def validate(self, value: Any) -> T:
-        """Return ``convert(value)``; raise ValueError("NAME must ...") when it is invalid."""
+        """Return ``convert(value)``; raise ValueError("NAME must ...") when it is invalid,
+        the message cut at :data:`MAX_ERROR` characters (it quotes the value, which may be
+        huge: a 5,000-digit environment variable)."""
         try:
             return self.convert(value)
         except ValueError as exc:
-            raise ValueError(f"{self.name} {exc}") from None
+            text = str(exc)
+            if len(text) > MAX_ERROR:
+                text = text[: MAX_ERROR - 3] + "..."
+            raise ValueError(f"{self.name} {text}") from None
