@@ -125,16 +125,7 @@ def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
 
 
 def main() -> int:
-    ap = harness.bench_parser(__doc__)
-    harness.add_duration_option(ap, 5)
-    harness.add_runs_option(ap, 1)
-    ap.add_argument("--workers", type=int, default=2, help="workers of every contender (default 2)")
-    ap.add_argument("--threads", type=int, default=25, help="threads per worker, thread/gthread (25)")
-    ap.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
-    harness.add_backlog_option(ap)
-    harness.add_only_option(ap)
-    harness.add_report_options(ap, check="a target fails")
-    args = ap.parse_args()
+    args = harness.hello_parser(__doc__).parse_args()
     if harness.wrk_missing():
         return 2
     with tempfile.TemporaryDirectory(prefix="tls-hello-") as tmp:

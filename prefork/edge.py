@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -99,6 +100,17 @@ class Edge:
             address = address.ipv4_mapped
         return any(address in network for network in self.allow)
 
+    def finish_tls(self, server: PoolServer, request: Any, client_address: Any) -> bool:
+        """The TLS part of a worker's request: the handshake, ``finish_request()``, then the
+        close_notify alert. False when the handshake failed: the request was not processed
+        (the worker counts it; the caller shuts the connection down either way). Runs in the
+        worker, or the connection's thread."""
+        if not self.handshake(request, client_address):
+            return False
+        server.finish_request(request, client_address)
+        close_notify(request)
+        return True
+
     def handshake(self, request: Any, client_address: Any) -> bool:
         """Make the TLS handshake of ``request`` within :attr:`limit` seconds in all; False
         (one DEBUG line) when it failed: the worker then counts it and closes the connection
@@ -132,12 +144,6 @@ def _count(server: PoolServer, counter: str) -> None:
         getattr(worker.scoreboard, counter)(worker.slot)
 
 
-def ssl_socket_class() -> type:
-    import ssl
-
-    return ssl.SSLSocket
-
-
 def setup_edge(servers: list[PoolServer]) -> None:
     """Give each of the pool's ``servers`` its :class:`Edge` (the stream ones; None when
     neither TLS nor the PROXY protocol is on), from the first server's settings and its
@@ -149,8 +155,8 @@ def setup_edge(servers: list[PoolServer]) -> None:
         context = first.ssl_context()
     except (ValueError, OSError) as exc:
         raise PreforkError(str(exc)) from None
-    if context is not None and context.sslsocket_class is ssl_socket_class():
-        from prefork.tls import ruled_socket_class  # a context of the hook's own is left alone
+    if context is not None and context.sslsocket_class is sys.modules["ssl"].SSLSocket:
+        from prefork.tls import ruled_socket_class  # a socket class of the hook's own is kept
 
         context.sslsocket_class = ruled_socket_class(cast("type[RequestSocket]", first.request_socket))
     edge = None

@@ -368,6 +368,22 @@ def add_backlog_option(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--backlog", type=int, default=1024, help="listen backlog of every contender (1024)")
 
 
+def hello_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options of the hello benchmarks (wsgi_hello.py, tls_hello.py): ``--duration`` (5),
+    ``--runs`` (1), ``--workers`` (2), ``--threads`` (25), ``--connections`` (50), the
+    backlog, ``--only``, ``--json`` and ``--check``."""
+    ap = bench_parser(doc)
+    add_duration_option(ap, 5)
+    add_runs_option(ap, 1)
+    ap.add_argument("--workers", type=int, default=2, help="workers of every contender (default 2)")
+    ap.add_argument("--threads", type=int, default=25, help="threads per worker, thread/gthread (25)")
+    ap.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    add_backlog_option(ap)
+    add_only_option(ap)
+    add_report_options(ap, check="a target fails")
+    return ap
+
+
 def add_only_option(ap: argparse.ArgumentParser) -> None:
     """``--only A,B``: run only these contenders (see :func:`chosen`)."""
     ap.add_argument("--only", help="comma-separated contenders to run (default: all)")

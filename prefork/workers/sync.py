@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
-from prefork.edge import close_notify
 from prefork.workers.base import Worker
 
 if TYPE_CHECKING:
@@ -54,9 +53,6 @@ class SyncWorker(Worker):
         edge = server.edge
         if edge is None or edge.tls is None:
             server.finish_request(request, client_address)
-        elif edge.handshake(request, client_address):
-            server.finish_request(request, client_address)
-            close_notify(request)
-        else:
+        elif not edge.finish_tls(server, request, client_address):
             self.scoreboard.count_tls_failure(self.slot)
         server.shutdown_request(request)

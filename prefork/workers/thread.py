@@ -34,7 +34,6 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 from prefork.accesslog import SERVED, outcome_of
-from prefork.edge import close_notify
 from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.messages import WORKER_EXIT_ERROR, WORKER_EXIT_OK
 from prefork.workers.base import Worker
@@ -192,10 +191,7 @@ class ThreadWorker(Worker):
                     edge = server.edge  # with TLS, the handshake first, in this thread
                     if edge is None or edge.tls is None:
                         server.finish_request(request, client_address)
-                    elif edge.handshake(request, client_address):
-                        server.finish_request(request, client_address)
-                        close_notify(request)
-                    else:
+                    elif not edge.finish_tls(server, request, client_address):
                         with self._lock:
                             self.scoreboard.count_tls_failure(self.slot)
                 except Exception as exc:
