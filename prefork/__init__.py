@@ -20,8 +20,9 @@ if TYPE_CHECKING:
         PreforkUnixDatagramServer,
         PreforkUnixStreamServer,
     )
+    from prefork.wsgi.server import PreforkUnixWSGIServer, PreforkWSGIServer
 
-__version__ = "0.1.0"
+from prefork.version import __version__
 
 __all__ = [
     "PreforkError",
@@ -32,6 +33,8 @@ __all__ = [
     "PreforkUnixDatagramServer",
     "PreforkUnixHTTPServer",
     "PreforkUnixStreamServer",
+    "PreforkUnixWSGIServer",
+    "PreforkWSGIServer",
     "WorkerBootError",
     "__version__",
 ]
@@ -47,6 +50,8 @@ _MODULES = {
     "PreforkUDPServer": "prefork.server",
     "PreforkUnixDatagramServer": "prefork.server",
     "PreforkUnixStreamServer": "prefork.server",
+    "PreforkWSGIServer": "prefork.wsgi.server",
+    "PreforkUnixWSGIServer": "prefork.wsgi.server",
 }
 
 

@@ -57,7 +57,7 @@ from prefork.server import (
     PreforkUnixDatagramServer,
     PreforkUnixStreamServer,
 )
-from prefork.sockets import Address, inherited_sockets, is_http_handler, parse_address
+from prefork.sockets import Address, inherited_sockets, is_http_handler, is_wsgi_handler, parse_address
 from prefork.spawn import pause_gc
 from prefork.target import check_target, load_target, reimporting
 
@@ -163,11 +163,18 @@ def _flag_values(parser: ArgumentParser, args: argparse.Namespace) -> dict[str, 
 
 
 def server_class_for(address: Address, handler: type[socketserver.BaseRequestHandler]) -> type[PreforkMixIn]:
-    """The Prefork*Server class for ``address`` and ``handler`` (HTTP for http.server
-    handlers, IPv6 when the address is)."""
+    """The Prefork*Server class for ``address`` and ``handler`` (WSGI for a WSGI
+    application's handler, HTTP for http.server handlers, IPv6 when the address is).
+    Raises UsageError for a WSGI application on a datagram address."""
     base: type[PreforkMixIn]
     speaks_http = is_http_handler(handler)
-    if address.family == socket.AF_UNIX and speaks_http and not address.datagram:
+    if is_wsgi_handler(handler):
+        if address.datagram:
+            raise UsageError("a WSGI application cannot serve datagrams (--udp, udp://)")
+        from prefork.wsgi.server import PreforkUnixWSGIServer, PreforkWSGIServer
+
+        base = PreforkUnixWSGIServer if address.family == socket.AF_UNIX else PreforkWSGIServer
+    elif address.family == socket.AF_UNIX and speaks_http and not address.datagram:
         from prefork.httpserver import PreforkUnixHTTPServer
 
         base = PreforkUnixHTTPServer

@@ -31,7 +31,7 @@ import socket
 import struct
 import weakref
 from time import monotonic
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork.sockets import speaks_http
 
@@ -288,3 +288,26 @@ def request_socket_class(server: PoolServer, deferred: bool) -> type[RequestSock
         "__slots__": (),
     }
     return type("RequestSocket", (RequestSocket,), rules)
+
+
+def forget_waits(sock: socket.socket) -> None:
+    """Start the read rules of ``sock`` afresh: its next wait is a first wait again (for the
+    next request of a kept-alive connection, so ``read_deadline`` bounds each request and
+    not the connection's life). Runs in the worker."""
+    _PROGRESS.pop(sock, None)
+
+
+class UnixPeerMixIn:
+    """For an HTTP server on a Unix stream socket: ``client_address`` as ``(PEER, 0)``, where
+    PEER is the peer's socket path or ``"unix"`` for an unnamed one (the usual case), or the
+    client a PROXY header named (``(HOST, PORT)``, kept as it is). HTTP handlers log and pass
+    on ``client_address[0]``, which socketserver's ``''`` for a Unix peer breaks."""
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a request (the next class's ``get_request``) with ``client_address`` as
+        above. Runs in the worker. May be extended."""
+        request, peer = super().get_request()  # type: ignore[misc]
+        if isinstance(peer, tuple):  # from a PROXY header (prefork.edge)
+            return request, peer
+        name = os.fsdecode(peer) if isinstance(peer, bytes) else str(peer)
+        return request, (name or "unix", 0)

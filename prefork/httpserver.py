@@ -8,10 +8,9 @@ A module of its own so that servers which are not HTTP servers never import ``ht
 from __future__ import annotations
 
 import http.server
-import os
 import socketserver
-from typing import Any
 
+from prefork.connections import UnixPeerMixIn
 from prefork.server import PreforkMixIn
 
 
@@ -20,27 +19,18 @@ class PreforkHTTPServer(PreforkMixIn, http.server.HTTPServer):
     ``BaseHTTPRequestHandler`` or ``SimpleHTTPRequestHandler`` unmodified."""
 
 
-class PreforkUnixHTTPServer(PreforkMixIn, socketserver.UnixStreamServer):
+class PreforkUnixHTTPServer(UnixPeerMixIn, PreforkMixIn, socketserver.UnixStreamServer):
     """An HTTP server on a Unix stream socket (behind nginx's ``proxy_pass http://unix:...``,
     say), served by a pool of preforked workers; use it with ``BaseHTTPRequestHandler`` or
     ``SimpleHTTPRequestHandler`` unmodified.
 
     Handlers get ``client_address`` as ``(PEER, 0)``, where PEER is the peer's socket path or
-    ``"unix"`` for an unnamed one (the usual case): ``BaseHTTPRequestHandler`` logs
-    ``client_address[0]``, which socketserver's ``''`` for a Unix peer breaks (IndexError,
-    and every request got an empty reply). ``server_name`` is ``"localhost"`` and
-    ``server_port`` 0, as ``HTTPServer`` sets them from a (host, port) address.
+    ``"unix"`` for an unnamed one (the usual case) (:class:`~prefork.connections.UnixPeerMixIn`):
+    ``BaseHTTPRequestHandler`` logs ``client_address[0]``, which socketserver's ``''`` for a
+    Unix peer breaks (IndexError, and every request got an empty reply). ``server_name`` is
+    ``"localhost"`` and ``server_port`` 0, as ``HTTPServer`` sets them from a (host, port)
+    address.
     """
 
     server_name = "localhost"
     server_port = 0
-
-    def get_request(self) -> tuple[Any, Any]:
-        """Accept a request (see :meth:`PreforkMixIn.get_request`) with ``client_address``
-        as ``(PEER, 0)``, or the client a PROXY header named (``(HOST, PORT)``, kept as it
-        is). Runs in the worker. May be extended."""
-        request, peer = super().get_request()
-        if isinstance(peer, tuple):  # from a PROXY header (prefork.edge)
-            return request, peer
-        name = os.fsdecode(peer) if isinstance(peer, bytes) else str(peer)
-        return request, (name or "unix", 0)

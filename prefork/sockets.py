@@ -65,14 +65,22 @@ def is_http_handler(handler: object) -> bool:
     return http is not None and isinstance(handler, type) and issubclass(handler, http.BaseHTTPRequestHandler)
 
 
+def is_wsgi_handler(handler: object) -> bool:
+    """Whether ``handler`` is a WSGI request handler class (:mod:`prefork.wsgi`). Imports
+    nothing."""
+    wsgi = sys.modules.get("prefork.wsgi.handler")
+    return wsgi is not None and isinstance(handler, type) and issubclass(handler, wsgi.WSGIRequestHandler)
+
+
 def speaks_http(server: PoolServer) -> bool:
     """Whether ``server`` speaks HTTP: an ``http.server`` or ``xmlrpc.server`` server, or
-    one whose ``RequestHandlerClass`` is an http.server handler."""
+    one whose ``RequestHandlerClass`` is an http.server or WSGI handler."""
     http, xmlrpc = sys.modules.get("http.server"), sys.modules.get("xmlrpc.server")
     return bool(
         (http is not None and isinstance(server, http.HTTPServer))
         or (xmlrpc is not None and isinstance(server, xmlrpc.SimpleXMLRPCServer))
         or is_http_handler(getattr(server, "RequestHandlerClass", None))
+        or is_wsgi_handler(getattr(server, "RequestHandlerClass", None))
     )
 
 

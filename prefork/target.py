@@ -1,15 +1,20 @@
 """Loading TARGET: the handler class the ``prefork`` command serves, and importing it again.
 
 TARGET is ``module:Handler``, ``path/to/file.py:Handler``, or a module or file alone (its
-``Handler``, or its only request handler class). With ``--preload`` the master imports it once
-(:func:`load_target`) and the workers share it. Without, the master imports it only to check
-it and forgets the modules that import added (:func:`check_target`), and every worker imports
-it afresh in ``post_fork()`` (:class:`ReimportingMixIn`), so a HUP serves edited code.
+``Handler``, or its only request handler class). A WSGI application instead of a handler
+class (``module:app``, or a module alone with an ``application`` or ``app``) is served by
+:class:`~prefork.wsgi.handler.WSGIRequestHandler`; ``module:create_app()`` calls a factory for
+it, with literal arguments if any (``module:create_app('production')``), as gunicorn's.
+With ``--preload`` the master imports it once (:func:`load_target`) and the workers share
+it. Without, the master imports it only to check it and forgets the modules that import
+added (:func:`check_target`), and every worker imports it afresh in ``post_fork()``
+(:class:`ReimportingMixIn`), so a HUP serves edited code.
 Errors say why in one line (:class:`~prefork.command.UsageError`).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.util
@@ -27,7 +32,7 @@ from prefork.command import UsageError
 from prefork.logs import flush_std_streams
 from prefork.messages import describe_exit
 from prefork.server import PreforkMixIn
-from prefork.sockets import is_http_handler
+from prefork.sockets import is_http_handler, is_wsgi_handler
 
 if TYPE_CHECKING:
     from prefork.workers.base import Worker
@@ -42,17 +47,48 @@ def load_target(target: str) -> type[socketserver.BaseRequestHandler]:
         raise
     except BaseException as exc:  # anything the user's module raises, SystemExit included
         raise UsageError(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
-    if attr:
+    name, args, kwargs = _factory_call(target, attr)
+    if name:
         obj: Any = module
-        for part in attr.split("."):
+        for part in name.split("."):
             if not hasattr(obj, part):
                 raise UsageError(f"cannot load {target!r}: {module_name!r} has no attribute {part!r}")
             obj = getattr(obj, part)
     else:
         obj = _find_handler(module, target)
-    if not (isinstance(obj, type) and issubclass(obj, socketserver.BaseRequestHandler)):
-        raise UsageError(f"{target!r} is not a socketserver.BaseRequestHandler subclass")
-    return obj
+    if isinstance(obj, type) and issubclass(obj, socketserver.BaseRequestHandler) and args is None:
+        return obj
+    if args is not None:
+        if not callable(obj):
+            raise UsageError(f"cannot load {target!r}: {name!r} is not callable")
+        try:
+            obj = obj(*args, **kwargs)
+        except BaseException as exc:  # anything the factory raises, SystemExit included
+            raise UsageError(f"cannot load {target!r}: {name}() raised {type(exc).__name__}: {exc}") from None
+    if isinstance(obj, type) or not callable(obj):
+        what = "a socketserver.BaseRequestHandler subclass nor a WSGI application"
+        raise UsageError(f"{target!r} is neither {what}")
+    from prefork.wsgi.handler import wsgi_handler  # imports httptools: only for WSGI
+
+    return wsgi_handler(obj)
+
+
+def _factory_call(target: str, attr: str) -> tuple[str, tuple[Any, ...] | None, dict[str, Any]]:
+    """Split ``NAME`` or ``NAME(ARGS)`` into the name, the positional arguments (None for
+    no call) and the keyword arguments. Raises UsageError when ARGS are not literals."""
+    if not attr.endswith(")"):
+        return attr, None, {}
+    name, _, rest = attr.partition("(")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        assert isinstance(call, ast.Call)
+        args = tuple(ast.literal_eval(arg) for arg in call.args)
+        kwargs = {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
+        if any(kw.arg is None for kw in call.keywords):
+            raise ValueError("**")
+    except (SyntaxError, ValueError, AssertionError, TypeError, MemoryError, RecursionError):
+        raise UsageError(f"cannot load {target!r}: a factory's arguments must be literals") from None
+    return name.strip(), args, kwargs
 
 
 def _import(name: str) -> Any:
@@ -83,10 +119,13 @@ def _find_handler(module: Any, target: str) -> Any:
         and issubclass(obj, socketserver.BaseRequestHandler)
         and obj.__module__ == module.__name__
     ]
-    if len(found) != 1:
-        names = ", ".join(sorted(o.__name__ for o in found)) or "none"
-        raise UsageError(f"{target!r}: name the handler as {target}:NAME (handler classes found: {names})")
-    return found[0]
+    if len(found) == 1:
+        return found[0]
+    for name in ("application", "app"):  # a WSGI application, as gunicorn's default name
+        if not found and callable(getattr(module, name, None)):
+            return getattr(module, name)
+    names = ", ".join(sorted(o.__name__ for o in found)) or "none"
+    raise UsageError(f"{target!r}: name the handler as {target}:NAME (handler classes found: {names})")
 
 
 #: Seconds the check of TARGET (its import in a short-lived child) may take.
@@ -205,8 +244,11 @@ def _wait_child(pid: int, deadline: float) -> int:
 
 
 def handler_kind(handler: type[socketserver.BaseRequestHandler]) -> str:
-    """``http`` (an ``http.server`` handler, XML-RPC's included), ``stream``, ``datagram`` or
-    ``base``: what the master needs to know of a handler class to serve it."""
+    """``wsgi`` (a WSGI application's), ``http`` (an ``http.server`` handler, XML-RPC's
+    included), ``stream``, ``datagram`` or ``base``: what the master needs to know of a
+    handler class to serve it."""
+    if is_wsgi_handler(handler):
+        return "wsgi"
     if is_http_handler(handler):
         return "http"
     if issubclass(handler, socketserver.StreamRequestHandler):
@@ -226,6 +268,10 @@ def stand_in(name: str, kind: str) -> type[socketserver.BaseRequestHandler]:
         import http.server
 
         base = http.server.BaseHTTPRequestHandler
+    elif kind == "wsgi":
+        from prefork.wsgi.handler import WSGIRequestHandler
+
+        base = WSGIRequestHandler
     return type(name, (base,), {"__doc__": "Stands in for TARGET's handler in the master."})
 
 

@@ -165,7 +165,7 @@ def test_console_script_and_python_m_agree() -> None:
         (["nosuchmodule:Handler"], ["cannot import 'nosuchmodule:Handler'", "ModuleNotFoundError"]),
         (["tests/nosuchfile.py:H"], ["no such file"]),
         (["tests.handlers:Missing"], ["has no attribute 'Missing'"]),
-        (["os:path"], ["not a socketserver.BaseRequestHandler subclass"]),
+        (["os:path"], ["neither a socketserver.BaseRequestHandler subclass nor a WSGI application"]),
         (["tests.conftest"], ["name the handler"]),
         (["--workers", "0"], ["--workers", "positive integer"]),
         (["--workers", "lots"], ["--workers", "must be a number"]),

@@ -93,6 +93,12 @@ SAMPLES: dict[str, Sample] = {
     "tls_min_version": Sample('"1.3"', "1.3", "1.3"),
     "proxy_protocol": Sample('"v2"', "v2", "v2"),
     "proxy_allow": Sample('["10.0.0.0/8"]', "10.0.0.0/8", _networks("10.0.0.0/8")),
+    "keepalive": Sample("5", "5", 5.0),
+    "limit_request_line": Sample("8190", "8190", 8190),
+    "limit_request_fields": Sample("50", "50", 50),
+    "limit_request_field_size": Sample("4096", "4096", 4096),
+    "root_path": Sample('"/api"', "/api", "/api"),
+    "forwarded_allow_ips": Sample('["10.1.0.0/16"]', "10.1.0.0/16", _networks("10.1.0.0/16")),
 }
 NAMES = [s.name for s in config.ALL_SETTINGS]
 

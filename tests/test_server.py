@@ -550,6 +550,12 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "tls_min_version": "1.2",
         "proxy_protocol": "v1",
         "proxy_allow": "127.0.0.0/8",
+        "keepalive": "3",
+        "limit_request_line": "1000",
+        "limit_request_fields": "20",
+        "limit_request_field_size": "2000",
+        "root_path": "/api/",
+        "forwarded_allow_ips": "10.0.0.0/8",
     }
     assert set(strings) == {s.name for s in config.SETTINGS}, "a new setting needs a string form here"
     ca = trustme.CA()

@@ -36,6 +36,7 @@ from prefork.config.edge import EDGE_SETTINGS
 from prefork.config.observability import ACCESS_LOG, CONTROL_SOCKET, LOG_FORMAT, METRICS
 from prefork.config.setting import HUP, RESTART, USR2, Setting, usable_cpus
 from prefork.config.sizing import GC_FREEZE, MAX_WORKERS, MIN_WORKERS, pool_bounds
+from prefork.config.wsgi import WSGI_SETTINGS
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
@@ -402,6 +403,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     LOG_FORMAT,
     ACCESS_LOG,
     *EDGE_SETTINGS,
+    *WSGI_SETTINGS,
 )
 
 #: The settings the server constructor uses (binding and listening), converted there even

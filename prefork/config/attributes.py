@@ -50,6 +50,14 @@ from prefork.config.edge import (
     PROXY_PROTOCOL,
     TLS_MIN_VERSION,
 )
+from prefork.config.wsgi import (
+    FORWARDED_ALLOW_IPS,
+    KEEPALIVE,
+    LIMIT_REQUEST_FIELD_SIZE,
+    LIMIT_REQUEST_FIELDS,
+    LIMIT_REQUEST_LINE,
+    ROOT_PATH,
+)
 
 if TYPE_CHECKING:
     from prefork.config.convert import Network
@@ -105,3 +113,9 @@ class SettingAttributes:
     tls_min_version: str = TLS_MIN_VERSION.default
     proxy_protocol: str = PROXY_PROTOCOL.default
     proxy_allow: tuple[Network, ...] | None = PROXY_ALLOW.default
+    keepalive: float = KEEPALIVE.default
+    limit_request_line: int = LIMIT_REQUEST_LINE.default
+    limit_request_fields: int = LIMIT_REQUEST_FIELDS.default
+    limit_request_field_size: int = LIMIT_REQUEST_FIELD_SIZE.default
+    root_path: str = ROOT_PATH.default
+    forwarded_allow_ips: tuple[Network, ...] | None = FORWARDED_ALLOW_IPS.default

@@ -1,0 +1,173 @@
+"""The WSGI request handler: socketserver's handler serving a WSGI application over HTTP/1.1.
+
+:class:`WSGIRequestHandler` reads each request of its connection
+(:class:`~prefork.wsgi.reader.RequestReader`), builds the environ
+(:mod:`prefork.wsgi.environ`), calls the application and sends what it returns
+(:class:`~prefork.wsgi.response.Response`); the application's ``close()`` is always called.
+
+- With the ``sync`` worker a connection carries one request, answered with ``Connection:
+  close`` (as gunicorn's sync worker: a keep-alive client would hold the whole process).
+  With the ``thread`` worker a connection is kept alive while the client asks for it, for
+  ``keepalive`` seconds between requests (pipelined requests are answered in order); before
+  the next request, what the application left unread of a body is read and dropped (up to
+  :data:`DRAIN_LIMIT` bytes, else the connection closes).
+- A request the reader refuses (limits, smuggling: :class:`~prefork.wsgi.reader.HTTPError`)
+  is answered 400, 414, 431 or 505 and the connection closed, with one DEBUG line.
+- An application that raises before its response started gets a ``500 Internal Server
+  Error``; the exception then goes to the server's ``handle_error`` (a traceback in the
+  log, the request counted in the worker's errors) and the connection closes. The worker
+  goes on. After the head was sent, the connection is closed mid-response.
+
+Runs in the worker, in the thread serving the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socketserver
+import ssl
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prefork.connections import forget_waits
+from prefork.wsgi.body import Input
+from prefork.wsgi.environ import request_environ
+from prefork.wsgi.reader import HTTPError, Request, RequestReader
+from prefork.wsgi.response import FileWrapper, Response, body_of
+
+if TYPE_CHECKING:
+    from prefork.wsgi.application import WSGIServerMixIn
+
+log = logging.getLogger("prefork")
+
+#: The most body bytes the server reads and drops after a response so a keep-alive
+#: connection can go on (what the application did not read); more closes the connection.
+DRAIN_LIMIT = 1 << 20
+
+
+class WSGIRequestHandler(socketserver.BaseRequestHandler):
+    """Serves the requests of one connection to a WSGI application: this class's
+    ``application`` (set by :func:`wsgi_handler`), else the server's (``set_app()``).
+    Used with :class:`~prefork.wsgi.server.PreforkWSGIServer` (its settings: the limits,
+    ``keepalive``, ``root_path``, ``forwarded_allow_ips``). ``handle`` may be extended."""
+
+    #: The WSGI application served; None: the server's ``get_app()``.
+    application: ClassVar[Callable[..., Iterable[bytes]] | None] = None
+
+    server: WSGIServerMixIn  # type: ignore[assignment]  # mixed into a prefork server
+
+    def handle(self) -> None:
+        """Serve the connection's requests until it closes, or one is answered with
+        ``Connection: close``. Raises what the application raised (after a 500 when the
+        response had not started) and the socket's errors."""
+        server, sock = self.server, self.request
+        app = self.application or server.get_app()
+        base = server.wsgi_environ()
+        keepalive = server.keepalive if base["wsgi.multithread"] else 0.0
+        allowed = server.forwarded_allow_ips
+        reader = RequestReader(
+            sock, server.limit_request_line, server.limit_request_fields, server.limit_request_field_size
+        )
+        response = Response(sock)
+        request: Request | None = None
+        try:
+            while True:
+                if request is not None:  # the next request of a kept-alive connection
+                    reader.done(request)
+                    if not reader.has_data() and not _wait_readable(sock, keepalive):
+                        return
+                    forget_waits(sock)  # the read rules bound each request
+                    response.head_sent = False
+                request = reader.next_request()
+                if request is None:
+                    return
+                keep = keepalive > 0 and request.keep_alive and not reader.upgraded
+                response.begin(keep, request.method == "HEAD", request.version == "1.1")
+                try:
+                    environ = request_environ(base, request, self.client_address, allowed)
+                except ValueError:
+                    raise HTTPError(400, "Bad request target") from None
+                body = environ["wsgi.input"] = Input(reader, request, sock)
+                self.run_application(app, environ, response)
+                if not response.keep_alive or not self.drained(reader, request, body):
+                    return
+        except HTTPError as error:
+            log.debug("Bad request from %s: %s", self.client_address, error)
+            if request is None or not response.head_sent:
+                _send_error(sock, error.status, error.reason)
+
+    def run_application(
+        self, app: Callable[..., Iterable[bytes]], environ: dict[str, Any], response: Response
+    ) -> None:
+        """Call ``app`` and send its response; its ``close()`` is always called. Raises what
+        the application raised (after a 500 when nothing was sent yet)."""
+        result = None
+        try:
+            result = app(environ, response.start_response)
+            whole = None if response.head_sent else body_of(result)  # write() sent the head
+            if whole is not None:
+                response.send_whole(whole)
+            elif type(result) is FileWrapper and not response.head_sent and response.send_file(result):
+                pass
+            else:
+                response.send_iterable(result)
+        except HTTPError:  # a body the reader refused: answered by handle()
+            raise
+        except Exception:
+            response.keep_alive = False
+            if not response.head_sent:
+                response.head_sent = True
+                _send_error(response.sock, 500, "Internal Server Error")
+            raise
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def drained(self, reader: RequestReader, request: Request, body: Input) -> bool:
+        """Read and drop what is left of ``request``'s body so the next request can be read;
+        False (close the connection) when it is more than :data:`DRAIN_LIMIT` bytes, or the
+        client was never told to send it (``Expect: 100-continue`` unanswered)."""
+        if not reader.body_pending(request):
+            return True
+        if not body.continued:
+            return False
+        left = DRAIN_LIMIT
+        while left > 0:
+            data = reader.read_body(request)
+            if not data:
+                return request.complete
+            left -= len(data)
+        return False
+
+
+def _wait_readable(sock: Any, seconds: float) -> bool:
+    """Wait up to ``seconds`` for the next request on a kept-alive connection."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+def _send_error(sock: Any, status: int, reason: str) -> None:
+    """Answer ``status`` with a short text body and ``Connection: close``; a client gone
+    meanwhile is not an error."""
+    body = reason.encode("latin-1", "replace") + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        sock.sendall(head.encode("latin-1", "replace") + body)
+    except OSError:
+        pass
+
+
+def wsgi_handler(
+    app: Callable[..., Iterable[bytes]], name: str = "WSGIRequestHandler"
+) -> type[WSGIRequestHandler]:
+    """A :class:`WSGIRequestHandler` subclass serving ``app`` (what the ``prefork`` command
+    serves for a TARGET that is a WSGI application)."""
+    return type(name, (WSGIRequestHandler,), {"application": staticmethod(app)})
