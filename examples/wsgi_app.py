@@ -1,12 +1,13 @@
-"""WSGI: a WSGI application served by ``wsgiref`` from a pool of preforked workers.
+"""WSGI: a WSGI application served by a pool of preforked workers.
 
-``PreforkMixIn`` goes in front of ``wsgiref.simple_server.WSGIServer``; the app is set with
-``set_app()`` before ``serve_forever()`` forks the pool, so every worker inherits it. The
-environ says ``wsgi.multiprocess`` is true, which is right here. ``app`` stands for any WSGI
-application (a Flask or Django app object is served the same way).
+``app`` stands for any WSGI application (a Flask or Django app object is served the same way).
+Serve it with the ``prefork`` command, as with ``gunicorn examples.wsgi_app:app``::
 
-Run this file (arguments: ``[PORT] [--host HOST] [--workers N]``; port 0 picks a free port,
-logged on stderr)::
+    prefork examples/wsgi_app.py:app --bind 127.0.0.1:8003 --workers 4
+    prefork examples/wsgi_app.py:app --bind 127.0.0.1:8003 -k thread --threads 8   # keep-alive
+
+or run this file, which does the same in code with ``PreforkWSGIServer`` (arguments:
+``[PORT] [--host HOST] [--workers N]``; port 0 picks a free port, logged on stderr)::
 
     python examples/wsgi_app.py 8003 --workers 4
 
@@ -21,13 +22,9 @@ import argparse
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prefork import PreforkMixIn
-
-log = logging.getLogger("wsgi_app")
+from prefork.wsgi import PreforkWSGIServer
 
 
 def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -38,26 +35,15 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     return [body]
 
 
-class PreforkWSGIServer(PreforkMixIn, WSGIServer):
-    """``wsgiref``'s ``WSGIServer`` whose requests are served by a pool of preforked workers."""
-
-
-class RequestHandler(WSGIRequestHandler):
-    """wsgiref's handler, logging each request through ``logging`` instead of to stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve ``app`` until stopped."""
+    """Serve ``app`` until stopped, each request logged (``access_log``)."""
     parser = argparse.ArgumentParser(description="A WSGI app served by a pool of preforked workers.")
     parser.add_argument("port", nargs="?", type=int, default=8003, help="TCP port (default 8003; 0: any)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("-w", "--workers", type=int, help="worker processes (default: one per CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] %(message)s")
-    with PreforkWSGIServer((args.host, args.port), RequestHandler, workers=args.workers) as server:
+    with PreforkWSGIServer((args.host, args.port), workers=args.workers, access_log="-") as server:
         server.set_app(app)
         server.serve_forever()
 

@@ -305,7 +305,21 @@ def test_wsgi_app_as_a_script(serve_script: Callable[..., ScriptServer]) -> None
     assert body.endswith(b"path /some/path\n")
     assert pid_in(body) in server.wait_workers(WORKERS)
     check_two_workers_answer_http(server.pid, server.address)
-    wait_for(lambda: '"GET /some/path HTTP/1.1" 200' in server.log)  # logged through logging
+    wait_for(lambda: " served " in server.log)  # the access log
+
+
+def test_wsgi_app_through_the_cli(serve_cli: Callable[..., CLIServer]) -> None:
+    server = serve_cli("examples/wsgi_app.py:app", "-k", "thread", "--workers", str(WORKERS))
+    connection = http.client.HTTPConnection(*server.address, timeout=TIMEOUT)
+    try:
+        bodies = []
+        for path in ("/a", "/b"):  # one kept-alive connection
+            connection.request("GET", path)
+            bodies.append(connection.getresponse().read())
+    finally:
+        connection.close()
+    assert bodies[0].endswith(b"path /a\n") and bodies[1].endswith(b"path /b\n")
+    assert pid_in(bodies[0]) == pid_in(bodies[1]) in server.wait_workers(WORKERS)
 
 
 # -- every script --------------------------------------------------------------------------
