@@ -30,6 +30,7 @@ import select
 import socket
 import struct
 import weakref
+from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -274,6 +275,36 @@ def defer_accept(server: PoolServer) -> bool:
     seconds = defer_seconds(server)
     sock.setsockopt(socket.IPPROTO_TCP, option, math.ceil(seconds))
     return seconds > 0
+
+
+#: Seconds a stopping pool waits, after turning ``TCP_DEFER_ACCEPT`` off, for the connections
+#: whose request is on its way to be queued (see :func:`stop_deferring`).
+DEFER_STOP_GRACE = 0.03
+
+
+def stop_deferring(servers: Sequence[PoolServer]) -> bool:
+    """Turn ``TCP_DEFER_ACCEPT`` off on ``servers``' listening sockets, for a pool that stops
+    gracefully: a connection the kernel holds back until its first data (the client has
+    connected and not yet sent) is not in the accept queue, so the drain would miss it and
+    the listener's close reset it. With the option off, the client's data or bare ACK queues
+    it. Returns True when an option was on (the caller then waits :data:`DEFER_STOP_GRACE`
+    before taking the queue). Runs in a stopping worker; the sockets are shared by the pool,
+    so the first worker to stop turns it off for all."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None:
+        return False
+    was_on = False
+    for server in servers:
+        sock = server.socket
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            continue
+        try:
+            if sock.getsockopt(socket.IPPROTO_TCP, option):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 0)
+                was_on = True
+        except OSError:
+            continue
+    return was_on
 
 
 def request_socket_class(server: PoolServer, deferred: bool) -> type[RequestSocket]:

@@ -412,3 +412,22 @@ def test_the_workers_rss_stays_flat_over_a_large_streamed_response(thread_server
     assert received > 64 << 20
     assert peak - before < 5 << 20, (before, peak)
     assert os.getpid() != worker.pid
+
+
+def test_request_timeout_bounds_each_request_not_a_kept_alive_connection() -> None:
+    server = start("-k", "thread", "--threads", "2", "--timeout", "1", "--keepalive", "1")
+    try:
+        (pid,) = server.worker_pids()
+        conn = connect(server)
+        try:
+            deadline = time.monotonic() + 2.5  # requests on one connection, beyond request_timeout
+            while time.monotonic() < deadline:
+                conn.request("GET", "/pid")
+                assert conn.getresponse().read() == str(pid).encode()
+                time.sleep(0.05)
+        finally:
+            conn.close()
+        assert server.worker_pids() == {pid}
+        assert "timed out" not in server.log and "request_timeout" not in server.log
+    finally:
+        server.destroy()

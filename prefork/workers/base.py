@@ -17,13 +17,13 @@ import logging
 import os
 import sys
 from bisect import bisect_left
-from time import monotonic
+from time import monotonic, sleep
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import setproctitle
 
 from prefork.accesslog import DENIED, SERVED, outcome_of
-from prefork.connections import RejectedConnection
+from prefork.connections import DEFER_STOP_GRACE, RejectedConnection, stop_deferring
 from prefork.contract import pool_servers
 from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.logs import set_worker
@@ -334,7 +334,11 @@ class Worker(SignalHandling):
         listening sockets, close its copies of them (once every process has, new connections
         are refused), then process the connections taken: a connection queued before the
         listeners stopped accepting is served, not reset. Runs in the worker."""
-        held = [] if self.blocking_accept else accept_queued(self.servers)  # its socket blocks
+        held = []
+        if not self.blocking_accept:  # (a blocking socket cannot be drained)
+            if stop_deferring(self.servers):  # connections held back by TCP_DEFER_ACCEPT
+                sleep(DEFER_STOP_GRACE)
+            held = accept_queued(self.servers)
         self.close_listeners()
         for server, request, client_address in held:
             self.handle_request(server, accepted=(request, client_address))
@@ -344,6 +348,13 @@ class Worker(SignalHandling):
         be overridden (the ``thread`` worker counts requests in flight)."""
         self._memory[self._started_at] = pack_started(monotonic())
         self._memory[self._state_at] = _BUSY
+
+    def request_continues(self, request: _RequestType) -> None:
+        """The connection ``request`` begins its next request (HTTP keep-alive): the slot's
+        BUSY time starts again, so ``request_timeout`` bounds each request and not the life of
+        a kept-alive connection. Runs in the worker (the thread serving the connection). May
+        be extended."""
+        self._memory[self._started_at] = pack_started(monotonic())
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when

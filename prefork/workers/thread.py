@@ -230,6 +230,19 @@ class ThreadWorker(Worker):
                 self.scoreboard.request_started(self.slot)
             self._in_flight[id(request)] = time.monotonic()
 
+    def request_continues(self, request: _RequestType) -> None:
+        """The connection ``request`` begins its next request (HTTP keep-alive): its time in
+        flight starts again, and the slot says BUSY since the oldest request now in flight.
+        Runs in the handler thread serving the connection."""
+        key = id(request)
+        with self._lock:
+            in_flight = self._in_flight
+            if in_flight.pop(key, None) is None:
+                return
+            in_flight[key] = time.monotonic()  # the newest now
+            oldest = next(iter(in_flight.values()))
+            self.scoreboard.request_progress(self.slot, self._served, oldest, self.busy_seconds)
+
     def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> float:
         """``request`` is no longer in flight (``served``: count it, and its duration in the
         slot's histogram). The slot then says IDLE (STOPPING once not ``alive``) if none is

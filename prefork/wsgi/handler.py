@@ -70,6 +70,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
             sock, server.limit_request_line, server.limit_request_fields, server.limit_request_field_size
         )
         response = Response(sock)
+        worker = getattr(server, "worker", None)
         request: Request | None = None
         try:
             while True:
@@ -77,7 +78,9 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                     reader.done(request)
                     if not reader.has_data() and not _wait_readable(sock, keepalive):
                         return
-                    forget_waits(sock)  # the read rules bound each request
+                    forget_waits(sock)  # the read rules and request_timeout bound each request
+                    if worker is not None:
+                        worker.request_continues(sock)
                     response.head_sent = False
                 request = reader.next_request()
                 if request is None:

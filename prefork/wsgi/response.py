@@ -89,8 +89,7 @@ class Response:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        # Unix sockets have no Nagle: as if set.
-        self._nodelay = sock.family not in (socket.AF_INET, socket.AF_INET6)
+        self._nodelay = False  # TCP_NODELAY set (at a response's second write)
         self.begin(False, False, True)
 
     def begin(self, keep_alive: bool, head_only: bool, http11: bool) -> None:
@@ -270,7 +269,7 @@ class Response:
             try:
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
-                pass
+                pass  # a Unix socket: no Nagle there
 
 
 def body_of(result: Iterable[bytes]) -> bytes | None:

@@ -103,3 +103,21 @@ def test_shutdown_delay_keeps_serving_after_term(serve_cli: Serve) -> None:
     assert served_after > 10
     assert 1.4 <= took < 5.0, took
     server.wait_logged("serving 1.5 s more (shutdown_delay)")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_connected_and_sends_just_after_term_is_served(serve_cli: Serve) -> None:
+    """An HTTP server defers accept (TCP_DEFER_ACCEPT: a connection is queued with its first
+    data): a client connected before TERM whose request arrives while the pool stops was not
+    in the queue the drain took, and the listener's close reset it. The drain now turns the
+    option off and waits DEFER_STOP_GRACE (30 ms) first."""
+    for _ in range(3):
+        server = serve_cli("tests/wsgi_test_app.py:app", "--workers", "1")
+        server.wait_workers(1)
+        with socket.create_connection(server.address, timeout=10) as sock:
+            time.sleep(0.05)  # connected: held back by the kernel until it sends
+            server.signal(signal.SIGTERM)
+            time.sleep(0.01)  # the worker drains meanwhile
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200 OK")
+        assert server.wait(20) == 0
