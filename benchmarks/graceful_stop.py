@@ -8,8 +8,8 @@ One WSGI app (``app`` below: GET /sleep -> sleeps 0.2 s, then 200 ``Hello, world
 path -> the same at once) is served by each contender, 2 workers, in its own process group on a
 free 127.0.0.1 port, backlog 1024:
 
-- ``prefork``: ``python -m prefork benchmarks/graceful_stop.py:Handler -w 2`` (wsgiref's
-  ``WSGIRequestHandler`` around ``app``, sync workers, default ``accept = shared``);
+- ``prefork``: ``python -m prefork benchmarks/graceful_stop.py:app -k sync -w 2`` (prefork's WSGI
+  server, sync workers, default ``accept = shared``);
 - ``gunicorn`` (``--no-gunicorn`` to skip): ``gunicorn -k sync -w 2 graceful_stop:app``.
 
 Two scenarios, each ``--runs`` times (3), the contenders interleaved; a fresh server each run:
@@ -51,11 +51,10 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import Any
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from apps import harness
 from apps.wsgi_hello import BODY, HEADERS
-from apps.wsgi_hello import Handler as WSGIHandler
 
 WORKERS = 2
 BACKLOG = 1024
@@ -80,19 +79,13 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     return [BODY]
 
 
-class Handler(WSGIHandler):
-    """wsgiref's handler around ``app``, for ``python -m prefork benchmarks/graceful_stop.py:Handler``."""
-
-    application: WSGIApplication = staticmethod(app)
-
-
 # -- contenders ---------------------------------------------------------------------------------------
 
 
 def command(kind: str, port: int) -> list[str]:
     """The contender's command line, bound to 127.0.0.1:port."""
     if kind == "prefork":
-        target = os.path.abspath(__file__) + ":Handler"
+        target = os.path.abspath(__file__) + ":app"
         cmd = [sys.executable, "-m", "prefork", target, "--bind", f"127.0.0.1:{port}", "-w", str(WORKERS)]
         return [*cmd, "-k", "sync", "--backlog", str(BACKLOG), "--log-level", "warning"]
     gunicorn = harness.gunicorn_command()

@@ -6,8 +6,8 @@ Run it::
 
 Contenders, each started as its own process group on a free 127.0.0.1 port:
 
-- ``prefork``: ``python -m prefork benchmarks/apps/wsgi_hello.py:Handler -w N --scoreboard-file F``
-  (wsgiref's handler around the WSGI hello app; each worker imports the target after the fork);
+- ``prefork``: ``python -m prefork benchmarks/apps/wsgi_hello.py:app -k sync -w N --scoreboard-file F``
+  (prefork's WSGI server and the WSGI hello app; each worker imports the app after the fork);
 - ``prefork-preload``: the same with ``--preload`` (imported once, in the master);
 - ``gunicorn``: ``gunicorn -k sync -w N wsgi_hello:app`` (skipped when gunicorn is missing).
 
@@ -69,27 +69,14 @@ class Pool:
         self.workers = workers
         self.port = harness.free_port()
         self.scoreboard: str | None = None
-        bind = ["-b", f"127.0.0.1:{self.port}", "-w", str(workers)]
-        if kind == "gunicorn":
-            gunicorn = harness.gunicorn_command()
-            if gunicorn is None:
-                raise harness.Skip("gunicorn is not installed (pip install '.[bench]')")
-            cmd = [
-                *gunicorn,
-                *bind,
-                "-k",
-                "sync",
-                "--chdir",
-                harness.APPS_DIR,
-                "--log-level",
-                "warning",
-                "wsgi_hello:app",
-            ]
-        else:
+        extra: list[str] = []
+        if kind != "gunicorn":
             self.scoreboard = os.path.join(tmp, f"scoreboard-{self.port}")
-            target = os.path.join(harness.APPS_DIR, "wsgi_hello.py:Handler")
-            cmd = [sys.executable, "-m", "prefork", target, *bind, "--scoreboard-file", self.scoreboard]
-            cmd += ["--log-level", "warning"] + (["--preload"] if kind == "prefork-preload" else [])
+            extra = ["--scoreboard-file", self.scoreboard] + (
+                ["--preload"] if kind == "prefork-preload" else []
+            )
+        server = "gunicorn-sync" if kind == "gunicorn" else "prefork-sync"
+        cmd = harness.wsgi_command(server, "wsgi_hello:app", self.port, workers, extra=extra)
         self._board: Scoreboard | None = None
         self.server = harness.Server(kind, cmd)  # its .started is taken just before the exec
 

@@ -11,8 +11,8 @@ built at import, each request reading 1,000 random records among the first ``--t
 ``gc.collect()`` every ``--gc-every`` (500) requests in each process) is served by each server
 with ``--workers`` workers, in its own process group on a free 127.0.0.1 port, one after another:
 
-- ``prefork``: ``python -m prefork benchmarks/apps/memory_app.py:Handler -w N`` (wsgiref's handler
-  around the app; ``--preload`` in the preload modes);
+- ``prefork``: ``python -m prefork benchmarks/apps/memory_app.py:app -w N`` (prefork's WSGI server,
+  sync workers; ``--preload`` in the preload modes);
 - ``gunicorn``: ``gunicorn -k sync -w N memory_app:app`` (``--preload`` in the preload modes);
 - ``uwsgi``: ``uwsgi --http-socket 127.0.0.1:PORT --master --processes N --module memory_app:app``
   from pyuwsgi (it preloads by default; ``--lazy-apps`` in the no-preload mode).
@@ -86,7 +86,6 @@ BOOT_TIMEOUT = 120.0  # seconds from the exec to a settled pool: 4 workers build
 LOAD_TIMEOUT = 600.0  # seconds the requests of one run may take in all
 SETTLE = 1.0  # seconds the group's RSS must stay within SETTLE_DRIFT for the pool to count as booted
 SETTLE_DRIFT = 0.005
-UWSGI_MAIN = "import sys; from pyuwsgi import run; sys.argv[0] = 'uwsgi'; sys.exit(run())"
 MB = 2**20
 
 Runs = dict[str, dict[str, harness.Figures]]  # figures by mode, then by server
@@ -139,7 +138,7 @@ def command(server: str, mode: str, port: int, args: argparse.Namespace) -> list
     n = str(args.workers)
     preload = mode != "no-preload"
     if server == "prefork":
-        target = os.path.join(harness.APPS_DIR, "memory_app.py:Handler")
+        target = os.path.join(harness.APPS_DIR, "memory_app.py:app")
         cmd = [sys.executable, "-m", "prefork", target, "--bind", f"127.0.0.1:{port}", "-w", n]
         cmd += ["--backlog", "1024", "--log-level", "warning"] + (["--preload"] if preload else [])
         return cmd + ((args.freeze_off or []) if mode == "freeze-off" else [])
@@ -147,7 +146,7 @@ def command(server: str, mode: str, port: int, args: argparse.Namespace) -> list
         cmd = [*(harness.gunicorn_command() or []), "-b", f"127.0.0.1:{port}", "-w", n, "-k", "sync"]
         cmd += ["--backlog", "1024", "--chdir", harness.APPS_DIR, "--log-level", "warning"]
         return [*cmd, *(["--preload"] if preload else []), "memory_app:app"]
-    cmd = [sys.executable, "-c", UWSGI_MAIN, "--http-socket", f"127.0.0.1:{port}", "--master"]
+    cmd = [*(harness.uwsgi_command() or []), "--http-socket", f"127.0.0.1:{port}", "--master"]
     cmd += ["--processes", n, "--pythonpath", harness.APPS_DIR, "--module", "memory_app:app"]
     cmd += ["--need-app", "--disable-logging", "--die-on-term"]
     return cmd + ([] if preload else ["--lazy-apps"])

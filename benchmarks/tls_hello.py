@@ -9,11 +9,11 @@ One WSGI app (``benchmarks/apps/wsgi_hello.py:app``: 200 ``Hello, world!\\n``) a
 certificate for 127.0.0.1 (made with ``trustme`` for this run: RSA 2048, as its default) are
 served by each contender in turn, each in its own process group on a free 127.0.0.1 port:
 
-1. ``prefork-sync``: ``python -m prefork benchmarks/apps/wsgi_hello.py:Handler -k sync
-   --certfile C --keyfile K`` (one context built in the master before the fork);
+1. ``prefork-sync``: ``python -m prefork benchmarks/apps/wsgi_hello.py:app -k sync --certfile C
+   --keyfile K`` (prefork's WSGI server; one context built in the master before the fork);
 2. ``prefork-sync-http``: the same without TLS, for the plain-HTTP figure beside;
 3. ``gunicorn-sync``: ``gunicorn -k sync -w N --certfile C --keyfile K wsgi_hello:app``;
-4. ``prefork-thread``: ``...:KeepAliveHandler -k thread --threads T --certfile C --keyfile K``;
+4. ``prefork-thread``: ``...:app -k thread --threads T --certfile C --keyfile K``;
 5. ``gunicorn-gthread``: ``gunicorn -k gthread --threads T --certfile C --keyfile K``.
 
 Each is loaded with a connection per request (``wrk -t2 -c50 -dD --latency -H 'Connection:
@@ -38,7 +38,6 @@ import socket
 import ssl
 import sys
 import tempfile
-from typing import Any
 
 import trustme
 from apps import harness
@@ -51,8 +50,7 @@ LABELS = {
     "prefork-thread": "prefork thread (T threads), HTTPS",
     "gunicorn-gthread": "gunicorn gthread (T threads), HTTPS",
 }
-MODES = ("close", "keepalive")
-TARGETS = (
+TARGETS: tuple[harness.HelloTarget, ...] = (
     (
         "prefork sync >= 2x gunicorn sync (HTTPS, a connection per request)",
         "close",
@@ -75,24 +73,6 @@ PAIRS = (
 )
 
 
-def command(kind: str, port: int, args: argparse.Namespace) -> list[str]:
-    n, t = str(args.workers), str(args.threads)
-    tls = [] if kind.endswith("-http") else ["--certfile", args.certfile, "--keyfile", args.keyfile]
-    if kind.startswith("prefork"):
-        handler = "Handler" if kind.startswith("prefork-sync") else "KeepAliveHandler"
-        target = os.path.join(harness.APPS_DIR, f"wsgi_hello.py:{handler}")
-        cmd = [sys.executable, "-m", "prefork", target, "--bind", f"127.0.0.1:{port}", "-w", n, *tls]
-        cmd += ["--backlog", str(args.backlog), "--log-level", "warning"]
-        return cmd + (["-k", "sync"] if kind.startswith("prefork-sync") else ["-k", "thread", "--threads", t])
-    gunicorn = harness.gunicorn_command()
-    if gunicorn is None:
-        raise harness.Skip(f"{kind}: gunicorn is not installed (pip install '.[bench]')")
-    cmd = [*gunicorn, "-b", f"127.0.0.1:{port}", "-w", n, "--backlog", str(args.backlog), *tls]
-    cmd += ["--chdir", harness.APPS_DIR, "--log-level", "warning"]
-    cmd += ["-k", "sync"] if kind == "gunicorn-sync" else ["-k", "gthread", "--threads", t]
-    return [*cmd, "wsgi_hello:app"]
-
-
 def https_ok(port: int, tls: bool) -> bool:
     """True when GET / on 127.0.0.1:port (over TLS, unverified: a readiness probe) answers 200."""
     if not tls:
@@ -112,16 +92,14 @@ def measure(kind: str, args: argparse.Namespace) -> harness.Figures:
     """Start one contender, load it in each mode, stop it."""
     port = harness.free_port()
     tls = not kind.endswith("-http")
-    server = harness.Server(kind, command(kind, port, args))
-    out: harness.Figures = {}
-    try:
-        server.wait_ready(lambda: https_ok(port, tls))
-        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
-        for mode in MODES:
-            out[mode] = harness.run_wrk(url, args.duration, args.connections, mode == "keepalive")
-    finally:
-        out["left"] = server.stop()
-    return out
+    options = ["--certfile", args.certfile, "--keyfile", args.keyfile] if tls else []
+    base = kind.removesuffix("-http")
+    cmd = harness.wsgi_command(
+        base, "wsgi_hello:app", port, args.workers, args.threads, args.backlog, options
+    )
+    server = harness.Server(kind, cmd)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+    return harness.load_modes(server, lambda: https_ok(port, tls), url, args)
 
 
 def main() -> int:
@@ -134,38 +112,9 @@ def main() -> int:
         args.certfile, args.keyfile = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         issued.cert_chain_pems[0].write_to_path(args.certfile)
         issued.private_key_pem.write_to_path(args.keyfile)
-        return run(args)
-
-
-def run(args: argparse.Namespace) -> int:
-    kinds = harness.chosen(CONTENDERS, args.only)
-    m = harness.machine()
-    print(harness.machine_line(m))
-    for mode in MODES:
-        print(f"wrk ({mode}): {harness.wrk_line(args.duration, args.connections, mode == 'keepalive')}")
-    print(f"workers {args.workers}, threads {args.threads}, runs {args.runs}; a trustme certificate\n")
-    runs, tally = harness.interleaved_runs(
-        kinds, args.runs, functools.partial(measure, args=args), harness.show_rps_by_mode(MODES), 17
-    )
-    summary = harness.medians_by_mode(runs, MODES, ("rps", "p50_ms", "p99_ms", "socket_errors", "non_2xx"))
-    labels = {kind: label.replace("T threads", f"{args.threads} threads") for kind, label in LABELS.items()}
-    harness.print_mode_table(summary, MODES, labels, 45, ("socket_errors", "non_2xx"))
-    ratios = harness.mode_ratios(summary, MODES, PAIRS)
-    harness.print_ratios(ratios, 45)
-    verdicts = [
-        harness.ratio_target(name, ratios.get(f"{a}/{b} ({mode})"), minimum)
-        for name, mode, a, b, minimum in TARGETS
-    ]
-    harness.print_verdicts(verdicts)
-    harness.print_skipped(tally.skipped)
-    report: dict[str, Any] = {
-        "machine": m,
-        "settings": {k: v for k, v in vars(args).items() if "file" not in k},
-        "runs": runs,
-    }
-    report |= {"summary": summary, "ratios": ratios, "targets": verdicts, "skipped": tally.skipped}
-    harness.write_json(args.json, report)
-    return harness.exit_status(tally.failed, args.check, verdicts)
+        run = functools.partial(measure, args=args)
+        note = "; a trustme certificate"
+        return harness.hello_benchmark(args, CONTENDERS, run, LABELS, PAIRS, TARGETS, note)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,75 @@ def gunicorn_command() -> list[str] | None:
     return [sys.executable, "-m", "gunicorn"]
 
 
+UWSGI_MAIN = "import sys; from pyuwsgi import run; sys.argv[0] = 'uwsgi'; sys.exit(run())"
+
+
+def uwsgi_command() -> list[str] | None:
+    """How to run uWSGI from pyuwsgi with this Python (what its ``uwsgi`` console script runs), or
+    None when it is not installed."""
+    if importlib.util.find_spec("pyuwsgi") is None:
+        return None
+    return [sys.executable, "-c", UWSGI_MAIN]
+
+
+# The WSGI contenders of wsgi_command: the server and its worker class.
+WSGI_KINDS = ("prefork-sync", "prefork-thread", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "uwsgi-thread")
+
+
+def wsgi_command(
+    kind: str,
+    app: str,
+    port: int,
+    workers: int,
+    threads: int = 1,
+    backlog: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of WSGI contender ``kind`` (one of ``WSGI_KINDS``) serving ``app``
+    (``module:callable``, the module a file of ``apps/``) on 127.0.0.1:port with ``workers``
+    processes, at log level warning; ``extra`` options come last before the app:
+
+    - ``prefork-sync``: ``python -m prefork apps/MODULE.py:CALLABLE -k sync``;
+    - ``prefork-thread``: the same with ``-k thread --threads T``;
+    - ``gunicorn-sync``, ``gunicorn-gthread``: ``gunicorn -k sync`` or ``-k gthread --threads T``,
+      ``--chdir apps/``;
+    - ``uwsgi``: uWSGI from pyuwsgi, ``--http-socket ADDR --master --processes N --module
+      MODULE:CALLABLE --need-app --disable-logging --die-on-term``, ``--pythonpath apps/`` (as
+      ANCHORS.md's). It closes every connection after its answer, which says HTTP/1.1 and no
+      ``Connection: close``: wrk counts a read error per request;
+    - ``uwsgi-thread``: the same with ``--http11-socket ADDR --threads T``, its keep-alive server
+      (``--http-keepalive`` is the HTTP router's option: ``--http-socket`` closes all the same).
+      It keeps every connection open, even when the request says ``Connection: close``.
+
+    Raises :class:`Skip` when gunicorn or uWSGI is not installed."""
+    n, t, addr = str(workers), str(threads), f"127.0.0.1:{port}"
+    server, _, worker_class = kind.partition("-")
+    if server == "prefork":
+        module, _, name = app.partition(":")
+        target = os.path.join(APPS_DIR, f"{module}.py:{name}")
+        cmd = [sys.executable, "-m", "prefork", target, "--bind", addr, "-w", n, "-k", worker_class]
+        cmd += ["--threads", t] if worker_class == "thread" else []
+        cmd += ["--backlog", str(backlog)] if backlog else []
+        return [*cmd, "--log-level", "warning", *extra]
+    if server == "gunicorn":
+        gunicorn = gunicorn_command()
+        if gunicorn is None:
+            raise Skip(f"{kind}: gunicorn is not installed (pip install '.[bench]')")
+        cmd = [*gunicorn, "-b", addr, "-w", n, "-k", worker_class]
+        cmd += ["--threads", t] if worker_class == "gthread" else []
+        cmd += ["--backlog", str(backlog)] if backlog else []
+        return [*cmd, "--chdir", APPS_DIR, "--log-level", "warning", *extra, app]
+    uwsgi = uwsgi_command()
+    if uwsgi is None:
+        raise Skip(f"{kind}: uWSGI is not installed (pip install pyuwsgi)")
+    socket_option = "--http11-socket" if worker_class == "thread" else "--http-socket"
+    cmd = [*uwsgi, socket_option, addr, "--master", "--processes", n, "--pythonpath", APPS_DIR]
+    cmd += ["--module", app, "--need-app", "--disable-logging", "--die-on-term"]
+    cmd += ["--threads", t] if worker_class == "thread" else []
+    cmd += ["--listen", str(backlog)] if backlog else []
+    return [*cmd, *extra]
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of live (non-zombie) processes whose process group is pgid."""
     out = []
@@ -555,16 +624,17 @@ def ratio_target(target: str, value: float | None, minimum: float) -> dict[str, 
     return {"target": target, "ratio": value, "ok": value is not None and value >= minimum}
 
 
-def time_target(target: str, value: float | None, maximum: float) -> dict[str, Any]:
-    """A verdict ``{"target", "value", "ok"}``: ok when the time (ms) is known and at most ``maximum``."""
-    return {"target": target, "value": value, "ok": value is not None and value <= maximum}
+def time_target(target: str, value: float | None, maximum: float, unit: str = "ms") -> dict[str, Any]:
+    """A verdict ``{"target", "value", "unit", "ok"}``: ok when the value (a time in ms unless
+    ``unit`` says otherwise) is known and at most ``maximum``."""
+    return {"target": target, "value": value, "unit": unit, "ok": value is not None and value <= maximum}
 
 
 def print_verdicts(verdicts: Iterable[Mapping[str, Any]], prefix: str = "") -> None:
-    """A blank line, then ``PASS``/``FAIL`` ``prefix`` target (the ratio, or the time in ms) each."""
+    """A blank line, then ``PASS``/``FAIL`` ``prefix`` target (the ratio, or the value and its unit) each."""
     print()
     for v in verdicts:
-        shown = fmt_ratio(v["ratio"]) if "ratio" in v else f"{fmt_ms(v['value'])} ms"
+        shown = fmt_ratio(v["ratio"]) if "ratio" in v else f"{fmt_ms(v['value'])} {v.get('unit', 'ms')}"
         print(f"{'PASS' if v['ok'] else 'FAIL'} {prefix}{v['target']} ({shown})")
 
 
@@ -586,3 +656,71 @@ def write_json(path: str | None, report: Any) -> None:
 def exit_status(failed: bool, check: bool, verdicts: Iterable[Mapping[str, Any]]) -> int:
     """1 when a measurement failed or, with ``--check``, a target was missed; 0 otherwise."""
     return 1 if failed or (check and not all(v["ok"] for v in verdicts)) else 0
+
+
+# -- the hello benchmarks (wsgi_hello.py, tls_hello.py): contenders loaded in two modes -----------------
+
+HELLO_MODES = ("close", "keepalive")
+HELLO_KEYS = ("rps", "p50_ms", "p99_ms", "socket_errors", "non_2xx")
+# A target of a hello benchmark: (its name, the mode, contender A, contender B, the least A/B of req/s).
+HelloTarget = tuple[str, str, str, str, float]
+
+
+def load_modes(server: Server, probe: Callable[[], bool], url: str, args: argparse.Namespace) -> Figures:
+    """Once ``probe()`` is True, ``url`` loaded with :func:`run_wrk` in each of ``HELLO_MODES``
+    (``args.duration``, ``args.connections``); the figures by mode, and ``left`` (what
+    :meth:`Server.stop` left). The server is stopped whatever happens."""
+    out: Figures = {}
+    try:
+        server.wait_ready(probe)
+        for mode in HELLO_MODES:
+            out[mode] = run_wrk(url, args.duration, args.connections, mode == "keepalive")
+    finally:
+        out["left"] = server.stop()
+    return out
+
+
+def hello_benchmark(
+    args: argparse.Namespace,
+    contenders: Sequence[str],
+    measure: Callable[[str], Figures],
+    labels: Mapping[str, str],
+    pairs: Sequence[tuple[str, str]],
+    targets: Sequence[HelloTarget],
+    note: str = "",
+) -> int:
+    """The run of a hello benchmark (options of :func:`hello_parser`): prints the header, runs
+    ``measure(kind)`` for the contenders ``--only`` keeps (:func:`interleaved_runs`), prints the
+    table of the medians (``T`` in a label: ``--threads``), the ratios of ``pairs`` per mode and
+    the verdicts of ``targets``, writes ``--json`` (``args`` but the attributes named ``*file``);
+    returns the exit status (:func:`exit_status`)."""
+    kinds = chosen(contenders, args.only)
+    m = machine()
+    wrk = {mode: wrk_line(args.duration, args.connections, mode == "keepalive") for mode in HELLO_MODES}
+    print(machine_line(m))
+    for mode in HELLO_MODES:
+        print(f"wrk ({mode}): {wrk[mode]}", "(1 s warm-up first)")
+    print(f"workers {args.workers}, threads {args.threads}, backlog {args.backlog}, runs {args.runs}{note}\n")
+    runs, tally = interleaved_runs(kinds, args.runs, measure, show_rps_by_mode(HELLO_MODES), 17)
+    summary = medians_by_mode(runs, HELLO_MODES, HELLO_KEYS)
+    shown = {kind: label.replace("T threads", f"{args.threads} threads") for kind, label in labels.items()}
+    print_mode_table(summary, HELLO_MODES, shown, 45, ("socket_errors", "non_2xx"))
+    ratios = mode_ratios(summary, HELLO_MODES, pairs)
+    print_ratios(ratios, 45)
+    verdicts = [
+        ratio_target(name, ratios.get(f"{a}/{b} ({mode})"), least) for name, mode, a, b, least in targets
+    ]
+    print_verdicts(verdicts)
+    print_skipped(tally.skipped)
+    report = {
+        "machine": m,
+        "wrk": wrk,
+        "settings": {k: v for k, v in vars(args).items() if not k.endswith("file")},
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratios,
+        "targets": verdicts,
+        "skipped": tally.skipped,
+    }
+    write_json(args.json, report)
+    return exit_status(tally.failed, args.check, verdicts)

@@ -13,8 +13,8 @@ collection visits (and writes to the header of) every record.
   probe, which leaves an idle server idle). An ``X-Pid`` header names the answering process.
 - ``MEMORY_APP_FREEZE=1``: ``gc.freeze()`` at the end of the import, which is what a server that
   does not freeze before it forks asks of its users (``gunicorn --preload``, uWSGI).
-- ``Handler``: wsgiref's handler around ``app`` (``apps/wsgi_hello.py``), for ``python -m prefork
-  benchmarks/apps/memory_app.py:Handler``; gunicorn and uWSGI serve ``memory_app:app``.
+- prefork serves ``app`` as ``python -m prefork benchmarks/apps/memory_app.py:app``; gunicorn and
+  uWSGI as ``memory_app:app``.
 
 Reading a record writes to it all the same: CPython increments the reference count of each object
 it reads, so a page read by a forked worker is copied. Settings come from the environment so that
@@ -28,9 +28,7 @@ import os
 import random
 from collections.abc import Iterable
 from typing import Any
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-from apps.wsgi_hello import Handler as WSGIHandler
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 #: Bytes of memory a record takes (measured on CPython 3.11: RSS growth / records built).
 RECORD_BYTES = 700
@@ -77,9 +75,3 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
     start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]
-
-
-class Handler(WSGIHandler):
-    """wsgiref's handler serving ``app`` on any socketserver server (one request per connection)."""
-
-    application: WSGIApplication = staticmethod(app)
