@@ -46,13 +46,13 @@ def load_target(target: str) -> type[socketserver.BaseRequestHandler]:
     except UsageError:
         raise
     except BaseException as exc:  # anything the user's module raises, SystemExit included
-        raise UsageError(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"cannot import {_shown(target)}: {type(exc).__name__}: {exc}") from None
     name, args, kwargs = _factory_call(target, attr)
     if name:
         obj: Any = module
         for part in name.split("."):
             if not hasattr(obj, part):
-                raise UsageError(f"cannot load {target!r}: {module_name!r} has no attribute {part!r}")
+                raise UsageError(f"cannot load {_shown(target)}: {module_name!r} has no attribute {part!r}")
             obj = getattr(obj, part)
     else:
         obj = _find_handler(module, target)
@@ -60,14 +60,15 @@ def load_target(target: str) -> type[socketserver.BaseRequestHandler]:
         return obj
     if args is not None:
         if not callable(obj):
-            raise UsageError(f"cannot load {target!r}: {name!r} is not callable")
+            raise UsageError(f"cannot load {_shown(target)}: {name!r} is not callable")
         try:
             obj = obj(*args, **kwargs)
         except BaseException as exc:  # anything the factory raises, SystemExit included
-            raise UsageError(f"cannot load {target!r}: {name}() raised {type(exc).__name__}: {exc}") from None
+            why = f"{name}() raised {type(exc).__name__}: {exc}"
+            raise UsageError(f"cannot load {_shown(target)}: {why}") from None
     if isinstance(obj, type) or not callable(obj):
         what = "a socketserver.BaseRequestHandler subclass nor a WSGI application"
-        raise UsageError(f"{target!r} is neither {what}")
+        raise UsageError(f"{_shown(target)} is neither {what}")
     from prefork.wsgi.handler import wsgi_handler  # imports httptools: only for WSGI
 
     return wsgi_handler(obj)
@@ -79,16 +80,23 @@ def _factory_call(target: str, attr: str) -> tuple[str, tuple[Any, ...] | None, 
     if not attr.endswith(")"):
         return attr, None, {}
     name, _, rest = attr.partition("(")
+    refused = UsageError(f"cannot load {_shown(target)}: a factory's arguments must be literals")
     try:
         call = ast.parse(f"f({rest}", mode="eval").body
-        assert isinstance(call, ast.Call)
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"):
+            raise refused  # f(1)(2), f(1).x(): one call of the name, nothing more
+        if any(kw.arg is None for kw in call.keywords):
+            raise refused  # **mapping
         args = tuple(ast.literal_eval(arg) for arg in call.args)
         kwargs = {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
-        if any(kw.arg is None for kw in call.keywords):
-            raise ValueError("**")
-    except (SyntaxError, ValueError, AssertionError, TypeError, MemoryError, RecursionError):
-        raise UsageError(f"cannot load {target!r}: a factory's arguments must be literals") from None
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        raise refused from None
     return name.strip(), args, kwargs
+
+
+def _shown(target: str, most: int = 200) -> str:
+    """``target`` quoted for a message, cut at ``most`` characters."""
+    return repr(target if len(target) <= most else target[:most] + "...")
 
 
 def _import(name: str) -> Any:
@@ -125,7 +133,7 @@ def _find_handler(module: Any, target: str) -> Any:
         if not found and callable(getattr(module, name, None)):
             return getattr(module, name)
     names = ", ".join(sorted(o.__name__ for o in found)) or "none"
-    raise UsageError(f"{target!r}: name the handler as {target}:NAME (handler classes found: {names})")
+    raise UsageError(f"{_shown(target)}: name the handler as TARGET:NAME (handler classes found: {names})")
 
 
 #: Seconds the check of TARGET (its import in a short-lived child) may take.
@@ -157,7 +165,7 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
     except OSError as exc:
         os.close(read_end)
         os.close(write_end)
-        raise UsageError(f"cannot check {target!r}: fork() failed: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot check {_shown(target)}: fork() failed: {exc.strerror or exc}") from None
     if pid == 0:  # the child: never returns
         os.close(read_end)
         _check_in_child(target, write_end)
@@ -177,7 +185,7 @@ def check_target(target: str) -> type[socketserver.BaseRequestHandler]:
         facts = json.loads(data)
     except ValueError:
         how = describe_exit(os.waitstatus_to_exitcode(status))
-        raise UsageError(f"cannot import {target!r}: the check {how} before it said why") from None
+        raise UsageError(f"cannot import {_shown(target)}: the check {how} before it said why") from None
     if "error" in facts:
         raise UsageError(str(facts["error"]))
     for name in facts["stdlib"]:
@@ -204,7 +212,7 @@ def _check_in_child(target: str, write_end: int) -> NoReturn:
         except UsageError as exc:
             facts = {"error": str(exc)}
         except BaseException as exc:  # what load_target lets through: an attribute that raises
-            facts = {"error": f"cannot load {target!r}: {type(exc).__name__}: {exc}"}
+            facts = {"error": f"cannot load {_shown(target)}: {type(exc).__name__}: {exc}"}
         data = json.dumps(facts).encode() + b"\n"
         while data:
             data = data[os.write(write_end, data) :]

@@ -99,6 +99,7 @@ SAMPLES: dict[str, Sample] = {
     "limit_request_field_size": Sample("4096", "4096", 4096),
     "root_path": Sample('"/api"', "/api", "/api"),
     "forwarded_allow_ips": Sample('["10.1.0.0/16"]', "10.1.0.0/16", _networks("10.1.0.0/16")),
+    "forwarded_header": Sample('"forwarded"', "Forwarded", "forwarded"),
 }
 NAMES = [s.name for s in config.ALL_SETTINGS]
 

@@ -556,6 +556,7 @@ def test_settings_given_as_class_attribute_strings_are_converted_for_the_pool(tm
         "limit_request_field_size": "2000",
         "root_path": "/api/",
         "forwarded_allow_ips": "10.0.0.0/8",
+        "forwarded_header": "forwarded",
     }
     assert set(strings) == {s.name for s in config.SETTINGS}, "a new setting needs a string form here"
     ca = trustme.CA()

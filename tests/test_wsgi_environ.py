@@ -131,22 +131,44 @@ def test_forwarding_headers_from_an_untrusted_peer_are_ignored() -> None:
     assert environ["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"  # still there, as a header
 
 
-def test_the_forwarded_header_wins_and_ipv6_is_read() -> None:
-    environ = environ_of(
-        request(
-            b"/",
-            (b"Forwarded", b'for="[2001:db8::1]:4711";proto=https, for=127.0.0.1'),
-            (b"X-Forwarded-For", b"9.9.9.9"),
-        )
+def forwarded_by(req: Request, header: str, allowed: Any = None) -> dict[str, Any]:
+    return request_environ(base(), req, ("127.0.0.1", 5000), allowed, header)
+
+
+def test_the_forwarded_header_when_chosen_and_ipv6_is_read() -> None:
+    req = request(
+        b"/",
+        (b"Forwarded", b'for="[2001:db8::1]:4711";proto=https, for=127.0.0.1'),
+        (b"X-Forwarded-For", b"9.9.9.9"),
     )
+    environ = forwarded_by(req, "forwarded")
     assert environ["REMOTE_ADDR"] == "2001:db8::1" and environ["wsgi.url_scheme"] == "https"
 
 
-def test_an_obfuscated_node_stops_the_walk() -> None:
-    environ = environ_of(request(b"/", (b"Forwarded", b"for=_hidden, for=198.51.100.9")))
-    assert environ["REMOTE_ADDR"] == "198.51.100.9"
-    environ = environ_of(request(b"/", (b"Forwarded", b"for=unknown")))
+def test_only_the_chosen_header_is_read() -> None:
+    # nginx and HAProxy set X-Forwarded-For and pass the client's own Forwarded through.
+    req = request(b"/", (b"Forwarded", b"for=6.6.6.6;proto=https"), (b"X-Forwarded-For", b"203.0.113.9"))
+    environ = forwarded_by(req, "x-forwarded-for")
+    assert environ["REMOTE_ADDR"] == "203.0.113.9" and environ["wsgi.url_scheme"] == "http"
+    environ = forwarded_by(request(b"/", (b"X-Forwarded-For", b"6.6.6.6")), "forwarded")
     assert environ["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_no_trusted_proxy_at_all() -> None:
+    environ = environ_of(request(b"/", (b"X-Forwarded-For", b"6.6.6.6")), allowed=())
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_an_obfuscated_node_stops_the_walk() -> None:
+    environ = forwarded_by(request(b"/", (b"Forwarded", b"for=_hidden, for=198.51.100.9")), "forwarded")
+    assert environ["REMOTE_ADDR"] == "198.51.100.9"
+    environ = forwarded_by(request(b"/", (b"Forwarded", b"for=unknown")), "forwarded")
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_an_absolute_form_target_names_the_host() -> None:
+    environ = environ_of(request(b"http://public.example:8080/p", (b"Host", b"internal.example")))
+    assert environ["HTTP_HOST"] == "public.example:8080" and environ["PATH_INFO"] == "/p"
 
 
 def test_parse_forwarded() -> None:
@@ -161,3 +183,4 @@ def test_who_is_trusted() -> None:
     assert not trusted("192.0.2.1", None)
     assert trusted("unix", None)  # a Unix-socket peer: a local process
     assert trusted("10.1.2.3", (ipaddress.ip_network("10.0.0.0/8"),))
+    assert not trusted("127.0.0.1", ())  # an empty list trusts no one

@@ -146,6 +146,46 @@ def test_a_file_wrapper_goes_by_sendfile(sync_server: CLIServer) -> None:
     assert f"Content-Length: {APP_FILE.stat().st_size}" in head
 
 
+def test_a_file_short_of_its_content_length_closes_the_connection(thread_server: CLIServer) -> None:
+    data = b"GET /short-file HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = exchange(thread_server, data)  # closed after the first: no second response
+    assert response.count(b"HTTP/1.1 200 OK") == 1 and response.endswith(APP_FILE.read_bytes())
+
+
+def test_no_100_continue_once_the_head_is_out(thread_server: CLIServer) -> None:
+    with socket.create_connection(thread_server.address, timeout=5) as sock:
+        sock.sendall(
+            b"POST /yield-then-read HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        first = sock.recv(65536)
+        sock.sendall(b"hello")  # as a client does when no 100 came
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    response = first + rest
+    assert b"100 Continue" not in response and response.startswith(b"HTTP/1.1 200 OK")
+    assert head_and_body(response)[1] == b"reading...hello"  # Connection: close: not chunked
+
+
+def test_a_body_never_asked_for_closes_with_connection_close(thread_server: CLIServer) -> None:
+    # Expect: 100-continue and an application that does not read: the body will never come.
+    with socket.create_connection(thread_server.address, timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in response
+
+
+def test_a_large_unread_body_closes_with_connection_close(thread_server: CLIServer) -> None:
+    size = 2 << 20  # beyond what the server drains
+    with socket.create_connection(thread_server.address, timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        response = sock.recv(65536)
+    assert response.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in response
+
+
 def test_the_write_callable(sync_server: CLIServer) -> None:
     assert head_and_body(get(sync_server, "/write"))[1] == b"written and returned\n"
 

@@ -3,6 +3,7 @@ request-smuggling ambiguity refused with 400 (no fork)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def test_a_head_cut_short_is_400(pair: tuple[socket.socket, socket.socket]) -> N
 
 def test_content_length_body_across_reads(pair: tuple[socket.socket, socket.socket]) -> None:
     server, client = pair
-    client.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello")
+    client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
     reader = reader_for(server)
     request = reader.next_request()
     assert request is not None and request.content_length == 10
@@ -80,7 +81,8 @@ def test_content_length_body_across_reads(pair: tuple[socket.socket, socket.sock
 
 def test_a_chunked_body_is_decoded(pair: tuple[socket.socket, socket.socket]) -> None:
     data = (
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     )
     reader, request = parse(pair, data)
     assert request is not None and request.chunked
@@ -88,7 +90,10 @@ def test_a_chunked_body_is_decoded(pair: tuple[socket.socket, socket.socket]) ->
 
 
 def test_pipelined_requests_come_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
-    data = b"POST /1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n"
+    data = (
+        b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     reader, first = parse(pair, data)
     assert first is not None and first.url == b"/1"
     assert body(reader, first) == b"abc"
@@ -104,7 +109,9 @@ def test_pipelined_requests_come_in_order(pair: tuple[socket.socket, socket.sock
 
 
 def test_expect_100_continue_is_noted(pair: tuple[socket.socket, socket.socket]) -> None:
-    _, request = parse(pair, b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+    _, request = parse(
+        pair, b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+    )
     assert request is not None and request.expects_continue
 
 
@@ -120,7 +127,7 @@ def test_a_request_line_over_the_limit_is_414(pair: tuple[socket.socket, socket.
 def test_a_request_line_at_the_limit_passes(pair: tuple[socket.socket, socket.socket]) -> None:
     line = b"GET /" + b"a" * 81 + b" HTTP/1.1"
     assert len(line) == 95
-    _, request = parse(pair, line + b"\r\n\r\n", line=100)
+    _, request = parse(pair, line + b"\r\nHost: x\r\n\r\n", line=100)
     assert request is not None
 
 
@@ -191,6 +198,9 @@ REFUSED = {
     ),
     "bad chunk size": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3x\r\nabc\r\n0\r\n\r\n",
     "bad method": b"G@T / HTTP/1.1\r\n\r\n",
+    "no host in HTTP/1.1": b"GET / HTTP/1.1\r\nX: 1\r\n\r\n",
+    "two hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "transfer-encoding in HTTP/1.0": b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 }
 
 
@@ -213,8 +223,34 @@ def test_another_http_version_is_505(pair: tuple[socket.socket, socket.socket], 
 
 
 def test_an_upgrade_request_is_the_last(pair: tuple[socket.socket, socket.socket]) -> None:
-    data = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
+    data = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /next HTTP/1.1\r\n\r\n"
+    )
     reader, request = parse(pair, data)
     assert request is not None and reader.upgraded
     reader.done(request)
     assert reader.next_request() is None
+
+
+@pytest.mark.parametrize("tail", [b"0\r\nX-T: " + b"t" * 2_000_000, b"1;" + b"e" * 2_000_000])
+def test_endless_trailers_or_chunk_framing_are_refused(
+    pair: tuple[socket.socket, socket.socket], tail: bytes
+) -> None:
+    server, client = pair
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # cut off by the refusal
+            client.sendall(head + tail)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    reader = reader_for(server)
+    request = reader.next_request()
+    assert request is not None
+    with pytest.raises(HTTPError) as caught:
+        body(reader, request)
+    assert caught.value.status == 431
+    server.close()  # the sender gets EPIPE and ends
+    sender.join(5)

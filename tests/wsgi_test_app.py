@@ -13,6 +13,8 @@ from urllib.parse import parse_qs
 
 #: close() calls of the responses of /closes, in this worker.
 CLOSED = [0]
+#: The size of this file (served by /file and /short-file).
+APP_SIZE = os.path.getsize(__file__)
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -103,6 +105,18 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/x-python")])
         wrapper: Iterable[bytes] = environ["wsgi.file_wrapper"](NoRead(__file__))
         return wrapper
+    if path == "/yield-then-read":  # the head goes out before the body is asked for
+
+        def answer() -> Iterator[bytes]:
+            yield b"reading..."
+            yield environ["wsgi.input"].read()
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return answer()
+    if path == "/short-file":  # a Content-Length beyond the file's end (it shrank, say)
+        start_response("200 OK", [("Content-Length", str(APP_SIZE + 10))])
+        wrapped: Iterable[bytes] = environ["wsgi.file_wrapper"](open(__file__, "rb"))
+        return wrapped
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written ")

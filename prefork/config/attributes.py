@@ -52,6 +52,7 @@ from prefork.config.edge import (
 )
 from prefork.config.wsgi import (
     FORWARDED_ALLOW_IPS,
+    FORWARDED_HEADER,
     KEEPALIVE,
     LIMIT_REQUEST_FIELD_SIZE,
     LIMIT_REQUEST_FIELDS,
@@ -119,3 +120,4 @@ class SettingAttributes:
     limit_request_field_size: int = LIMIT_REQUEST_FIELD_SIZE.default
     root_path: str = ROOT_PATH.default
     forwarded_allow_ips: tuple[Network, ...] | None = FORWARDED_ALLOW_IPS.default
+    forwarded_header: str = FORWARDED_HEADER.default

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prefork.config.convert import networks, non_negative_int, seconds
+from prefork.config.convert import choice, networks, non_negative_int, seconds
 from prefork.config.setting import HUP, Setting
 
 if TYPE_CHECKING:
@@ -121,6 +121,21 @@ FORWARDED_ALLOW_IPS: Setting[tuple[Network, ...] | None] = Setting(
     at_hup=HUP,
 )
 
+FORWARDED_HEADER: Setting[str] = Setting(
+    name="forwarded_header",
+    section="WSGI",
+    default="x-forwarded-for",
+    convert=lambda value: choice(str(value).lower(), ("x-forwarded-for", "forwarded")),
+    flags=("--forwarded-header",),
+    metavar="NAME",
+    help=(
+        "The header a trusted proxy (forwarded_allow_ips) names the client in: "
+        "x-forwarded-for (with X-Forwarded-Proto; nginx's and HAProxy's) or forwarded (RFC 7239). "
+        "Only that one is read: a proxy passes the other through from the client unchecked."
+    ),
+    at_hup=HUP,
+)
+
 #: The settings of this module, in the order of the docs.
 WSGI_SETTINGS: tuple[Setting[Any], ...] = (
     KEEPALIVE,
@@ -129,4 +144,5 @@ WSGI_SETTINGS: tuple[Setting[Any], ...] = (
     LIMIT_REQUEST_FIELD_SIZE,
     ROOT_PATH,
     FORWARDED_ALLOW_IPS,
+    FORWARDED_HEADER,
 )

@@ -37,6 +37,7 @@ class WSGIServerMixIn:
     limit_request_field_size: int
     root_path: str
     forwarded_allow_ips: tuple[Network, ...] | None
+    forwarded_header: str
 
     def set_app(self, application: WSGIApplication) -> None:
         """Serve ``application`` (as wsgiref's ``WSGIServer.set_app``). Call it in the

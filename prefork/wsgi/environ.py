@@ -9,9 +9,10 @@ joined with ``,`` (``Cookie`` with ``;``).
 
 ``REMOTE_ADDR`` is the client's address: the peer's, or a PROXY header's
 (:mod:`prefork.edge`); only when that address is in ``forwarded_allow_ips`` (a proxy the
-operator trusts; Unix-socket peers always), the ``Forwarded`` header (RFC 7239) or else
-``X-Forwarded-For`` names the client, and ``X-Forwarded-Proto`` or ``Forwarded``'s ``proto`` the
-scheme (``wsgi.url_scheme``), as gunicorn's ``forwarded_allow_ips``. The client is the last
+operator trusts; Unix-socket peers always), the header ``forwarded_header`` says
+(``X-Forwarded-For`` by default, or ``Forwarded``, RFC 7239) names the client, and
+``X-Forwarded-Proto`` or ``Forwarded``'s ``proto`` the scheme (``wsgi.url_scheme``), as
+gunicorn's ``forwarded_allow_ips``. The client is the last
 address not itself a trusted proxy, counting from the nearest.
 """
 
@@ -81,16 +82,21 @@ def base_environ(
 
 
 def request_environ(
-    base: dict[str, Any], request: Request, client_address: Any, allowed: tuple[Network, ...] | None
+    base: dict[str, Any],
+    request: Request,
+    client_address: Any,
+    allowed: tuple[Network, ...] | None,
+    header: str = "x-forwarded-for",
 ) -> dict[str, Any]:
     """The environ of ``request`` from ``client_address`` (a (HOST, PORT) tuple, or the
-    (PEER, 0) of a Unix-socket connection), on top of ``base``; ``allowed``: the
-    ``forwarded_allow_ips`` setting. ``wsgi.input`` is the caller's to set. Raises ValueError
-    for a URL that is not a path (or ``*``, or absolute)."""
+    (PEER, 0) of a Unix-socket connection), on top of ``base``; ``allowed`` and ``header``:
+    the ``forwarded_allow_ips`` and ``forwarded_header`` settings. ``wsgi.input`` is the
+    caller's to set. Raises ValueError for a URL that is not a path (or ``*``, or absolute)."""
     environ = base.copy()
     url = request.url
+    authority = b""
     if url[:1] != b"/":
-        url = _origin_form(url)
+        url, authority = _origin_form(url)
     path, _, query = url.partition(b"?")
     if b"#" in path:  # a fragment is not part of a request target; as curl, cut it off
         path = path.partition(b"#")[0]
@@ -120,24 +126,28 @@ def request_environ(
             forwarding = True
     if request.chunked:
         environ.pop("CONTENT_LENGTH", None)  # the body ends where its last chunk says
+    if authority:  # RFC 9112 3.2.2: an absolute-form target's authority is the Host
+        environ["HTTP_HOST"] = authority.decode("latin-1")
     if forwarding:
-        forwarded_client(environ, allowed)
+        forwarded_client(environ, allowed, header)
     return environ
 
 
-def _origin_form(url: bytes) -> bytes:
+def _origin_form(url: bytes) -> tuple[bytes, bytes]:
     """The path and query of an absolute-form request target (``http://host/p?q``), as a
-    proxy sends; ``*`` (``OPTIONS *``) stays. Raises ValueError for anything else."""
+    proxy sends, and its authority (``host``); ``*`` (``OPTIONS *``) stays, without one.
+    Raises ValueError for anything else."""
     if url == b"*":
-        return url
+        return url, b""
     try:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         raise ValueError("not a request target") from None
-    if not parsed.schema:
+    if not parsed.schema or not parsed.host:
         raise ValueError("not a request target")
     path = parsed.path or b"/"
-    return path + b"?" + parsed.query if parsed.query else path
+    authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+    return (path + b"?" + parsed.query if parsed.query else path), authority
 
 
 def trusted(host: str, allowed: tuple[Network, ...] | None) -> bool:
@@ -149,17 +159,21 @@ def trusted(host: str, allowed: tuple[Network, ...] | None) -> bool:
         return True  # a Unix-socket peer: only local processes reach it
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in allowed or LOOPBACK)
+    return any(address in network for network in (LOOPBACK if allowed is None else allowed))
 
 
-def forwarded_client(environ: dict[str, Any], allowed: tuple[Network, ...] | None) -> None:
-    """Set ``REMOTE_ADDR`` (and ``wsgi.url_scheme``) from the forwarding headers of
-    ``environ`` when the peer is trusted (:func:`trusted`); otherwise leave them."""
+def forwarded_client(
+    environ: dict[str, Any], allowed: tuple[Network, ...] | None, header: str = "x-forwarded-for"
+) -> None:
+    """Set ``REMOTE_ADDR`` (and ``wsgi.url_scheme``) from the forwarding header ``header``
+    (``x-forwarded-for``, with ``X-Forwarded-Proto``; or ``forwarded``) of ``environ`` when
+    the peer is trusted (:func:`trusted`); otherwise leave them. The other header is never
+    read: a proxy that sets one passes the other through from the client as it came."""
     if not trusted(environ["REMOTE_ADDR"], allowed):
         return
     hops: list[tuple[str, str]]  # (client, proto) per hop, the nearest last
-    if "HTTP_FORWARDED" in environ:
-        hops = parse_forwarded(environ["HTTP_FORWARDED"])
+    if header == "forwarded":
+        hops = parse_forwarded(environ.get("HTTP_FORWARDED", ""))
     else:
         proto = environ.get("HTTP_X_FORWARDED_PROTO", "").rpartition(",")[2].strip().lower()
         hops = [(item.strip(), "") for item in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]

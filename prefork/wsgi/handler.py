@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork.connections import forget_waits
-from prefork.wsgi.body import Input
+from prefork.wsgi.body import DRAIN_LIMIT, Input
 from prefork.wsgi.environ import request_environ
 from prefork.wsgi.reader import HTTPError, Request, RequestReader
 from prefork.wsgi.response import FileWrapper, Response, body_of
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
     from prefork.wsgi.application import WSGIServerMixIn
 
 log = logging.getLogger("prefork")
-
-#: The most body bytes the server reads and drops after a response so a keep-alive
-#: connection can go on (what the application did not read); more closes the connection.
-DRAIN_LIMIT = 1 << 20
 
 
 class WSGIRequestHandler(socketserver.BaseRequestHandler):
@@ -65,7 +61,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
         app = self.application or server.get_app()
         base = server.wsgi_environ()
         keepalive = server.keepalive if base["wsgi.multithread"] else 0.0
-        allowed = server.forwarded_allow_ips
+        allowed, forwarded = server.forwarded_allow_ips, server.forwarded_header
         reader = RequestReader(
             sock, server.limit_request_line, server.limit_request_fields, server.limit_request_field_size
         )
@@ -86,12 +82,12 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                 if request is None:
                     return
                 keep = keepalive > 0 and request.keep_alive and not reader.upgraded
-                response.begin(keep, request.method == "HEAD", request.version == "1.1")
                 try:
-                    environ = request_environ(base, request, self.client_address, allowed)
+                    environ = request_environ(base, request, self.client_address, allowed, forwarded)
                 except ValueError:
                     raise HTTPError(400, "Bad request target") from None
-                body = environ["wsgi.input"] = Input(reader, request, sock)
+                body = environ["wsgi.input"] = Input(reader, request, sock, response)
+                response.begin(keep, request.method == "HEAD", request.version == "1.1", body.can_finish)
                 self.run_application(app, environ, response)
                 if not response.keep_alive or not self.drained(reader, request, body):
                     return

@@ -14,7 +14,9 @@ The limits are gunicorn's settings (``limit_request_line``, ``limit_request_fiel
 relies on (``Content-Length`` with ``Transfer-Encoding``, two ``Content-Length``, obsolete line
 folding, a header name that is not a token, a bare LF) and, checked here, a
 ``Transfer-Encoding`` other than ``chunked`` (llhttp lets ``gzip, chunked`` through, a
-coding no WSGI server decodes) and an HTTP version other than 1.0 and 1.1 (505). After an
+coding no WSGI server decodes) or in an HTTP/1.0 request, no ``Host`` in an HTTP/1.1 request
+or more than one (RFC 9112), and an HTTP version other than 1.0 and 1.1 (505). A body's chunk
+framing and trailers are bounded as a head is. After an
 HTTPError the connection is closed: what follows in it cannot be trusted to start a request.
 """
 
@@ -34,6 +36,11 @@ READ_SIZE = 65536
 MOST_LINE = 65534
 #: The most header fields whatever the limits say (0: this).
 MOST_FIELDS = 32768
+#: The most bytes a request's head may take whatever the limits say (they may allow GiBs).
+MOST_HEAD = 1 << 20
+#: Bytes of chunk framing and trailers a body may take per byte of data (1-byte chunks take 5),
+#: beyond a head's worth: more is a client sending something else than a body.
+FRAMING_PER_BYTE = 8
 
 
 class HTTPError(Exception):
@@ -61,6 +68,7 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "received",
         "url",
         "version",
     )
@@ -77,6 +85,7 @@ class Request:
         self.head_done = False
         self.complete = False
         self.body: deque[bytes] = deque()
+        self.received = 0  # body bytes parsed so far
         #: What the reader refused in this request (its head, or its body after the bytes
         #: in ``body``): raised when the request is reached, requests before it are served.
         self.error: HTTPError | None = None
@@ -97,6 +106,7 @@ class RequestReader:
         "_error",
         "_field_size",
         "_fields",
+        "_framing",
         "_head_budget",
         "_head_read",
         "_limit_line",
@@ -117,8 +127,10 @@ class RequestReader:
         # The head of a request can take no more than this (the request line, each field and
         # its CRLF, the empty line; and a read's worth, as a read may hold the end of the
         # request before): a client sending more without finishing it is refused.
-        self._head_budget = self._limit_line + 2 + self._fields * (self._field_size + 2) + 2 + READ_SIZE
+        budget = self._limit_line + 2 + self._fields * (self._field_size + 2) + 2
+        self._head_budget = min(budget, MOST_HEAD) + READ_SIZE
         self._head_read = 0
+        self._framing = 0  # bytes read of the current body, framing and trailers included
         self._queue: deque[Request] = deque()
         self._current: Request | None = None
         self._error: HTTPError | None = None
@@ -195,10 +207,16 @@ class RequestReader:
         except httptools.HttpParserError as exc:
             self._refuse(HTTPError(400, str(exc) or "Bad request"))
         current = self._current
-        if current is not None and not current.head_done and not self.closed:
+        if current is None or self.closed:
+            return
+        if not current.head_done:
             self._head_read += len(data)  # what the head took so far
             if self._head_read > self._head_budget:
                 self._refuse(HTTPError(431, "Request Header Fields Too Large"))
+        elif not current.complete:  # a body: chunk sizes and trailers are bounded too
+            self._framing += len(data)
+            if self._framing - current.received > self._head_budget + FRAMING_PER_BYTE * current.received:
+                self._refuse(HTTPError(431, "Request trailers or chunk framing too large"))
 
     def _refuse(self, error: HTTPError) -> None:
         """The request being parsed is refused: it raises ``error`` when reached (the ones
@@ -220,7 +238,7 @@ class RequestReader:
         request = Request()
         self._current = request
         self._queue.append(request)
-        self._head_read = 0
+        self._head_read = self._framing = 0
 
     def on_url(self, url: bytes) -> None:
         request = self._current
@@ -248,22 +266,31 @@ class RequestReader:
         if version != "1.1" and version != "1.0":
             self._fail(HTTPError(505, "HTTP Version Not Supported"))
         request.keep_alive = parser.should_keep_alive()
+        hosts = 0
         for name, value in request.headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
+            size = len(name)
+            if size == 4 and name.lower() == b"host":
+                hosts += 1
+            elif size == 17 and name.lower() == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":  # llhttp let it through: not ours to decode
                     self._fail(HTTPError(400, "Unsupported Transfer-Encoding"))
+                if version == "1.0":  # RFC 9112 6.1: faulty framing
+                    self._fail(HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request"))
                 request.chunked = True
-            elif len(name) == 14 and name.lower() == b"content-length":
+            elif size == 14 and name.lower() == b"content-length":
                 request.content_length = int(value)  # llhttp checked: digits, one value
-            elif len(name) == 6 and name.lower() == b"expect":
+            elif size == 6 and name.lower() == b"expect":
                 if value.strip().lower() == b"100-continue":
                     request.expects_continue = version == "1.1"
+        if hosts > 1 or (hosts == 0 and version == "1.1"):  # RFC 9112 3.2: exactly one
+            self._fail(HTTPError(400, "Missing Host header" if not hosts else "More than one Host header"))
         request.head_done = True
 
     def on_body(self, body: bytes) -> None:
         request = self._current
         assert request is not None
         request.body.append(body)
+        request.received += len(body)
 
     def on_message_complete(self) -> None:
         request = self._current

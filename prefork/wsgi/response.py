@@ -24,6 +24,7 @@ Runs in the worker, in the thread serving the connection.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import time
@@ -38,6 +39,8 @@ HOP_BY_HOP = frozenset(
 )
 
 _date: list[Any] = [0, b""]
+#: Whether a response header name is a token (RFC 9110 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 
 
 def http_date() -> bytes:
@@ -76,6 +79,7 @@ class Response:
     __slots__ = (
         "_nodelay",
         "_writes",
+        "can_finish",
         "chunked",
         "head_only",
         "head_sent",
@@ -92,10 +96,15 @@ class Response:
         self._nodelay = False  # TCP_NODELAY set (at a response's second write)
         self.begin(False, False, True)
 
-    def begin(self, keep_alive: bool, head_only: bool, http11: bool) -> None:
+    def begin(
+        self, keep_alive: bool, head_only: bool, http11: bool, can_finish: Callable[[], bool] | None = None
+    ) -> None:
         """Prepare for the next request: ``keep_alive`` (the connection may go on after it),
-        ``head_only`` (a HEAD request: no body), ``http11`` (the client speaks HTTP/1.1)."""
+        ``head_only`` (a HEAD request: no body), ``http11`` (the client speaks HTTP/1.1);
+        ``can_finish``: asked when the head is made, whether the request's body can be done
+        with after the response (else the head says ``Connection: close``)."""
         self.keep_alive = keep_alive
+        self.can_finish = can_finish
         self.head_only = head_only
         self.http11 = http11
         self.status: str | None = None
@@ -143,22 +152,29 @@ class Response:
         if status is None:
             raise AssertionError("the application returned before calling start_response()")
         code = int(status[:3]) if status[:3].isdigit() and status[3:4] == " " else 0
-        if code < 100:
+        if code < 200:  # 1xx are the server's (100 Continue); WSGI has no upgrade
             raise ValueError(f"bad status {status!r}")
         lines = [f"HTTP/1.1 {status}\r\n"]
         date = http_date()
+        token = _TOKEN
         for name, value in self.headers:
+            if type(name) is not str or type(value) is not str or not token(name):
+                raise ValueError(f"bad response header {name!r}: {value!r}")
             lowered = name.lower()
             if lowered in HOP_BY_HOP:
                 if lowered == "connection" and "close" in value.lower():
                     self.keep_alive = False
                 continue
             if lowered == "content-length":
+                if self.remaining >= 0 or not (value.isascii() and value.isdigit()):
+                    raise ValueError(f"bad or second Content-Length {value!r}")
                 self.remaining = int(value)
             elif lowered == "date":
                 date = b""  # the application's own
             lines.append(f"{name}: {value}\r\n")
-        if code < 200 or code == 204 or code == 304:
+        if self.keep_alive and self.can_finish is not None and not self.can_finish():
+            self.keep_alive = False  # the request's body cannot be done with: say so now
+        if code == 204 or code == 304:
             self.remaining = 0  # no body, whatever the headers say
         elif self.head_only:
             pass  # the body GET would have is unknown here: no length, no framing said
@@ -225,17 +241,18 @@ class Response:
         if not stat.S_ISREG(info.st_mode):
             return False
         size = max(info.st_size - offset, 0)
-        head = self.head(size)
+        head = self.head(size)  # sets remaining: the application's length, else size
         self.head_sent = True
-        count = size if self.remaining < 0 else min(size, self.remaining)
+        count = min(size, self.remaining)
         if self.head_only or count == 0:
             self.sock.sendall(head)
         else:
             self._send(head)
             self._send_nodelay()
             sent = self.sock.sendfile(file, offset, count)
-            if self.remaining >= 0:
-                self.remaining -= sent
+            self.remaining -= sent
+            if self.remaining > 0:  # short of its Content-Length (the file shrank): close
+                self.keep_alive = False
         return True
 
     def send_iterable(self, body: Iterable[bytes]) -> None:
