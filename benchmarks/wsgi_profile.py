@@ -42,6 +42,7 @@ class Server(WSGIServerMixIn):
     limit_request_field_size = 8190
     root_path = ""
     forwarded_allow_ips = None
+    forwarded_header = "x-forwarded-for"
 
 
 def serve(count: int, handler: type[WSGIRequestHandler], server: Any) -> None:

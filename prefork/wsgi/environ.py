@@ -18,7 +18,6 @@ address not itself a trusted proxy, counting from the nearest.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from prefork.wsgi.reader import Request
 
 #: The networks trusted to forward when ``forwarded_allow_ips`` is None: loopback.
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 #: Header name (as sent) -> environ key, for the names seen so far (at most :data:`_MAX_KEYS`).
 _KEYS: dict[bytes, str | None] = {}
@@ -153,13 +152,16 @@ def _origin_form(url: bytes) -> tuple[bytes, bytes]:
 def trusted(host: str, allowed: tuple[Network, ...] | None) -> bool:
     """Whether a connection from ``host`` may say who it forwards: its address is in
     ``allowed`` (None: loopback); a Unix-socket peer (not an IP address) always may."""
+    import ipaddress  # here: only requests with forwarding headers pay for importing it
+
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return True  # a Unix-socket peer: only local processes reach it
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in (LOOPBACK if allowed is None else allowed))
+    networks = [ipaddress.ip_network(n) for n in LOOPBACK] if allowed is None else allowed
+    return any(address in network for network in networks)
 
 
 def forwarded_client(
@@ -211,6 +213,8 @@ def _host_of(node: str) -> str | None:
     """The IP address in a forwarded node (``192.0.2.1``, ``192.0.2.1:80``, ``[2001:db8::1]``,
     ``[2001:db8::1]:80``, a bare IPv6 address), None when it is none (``unknown``,
     ``_hidden``)."""
+    import ipaddress
+
     if node.startswith("["):
         node = node[1:].partition("]")[0]
     elif node.count(":") == 1:

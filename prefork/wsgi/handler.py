@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import select
 import socketserver
-import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -142,8 +141,10 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
 
 
 def _wait_readable(sock: Any, seconds: float) -> bool:
-    """Wait up to ``seconds`` for the next request on a kept-alive connection."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+    """Wait up to ``seconds`` for the next request on a kept-alive connection (a TLS socket
+    may hold it decrypted already: ``pending()``)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
         return True
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)

@@ -29,8 +29,8 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from email.utils import formatdate
 from typing import IO, Any
+from wsgiref.handlers import format_date_time
 
 #: Headers that concern one connection, the server's to send (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
@@ -47,7 +47,7 @@ def http_date() -> bytes:
     """The ``Date`` header line for now, formatted once a second."""
     now = int(time.time())
     if now != _date[0]:
-        _date[1] = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+        _date[1] = b"Date: " + format_date_time(now).encode("ascii") + b"\r\n"
         _date[0] = now
     value: bytes = _date[1]
     return value
