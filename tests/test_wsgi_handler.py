@@ -7,12 +7,14 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import trustme
 
 from tests.conftest import CLIServer, wait_for
 
@@ -471,3 +473,55 @@ def test_request_timeout_bounds_each_request_not_a_kept_alive_connection() -> No
         assert "timed out" not in server.log and "request_timeout" not in server.log
     finally:
         server.destroy()
+
+
+# -- behind the edge: TLS and the PROXY protocol ------------------------------------------------
+
+
+@pytest.mark.parametrize("worker", ["sync", "thread"])
+def test_tls_makes_the_scheme_https_and_keeps_alive(tmp_path: Path, worker: str) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    server = start("-k", worker, "--certfile", str(cert), "--keyfile", str(key))
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        host, port = server.address
+        conn = http.client.HTTPSConnection(host, port, timeout=5, context=context)
+        try:
+            conn.request("GET", "/environ")
+            environ = json.loads(conn.getresponse().read())
+            conn.request("GET", "/")  # a second request: kept alive (thread) or reconnected (sync)
+            assert conn.getresponse().read() == b"Hello, world!\n"
+        finally:
+            conn.close()
+        assert environ["wsgi.url_scheme"] == "https"
+        assert environ["wsgi.multithread"] is (worker == "thread")
+    finally:
+        server.destroy()
+
+
+def test_remote_addr_from_a_proxy_protocol_header() -> None:
+    server = start("--proxy-protocol", "v1")
+    try:
+        data = b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nGET /environ HTTP/1.1\r\nHost: x\r\n\r\n"
+        environ = json.loads(head_and_body(exchange(server, data))[1])
+        assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("192.0.2.1", "5000")
+    finally:
+        server.destroy()
+
+
+def test_x_forwarded_for_only_from_forwarded_allow_ips() -> None:
+    headers = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n"
+    trusting, distrusting = start(), start("--forwarded-allow-ips", "10.0.0.0/8")
+    try:
+        environ = json.loads(head_and_body(get(trusting, "/environ", headers))[1])
+        assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == ("203.0.113.9", "https")
+        environ = json.loads(head_and_body(get(distrusting, "/environ", headers))[1])
+        assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == ("127.0.0.1", "http")
+    finally:
+        trusting.destroy()
+        distrusting.destroy()
