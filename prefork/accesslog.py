@@ -1,5 +1,6 @@
-"""The access log: one line per connection (per datagram for datagram servers), for any
-socketserver handler, as gunicorn's --access-logfile.
+"""The access log: one line per connection (per datagram for datagram servers; per request
+for WSGI servers, with the request line, status and size), for any socketserver handler, as
+gunicorn's --access-logfile.
 
 Each line says who the client was, which worker served it, how long the connection took and
 how it ended::
@@ -131,13 +132,24 @@ class AccessLog:
                 raise
         return cls(path, fd, log_format)
 
-    def record(self, client_address: Any, worker: int, pid: int, seconds: float, outcome: str) -> None:
+    def record(
+        self,
+        client_address: Any,
+        worker: int,
+        pid: int,
+        seconds: float,
+        outcome: str,
+        http: tuple[str, int, int] | None = None,
+    ) -> None:
         """Write the line of one connection: from ``client_address`` (as socketserver gives it,
         see :func:`client_text`), served by worker number ``worker`` (process ``pid``) in
         ``seconds`` (float, from accept to close), ending in ``outcome`` (one of
-        :data:`OUTCOMES`). One ``write()``. Never raises: a line that cannot be written
-        (ENOSPC, EPIPE, a closed descriptor...) is dropped and counted in :attr:`drops`.
-        Runs in the worker, after the connection is shut down.
+        :data:`OUTCOMES`). ``http``: the line is one HTTP request's (a WSGI server logs each
+        request of a kept-alive connection): its request line, status and body bytes sent,
+        shown as gunicorn's ``"%(r)s" %(s)s %(b)s`` are. One ``write()``. Never raises: a line
+        that cannot be written (ENOSPC, EPIPE, a closed descriptor...) is dropped and counted
+        in :attr:`drops`. Runs in the worker, after the connection is shut down (or the
+        request answered).
         """
         try:
             now = iso_time(time.time())
@@ -145,13 +157,23 @@ class AccessLog:
             if self.log_format == "json":
                 if not math.isfinite(seconds):
                     raise ValueError(seconds)  # NaN is not JSON
+                request = ""
+                if http is not None:
+                    status, size = int(http[1]), int(http[2])
+                    request = f'"request": {json.dumps(http[0])}, "status": {status}, "bytes": {size}, '
                 line = (
                     f'{{"time": "{now}", "logger": "prefork.access", "client": {json.dumps(client)}, '
-                    f'"worker": {int(worker)}, "pid": {int(pid)}, "seconds": {seconds:.6f}, '
+                    f'"worker": {int(worker)}, "pid": {int(pid)}, {request}"seconds": {seconds:.6f}, '
                     f'"outcome": {json.dumps(outcome)}}}'
                 )
             else:
-                line = f"{client} - worker {worker} [pid {pid}] {now} {outcome} {seconds:.6f}s"
+                request = ""
+                if http is not None:
+                    text = http[0].replace("\\", "\\\\").replace('"', '\\"')
+                    if not text.isprintable():  # one line, whatever the target holds
+                        text = text.encode("unicode_escape").decode("ascii")
+                    request = f'"{text}" {int(http[1])} {int(http[2])} '
+                line = f"{client} - worker {worker} [pid {pid}] {now} {request}{outcome} {seconds:.6f}s"
             data = (line + "\n").encode("utf-8", "backslashreplace")
             while data:
                 written = os.write(self.fd, data)

@@ -77,6 +77,9 @@ class PoolServer(Protocol):
     scoreboard: Scoreboard | None
     #: The access log while the pool runs (the ``access_log`` setting), else None.
     access: AccessLog | None
+    #: The handler logs each request itself (a WSGI server): the worker logs a connection
+    #: only when it ended in an error.
+    logs_requests: bool
     #: process_request() only hands the request to the worker class (set in each worker).
     hands_over: bool
     #: verify_request() is trivially True: the worker skips it (set in each worker).

@@ -109,6 +109,9 @@ class PreforkMixIn(SettingAttributes, _Base):
     scoreboard: Scoreboard | None = None
     #: The ``access_log`` while ``serve_forever()`` runs (master and workers), else None.
     access: AccessLog | None = None
+    #: The handler writes a line per request to ``access`` (a WSGI server), the worker one
+    #: per connection only when it ended in an error.
+    logs_requests: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         for setting in config.SETTINGS:

@@ -525,3 +525,43 @@ def test_x_forwarded_for_only_from_forwarded_allow_ips() -> None:
     finally:
         trusting.destroy()
         distrusting.destroy()
+
+
+# -- the access log: a line per request --------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker", ["sync", "thread"])
+def test_the_access_log_has_a_line_per_request(tmp_path: Path, worker: str) -> None:
+    log = tmp_path / "access.log"
+    server = start("-k", worker, "--access-log", str(log))
+    try:
+        conn = connect(server)
+        try:
+            for path in ("/", "/stream?n=2", '/missing?q="x"'):
+                conn.request("GET", path)
+                conn.getresponse().read()
+        finally:
+            conn.close()
+        get(server, "/error")
+        wait_for(lambda: log.exists() and log.read_text().count("\n") >= 5)
+        lines = log.read_text().splitlines()
+    finally:
+        server.destroy()
+    assert '"GET / HTTP/1.1" 200 14 served ' in lines[0]
+    assert '"GET /stream?n=2 HTTP/1.1" 200 16 served ' in lines[1]
+    assert '"GET /missing?q=\\"x\\" HTTP/1.1" 200 14 served ' in lines[2]  # quotes escaped
+    assert '"GET /error HTTP/1.1" 500 0 error ' in lines[3]
+    assert lines[4].endswith("s") and " error " in lines[4]  # the connection, ended in an error
+    assert len(lines) == 5, lines
+
+
+def test_the_access_log_in_json(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    server = start("--access-log", str(log), "--log-format", "json")
+    try:
+        get(server, "/")
+        wait_for(lambda: log.exists() and log.read_text().endswith("\n"))
+        entry = json.loads(log.read_text().splitlines()[0])
+    finally:
+        server.destroy()
+    assert (entry["request"], entry["status"], entry["bytes"]) == ("GET / HTTP/1.1", 200, 14)

@@ -309,7 +309,7 @@ class Worker(SignalHandling):
                     elapsed = monotonic() - started
                     self.busy_seconds += elapsed
                     self._durations[0 if elapsed <= _FASTEST else bisect_left(DURATION_BUCKETS, elapsed)] += 1
-                    if server.access is not None:
+                    if server.access is not None and not (processed and server.logs_requests):
                         outcome = SERVED if processed else outcome  # set by the except clause
                         server.access.record(client_address, self.number, self.pid, elapsed, outcome)
             else:

@@ -215,7 +215,7 @@ class ThreadWorker(Worker):
                 self.request_finished(request, wake=True)
                 return
             elapsed = self.request_finished(request)
-            if server.access is not None:
+            if server.access is not None and not (outcome == SERVED and server.logs_requests):
                 server.access.record(client_address, self.number, self.pid, elapsed, outcome)
             if self.forked:  # this is a process a handler forked, back from the handler
                 os._exit(WORKER_EXIT_OK)

@@ -12,6 +12,7 @@ from prefork.wsgi.environ import base_environ
 from prefork.wsgi.response import FileWrapper
 
 if TYPE_CHECKING:
+    from prefork.accesslog import AccessLog
     from prefork.config.convert import Network
 
 #: A WSGI application (PEP 3333): called with the environ and ``start_response``.
@@ -24,13 +25,17 @@ class WSGIServerMixIn:
 
     #: The application, when the handler class names none (``set_app()``).
     application: WSGIApplication | None = None
+    #: Each request is written to the access log by the handler (its request line, status
+    #: and size, as gunicorn's), not each connection by the worker.
+    logs_requests: bool = True
     #: The environ every request of this server shares, built on the first request
     #: (:meth:`wsgi_environ`).
     _wsgi_base: dict[str, Any] | None = None
 
-    # The prefork server's (settings, the edge), which this is mixed into.
+    # The prefork server's (settings, the edge, the access log), which this is mixed into.
     server_address: Any
     edge: Any
+    access: AccessLog | None
     keepalive: float
     limit_request_line: int
     limit_request_fields: int

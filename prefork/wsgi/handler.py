@@ -27,8 +27,10 @@ import logging
 import select
 import socketserver
 from collections.abc import Callable, Iterable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from prefork.accesslog import ERROR, SERVED
 from prefork.connections import forget_waits
 from prefork.wsgi.body import DRAIN_LIMIT, Input
 from prefork.wsgi.environ import request_environ
@@ -66,6 +68,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
         )
         response = Response(sock)
         worker = getattr(server, "worker", None)
+        access = server.access if server.logs_requests else None  # here, not by the worker
         request: Request | None = None
         try:
             while True:
@@ -80,6 +83,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                 request = reader.next_request()
                 if request is None:
                     return
+                started = monotonic()
                 keep = keepalive > 0 and request.keep_alive and not reader.upgraded
                 try:
                     environ = request_environ(base, request, self.client_address, allowed, forwarded)
@@ -87,7 +91,17 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                     raise HTTPError(400, "Bad request target") from None
                 body = environ["wsgi.input"] = Input(reader, request, sock, response)
                 response.begin(keep, request.method == "HEAD", request.version == "1.1", body.can_finish)
-                self.run_application(app, environ, response)
+                outcome = ERROR
+                try:
+                    self.run_application(app, environ, response)
+                    outcome = SERVED
+                finally:
+                    if access is not None and worker is not None:
+                        line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
+                        status = int(response.status[:3]) if response.head_sent and response.status else 500
+                        http = (line, status, response.sent)
+                        elapsed = monotonic() - started
+                        access.record(self.client_address, worker.number, worker.pid, elapsed, outcome, http)
                 if not response.keep_alive or not self.drained(reader, request, body):
                     return
         except HTTPError as error:

@@ -87,6 +87,7 @@ class Response:
         "http11",
         "keep_alive",
         "remaining",
+        "sent",
         "sock",
         "status",
     )
@@ -112,6 +113,7 @@ class Response:
         self.head_sent = False
         self.chunked = False
         self.remaining = -1  # body bytes the application's Content-Length allows; -1: none given
+        self.sent = 0  # body bytes sent (the access log's size)
         self._writes = 0
 
     def start_response(
@@ -204,9 +206,12 @@ class Response:
         self.head_sent = True
         if not self.head_only:
             remaining = self.remaining
-            data += body if remaining == len(body) else body[:remaining]
-            if remaining > len(body):
-                self.keep_alive = False  # shorter than its Content-Length says
+            if remaining != len(body):
+                body = body[:remaining]
+                if remaining > len(body):
+                    self.keep_alive = False  # shorter than its Content-Length says
+            data += body
+            self.sent = len(body)
         self.sock.sendall(data)
 
     def send_chunk(self, data: bytes) -> None:
@@ -220,10 +225,13 @@ class Response:
         if self.head_only:
             data = b""
         elif self.chunked:
+            self.sent += len(data)
             data = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-        elif self.remaining >= 0:
-            data = data[: self.remaining]
-            self.remaining -= len(data)
+        else:
+            if self.remaining >= 0:
+                data = data[: self.remaining]
+                self.remaining -= len(data)
+            self.sent += len(data)
         if out or data:
             self._send(out + data if out else data)
 
@@ -251,6 +259,7 @@ class Response:
             self._send_nodelay()
             sent = self.sock.sendfile(file, offset, count)
             self.remaining -= sent
+            self.sent = sent
             if self.remaining > 0:  # short of its Content-Length (the file shrank): close
                 self.keep_alive = False
         return True
