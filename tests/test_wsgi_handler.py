@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import time
@@ -565,3 +566,25 @@ def test_the_access_log_in_json(tmp_path: Path) -> None:
     finally:
         server.destroy()
     assert (entry["request"], entry["status"], entry["bytes"]) == ("GET / HTTP/1.1", 200, 14)
+
+
+def test_hup_serves_the_edited_application(tmp_path: Path) -> None:
+    app = tmp_path / "edited_app.py"
+    source = (
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'VERSION']\n"
+    )
+    app.write_text(source.replace("VERSION", "one"))
+    server = CLIServer([f"{app}:app", "--bind", "127.0.0.1:0", "-w", "1"])
+    try:
+        server.wait_listening()
+        old = server.wait_workers(1)
+        assert head_and_body(get(server, "/"))[1] == b"one"
+        app.write_text(source.replace("VERSION", "two"))
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: server.worker_pids() and not server.worker_pids() & old, timeout=10)
+        server.wait_workers(1)
+        assert head_and_body(get(server, "/"))[1] == b"two"
+    finally:
+        server.destroy()
