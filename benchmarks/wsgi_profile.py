@@ -43,6 +43,8 @@ class Server(WSGIServerMixIn):
     root_path = ""
     forwarded_allow_ips = None
     forwarded_header = "x-forwarded-for"
+    access = None
+    worker = None
 
 
 def serve(count: int, handler: type[WSGIRequestHandler], server: Any) -> None:
