@@ -282,29 +282,41 @@ def defer_accept(server: PoolServer) -> bool:
 DEFER_STOP_GRACE = 0.03
 
 
-def stop_deferring(servers: Sequence[PoolServer]) -> bool:
+def stop_deferring(servers: Sequence[PoolServer]) -> list[tuple[socket.socket, int]]:
     """Turn ``TCP_DEFER_ACCEPT`` off on ``servers``' listening sockets, for a pool that stops
     gracefully: a connection the kernel holds back until its first data (the client has
     connected and not yet sent) is not in the accept queue, so the drain would miss it and
     the listener's close reset it. With the option off, the client's data or bare ACK queues
-    it. Returns True when an option was on (the caller then waits :data:`DEFER_STOP_GRACE`
-    before taking the queue). Runs in a stopping worker; the sockets are shared by the pool,
-    so the first worker to stop turns it off for all."""
+    it. Returns each socket turned off with its value, to give back with
+    :func:`resume_deferring` once the queue is taken: the sockets are shared, with the next
+    master's pool too during a USR2 upgrade. The caller waits :data:`DEFER_STOP_GRACE` in
+    between when the list is not empty. Runs in a stopping worker."""
     option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    turned: list[tuple[socket.socket, int]] = []
     if option is None:
-        return False
-    was_on = False
+        return turned
     for server in servers:
         sock = server.socket
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
             continue
         try:
-            if sock.getsockopt(socket.IPPROTO_TCP, option):
+            value = sock.getsockopt(socket.IPPROTO_TCP, option)
+            if value:
                 sock.setsockopt(socket.IPPROTO_TCP, option, 0)
-                was_on = True
+                turned.append((sock, value))
         except OSError:
             continue
-    return was_on
+    return turned
+
+
+def resume_deferring(turned: list[tuple[socket.socket, int]]) -> None:
+    """Give back the ``TCP_DEFER_ACCEPT`` values :func:`stop_deferring` turned off (for
+    whoever still listens on the sockets: the new pool of a USR2 upgrade)."""
+    for sock, value in turned:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, value)
+        except OSError:
+            continue
 
 
 def request_socket_class(server: PoolServer, deferred: bool) -> type[RequestSocket]:

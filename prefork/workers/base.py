@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeAlias
 import setproctitle
 
 from prefork.accesslog import DENIED, SERVED, outcome_of
-from prefork.connections import DEFER_STOP_GRACE, RejectedConnection, stop_deferring
+from prefork.connections import DEFER_STOP_GRACE, RejectedConnection, resume_deferring, stop_deferring
 from prefork.contract import pool_servers
 from prefork.figures import DURATION_BUCKETS, WorkerState
 from prefork.logs import set_worker
@@ -336,9 +336,11 @@ class Worker(SignalHandling):
         listeners stopped accepting is served, not reset. Runs in the worker."""
         held = []
         if not self.blocking_accept:  # (a blocking socket cannot be drained)
-            if stop_deferring(self.servers):  # connections held back by TCP_DEFER_ACCEPT
+            turned = stop_deferring(self.servers)  # connections held back by TCP_DEFER_ACCEPT
+            if turned:
                 sleep(DEFER_STOP_GRACE)
             held = accept_queued(self.servers)
+            resume_deferring(turned)
         self.close_listeners()
         for server, request, client_address in held:
             self.handle_request(server, accepted=(request, client_address))

@@ -3,15 +3,17 @@ reset), and ``shutdown_delay`` keeps serving for a while after TERM."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 
+import psutil
 import pytest
 
-from tests.conftest import CLIServer, request_line
+from tests.conftest import CLIServer, request_line, wait_for
 from tests.faults.figures import report
 
 Serve = Callable[..., CLIServer]
@@ -110,7 +112,7 @@ def test_a_client_that_connected_and_sends_just_after_term_is_served(serve_cli: 
     """An HTTP server defers accept (TCP_DEFER_ACCEPT: a connection is queued with its first
     data): a client connected before TERM whose request arrives while the pool stops was not
     in the queue the drain took, and the listener's close reset it. The drain now turns the
-    option off and waits DEFER_STOP_GRACE (30 ms) first."""
+    option off for DEFER_STOP_GRACE (30 ms) first."""
     for _ in range(3):
         server = serve_cli("tests/wsgi_test_app.py:app", "--workers", "1")
         server.wait_workers(1)
@@ -121,3 +123,28 @@ def test_a_client_that_connected_and_sends_just_after_term_is_served(serve_cli: 
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200 OK")
         assert server.wait(20) == 0
+
+
+@pytest.mark.timeout(60)
+def test_after_a_usr2_upgrade_the_new_pool_still_defers_accept(serve_cli: Serve) -> None:
+    """The old pool's drain turns TCP_DEFER_ACCEPT off on the sockets it shares with the new
+    master's pool, then gives it back: a client that connects and sends nothing is still
+    held by the kernel, not handed to a worker (which would cut it as idle at once)."""
+    server = serve_cli("tests/wsgi_test_app.py:app", "--workers", "1")
+    server.wait_workers(1)
+    address = server.address
+    server.signal(signal.SIGUSR2)
+    assert server.wait(20) == 0  # the old master, stopped by the new one once its pool is ready
+    match = wait_for(lambda: re.search(r"started a new master \(pid (\d+)\)", server.log))
+    new_master = psutil.Process(int(match.group(1)))
+    try:
+        with socket.create_connection(address, timeout=5) as idle:
+            idle.settimeout(0.6)
+            with pytest.raises(TimeoutError):  # deferred: nobody accepted it, nobody cut it
+                idle.recv(1)
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200 OK")
+    finally:
+        new_master.send_signal(signal.SIGTERM)
+        new_master.wait(20)
