@@ -169,6 +169,8 @@ def test_an_obfuscated_node_stops_the_walk() -> None:
 def test_an_absolute_form_target_names_the_host() -> None:
     environ = environ_of(request(b"http://public.example:8080/p", (b"Host", b"internal.example")))
     assert environ["HTTP_HOST"] == "public.example:8080" and environ["PATH_INFO"] == "/p"
+    assert environ_of(request(b"http://[::1]:8080/p"))["HTTP_HOST"] == "[::1]:8080"
+    assert environ_of(request(b"http://[2001:db8::1]/p"))["HTTP_HOST"] == "[2001:db8::1]"
 
 
 def test_parse_forwarded() -> None:

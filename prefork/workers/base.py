@@ -351,12 +351,20 @@ class Worker(SignalHandling):
         self._memory[self._started_at] = pack_started(monotonic())
         self._memory[self._state_at] = _BUSY
 
+    def request_idle(self, request: _RequestType) -> None:
+        """The connection ``request`` waits for its next request (HTTP keep-alive): no request
+        is in progress, so the slot says IDLE and ``request_timeout`` does not run while the
+        client is silent. Runs in the worker (the thread serving the connection). May be
+        extended."""
+        self._memory[self._state_at] = _IDLE if self.alive else _STOPPING
+
     def request_continues(self, request: _RequestType) -> None:
-        """The connection ``request`` begins its next request (HTTP keep-alive): the slot's
-        BUSY time starts again, so ``request_timeout`` bounds each request and not the life of
-        a kept-alive connection. Runs in the worker (the thread serving the connection). May
-        be extended."""
-        self._memory[self._started_at] = pack_started(monotonic())
+        """The connection ``request`` begins its next request (HTTP keep-alive): the slot is
+        BUSY since now, so ``request_timeout`` bounds each request and not the life of a
+        kept-alive connection. Runs in the worker (the thread serving the connection). May be
+        extended."""
+        self._memory[self._started_at] = pack_started(monotonic())  # the time, then the state
+        self._memory[self._state_at] = _BUSY
 
     def request_returned(self, request: _RequestType, processed: bool) -> None:
         """:meth:`handle_request` is done with ``request``: ``processed`` when

@@ -86,10 +86,12 @@ class ThreadWorker(Worker):
         self.threads = int(self.server.threads)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        #: Requests accepted and not finished: id(request) -> time.monotonic() of the accept,
-        #: oldest first (insertion order).
-        self._in_flight: dict[int, float] = {}
+        #: Requests accepted and not finished: id(request) -> time.monotonic() of the accept
+        #: (or of its latest request, HTTP keep-alive), oldest first (insertion order); None
+        #: while a kept-alive connection waits for its next request.
+        self._in_flight: dict[int, float | None] = {}
         self._served = 0  # requests finished, for the scoreboard
+        self._resting = 0  # connections in flight waiting for their next request (None there)
         self._waiting = False  # the main thread waits for a thread to free (under _lock)
         self._fatal: BaseException | None = None  # SystemExit, KeyboardInterrupt of a thread
 
@@ -226,22 +228,52 @@ class ThreadWorker(Worker):
         """Count ``request`` in flight; the slot becomes BUSY if it was the only one. Runs in
         the main thread."""
         with self._lock:
-            if not self._in_flight:
+            if len(self._in_flight) == self._resting:  # none in progress (some may wait)
                 self.scoreboard.request_started(self.slot)
             self._in_flight[id(request)] = time.monotonic()
 
+    def request_idle(self, request: _RequestType) -> None:
+        """The connection ``request`` waits for its next request (HTTP keep-alive): it keeps
+        its thread (the count of threads busy is the same) but no request is in progress, so
+        the slot's BUSY time is that of the oldest request still in progress, or IDLE.
+        Runs in the handler thread serving the connection."""
+        key = id(request)
+        with self._lock:
+            if self._in_flight.get(key) is not None:
+                self._in_flight[key] = None
+                self._resting += 1
+                self._publish()
+
     def request_continues(self, request: _RequestType) -> None:
         """The connection ``request`` begins its next request (HTTP keep-alive): its time in
-        flight starts again, and the slot says BUSY since the oldest request now in flight.
+        flight starts again, and the slot says BUSY since the oldest request in progress.
         Runs in the handler thread serving the connection."""
         key = id(request)
         with self._lock:
             in_flight = self._in_flight
-            if in_flight.pop(key, None) is None:
+            if key not in in_flight:
                 return
+            if in_flight.pop(key) is None:
+                self._resting -= 1
             in_flight[key] = time.monotonic()  # the newest now
+            self._publish()
+
+    def _publish(self) -> None:
+        """Write the slot from the requests in flight: BUSY since the oldest in progress
+        (not waiting for a kept-alive client's next request), else IDLE (STOPPING once not
+        ``alive``). Called with the lock held."""
+        in_flight = self._in_flight
+        if len(in_flight) == self._resting:
+            oldest = None
+        elif not self._resting:
             oldest = next(iter(in_flight.values()))
+        else:
+            oldest = next((started for started in in_flight.values() if started is not None), None)
+        if oldest is not None:
             self.scoreboard.request_progress(self.slot, self._served, oldest, self.busy_seconds)
+        else:
+            state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
+            self.scoreboard.request_finished(self.slot, self._served, state, self.busy_seconds)
 
     def request_finished(self, request: _RequestType, *, served: bool = True, wake: bool = False) -> float:
         """``request`` is no longer in flight (``served``: count it, and its duration in the
@@ -251,9 +283,10 @@ class ThreadWorker(Worker):
         thread, or in the main thread for a request never handed off."""
         elapsed = 0.0
         key = id(request)
-        scoreboard = self.scoreboard
         with self._lock:
             in_flight = self._in_flight
+            if key in in_flight and in_flight[key] is None:
+                self._resting -= 1
             started = in_flight.pop(key, None)
             if served:
                 self._served += 1
@@ -261,12 +294,7 @@ class ThreadWorker(Worker):
                     elapsed = time.monotonic() - started
                     self.busy_seconds += elapsed
                     self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
-            if not in_flight:
-                state = WorkerState.IDLE if self.alive else WorkerState.STOPPING
-                scoreboard.request_finished(self.slot, self._served, state, self.busy_seconds)
-            else:  # BUSY since the oldest request still in flight
-                oldest = next(iter(in_flight.values()))
-                scoreboard.request_progress(self.slot, self._served, oldest, self.busy_seconds)
+            self._publish()
             if self._waiting or wake:
                 self._waiting = False
                 self.wake()

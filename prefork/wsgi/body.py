@@ -62,12 +62,16 @@ class Input:
     def can_finish(self) -> bool:
         """Whether the connection can go on after the response: what is left of the body
         can be read and dropped (the client was told to send it, and a ``Content-Length``
-        leaves at most :data:`DRAIN_LIMIT` bytes). A chunked body's rest is unknown: True."""
+        leaves at most :data:`DRAIN_LIMIT` bytes). Of a chunked body, whose rest is of
+        unknown size, what has arrived is read ahead (kept for the application, at most
+        :data:`DRAIN_LIMIT` bytes more): True only when that is its end."""
         request = self._request
         if request.complete or (not request.body and request.content_length == self.consumed):
             return True
         if not self.continued:
-            return False  # the client waits for 100 Continue, or for the response
+            return False  # the client waits for 100 Continue
+        if request.chunked:  # its rest is of unknown size: what has arrived of it is read
+            return self._reader.read_ahead(request, self.consumed + DRAIN_LIMIT)
         length = request.content_length
         return length is None or length - self.consumed <= DRAIN_LIMIT
 

@@ -145,7 +145,8 @@ def _origin_form(url: bytes) -> tuple[bytes, bytes]:
     if not parsed.schema or not parsed.host:
         raise ValueError("not a request target")
     path = parsed.path or b"/"
-    authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+    host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host  # an IPv6 literal
+    authority = host + (b":%d" % parsed.port if parsed.port else b"")
     return (path + b"?" + parsed.query if parsed.query else path), authority
 
 

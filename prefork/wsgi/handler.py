@@ -70,20 +70,26 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
         worker = getattr(server, "worker", None)
         access = server.access if server.logs_requests else None  # here, not by the worker
         request: Request | None = None
+        line, started = "-", 0.0  # the request line and start of the request, for the access log
         try:
             while True:
                 if request is not None:  # the next request of a kept-alive connection
                     reader.done(request)
+                    if worker is not None:  # waiting for the client is no request in progress
+                        worker.request_idle(sock)
                     if not reader.has_data() and not _wait_readable(sock, keepalive):
                         return
                     forget_waits(sock)  # the read rules and request_timeout bound each request
                     if worker is not None:
                         worker.request_continues(sock)
                     response.head_sent = False
+                    line = "-"
                 request = reader.next_request()
                 if request is None:
                     return
                 started = monotonic()
+                if access is not None:
+                    line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
                 keep = keepalive > 0 and request.keep_alive and not reader.upgraded
                 try:
                     environ = request_environ(base, request, self.client_address, allowed, forwarded)
@@ -91,23 +97,31 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                     raise HTTPError(400, "Bad request target") from None
                 body = environ["wsgi.input"] = Input(reader, request, sock, response)
                 response.begin(keep, request.method == "HEAD", request.version == "1.1", body.can_finish)
-                outcome = ERROR
                 try:
                     self.run_application(app, environ, response)
-                    outcome = SERVED
-                finally:
-                    if access is not None and worker is not None:
-                        line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
-                        status = int(response.status[:3]) if response.head_sent and response.status else 500
-                        http = (line, status, response.sent)
-                        elapsed = monotonic() - started
-                        access.record(self.client_address, worker.number, worker.pid, elapsed, outcome, http)
+                except HTTPError:  # a body the reader refused: answered and logged below
+                    raise
+                except BaseException:
+                    self.log_request(line, response.code or 500, response.sent, ERROR, started)
+                    raise
+                self.log_request(line, response.code, response.sent, SERVED, started)
                 if not response.keep_alive or not self.drained(reader, request, body):
                     return
         except HTTPError as error:
             log.debug("Bad request from %s: %s", self.client_address, error)
-            if request is None or not response.head_sent:
+            if not response.head_sent:
                 _send_error(sock, error.status, error.reason)
+                self.log_request(line, error.status, 0, SERVED, started or monotonic())
+
+    def log_request(self, line: str, status: int, size: int, outcome: str, started: float) -> None:
+        """Write the access log's line of one request (when the server has an access log):
+        its request ``line`` (``-`` when none was read), the ``status`` sent, the body bytes
+        sent (``size``), the ``outcome`` and its duration since ``started`` (``monotonic()``)."""
+        server = self.server
+        access, worker = server.access, getattr(server, "worker", None)
+        if access is not None and worker is not None and server.logs_requests:
+            elapsed, http = monotonic() - started, (line, status, size)
+            access.record(self.client_address, worker.number, worker.pid, elapsed, outcome, http)
 
     def run_application(
         self, app: Callable[..., Iterable[bytes]], environ: dict[str, Any], response: Response
@@ -130,6 +144,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
             response.keep_alive = False
             if not response.head_sent:
                 response.head_sent = True
+                response.code = 500
                 _send_error(response.sock, 500, "Internal Server Error")
             raise
         finally:

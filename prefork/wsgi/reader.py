@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from prefork.connections import readable_now
+
 if TYPE_CHECKING:
     import socket
 
@@ -178,6 +180,18 @@ class RequestReader:
                 return b""
             self._read()
         return body.popleft()
+
+    def read_ahead(self, request: Request, most: int) -> bool:
+        """Read what has arrived of ``request``'s body without waiting, until ``most`` body
+        bytes in all were parsed (kept in ``request.body``); return whether the body is
+        complete."""
+        sock = self._sock
+        pending = getattr(sock, "pending", None)  # a TLS socket's decrypted bytes
+        while not (request.complete or self.closed or self.upgraded) and request.received < most:
+            if not ((pending is not None and pending()) or readable_now(sock.fileno())):
+                break
+            self._read()
+        return request.complete
 
     def body_pending(self, request: Request) -> bool:
         """Whether ``request``'s body has bytes not yet read by the application (a drain

@@ -81,6 +81,7 @@ class Response:
         "_writes",
         "can_finish",
         "chunked",
+        "code",
         "head_only",
         "head_sent",
         "headers",
@@ -114,6 +115,7 @@ class Response:
         self.chunked = False
         self.remaining = -1  # body bytes the application's Content-Length allows; -1: none given
         self.sent = 0  # body bytes sent (the access log's size)
+        self.code = 0  # the status sent (the access log's), once the head is made
         self._writes = 0
 
     def start_response(
@@ -156,6 +158,7 @@ class Response:
         code = int(status[:3]) if status[:3].isdigit() and status[3:4] == " " else 0
         if code < 200:  # 1xx are the server's (100 Continue); WSGI has no upgrade
             raise ValueError(f"bad status {status!r}")
+        self.code = code
         lines = [f"HTTP/1.1 {status}\r\n"]
         date = http_date()
         token = _TOKEN
@@ -202,7 +205,7 @@ class Response:
 
     def send_whole(self, body: bytes) -> None:
         """Send the head and all of ``body`` in one write (the head only for HEAD)."""
-        data = self.head(len(body))
+        data = head = self.head(len(body))
         self.head_sent = True
         if not self.head_only:
             remaining = self.remaining
@@ -211,8 +214,8 @@ class Response:
                 if remaining > len(body):
                     self.keep_alive = False  # shorter than its Content-Length says
             data += body
-            self.sent = len(body)
         self.sock.sendall(data)
+        self.sent = len(data) - len(head) if not self.head_only else 0
 
     def send_chunk(self, data: bytes) -> None:
         """Send ``data``, the next part of a streamed body (with the head, the first time)."""
@@ -222,18 +225,20 @@ class Response:
         if not self.head_sent:
             out = self.head(None)
             self.head_sent = True
+        size = 0
         if self.head_only:
             data = b""
         elif self.chunked:
-            self.sent += len(data)
-            data = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            size = len(data)
+            data = b"%x\r\n%b\r\n" % (size, data) if data else b""
         else:
             if self.remaining >= 0:
                 data = data[: self.remaining]
                 self.remaining -= len(data)
-            self.sent += len(data)
+            size = len(data)
         if out or data:
             self._send(out + data if out else data)
+            self.sent += size
 
     def send_file(self, wrapper: FileWrapper) -> bool:
         """Send a file response with ``sendfile``; False (nothing sent) when ``wrapper``'s
