@@ -462,10 +462,18 @@ def test_thread_worker_keeps_connections_alive(serve_app: Callable[..., App]) ->
             response = conn.getresponse()
             assert (method, path, response.status) == (method, path, status)
             response.read()
+            ignored_chunked = path == "/ignore-body" and "Transfer-Encoding" in headers
+            if ignored_chunked and conn.sock is None:
+                # A chunked body the app did not read, not all arrived when the response
+                # started: the server said Connection: close (its rest is of unknown size).
+                assert response.getheader("Connection") == "close"
             conn.request("GET", "/pid")
             response = conn.getresponse()
             assert response.read() == pid, f"after {method} {path}"
-            assert conn.sock is not None and conn.sock.getsockname() == local, f"reconnected after {path}"
+            assert conn.sock is not None
+            if ignored_chunked:
+                local = conn.sock.getsockname()
+            assert conn.sock.getsockname() == local, f"reconnected after {path}"
     finally:
         conn.close()
 
