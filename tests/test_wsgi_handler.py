@@ -619,10 +619,12 @@ def test_hup_serves_the_edited_application(tmp_path: Path) -> None:
         server.wait_listening()
         old = server.wait_workers(1)
         assert head_and_body(get(server, "/"))[1] == b"one"
-        app.write_text(source.replace("VERSION", "two"))
+        app.write_text(source.replace("VERSION", "number two"))
+        later = time.time() + 2  # a cached .pyc of the same second and size would be reused
+        os.utime(app, (later, later))
         server.signal(signal.SIGHUP)
         wait_for(lambda: server.worker_pids() and not server.worker_pids() & old, timeout=10)
         server.wait_workers(1)
-        assert head_and_body(get(server, "/"))[1] == b"two"
+        assert head_and_body(get(server, "/"))[1] == b"number two"
     finally:
         server.destroy()
