@@ -201,6 +201,15 @@ DEFER_RACE_GRACE = 0.01
 _PROGRESS: weakref.WeakKeyDictionary[socket.socket, Progress] = weakref.WeakKeyDictionary()
 
 
+def wait_readable(sock: socket.socket, seconds: float) -> bool:
+    """Wait up to ``seconds`` (0: not at all) for ``sock`` to have something to read (data,
+    EOF or an error); a TLS socket may hold decrypted bytes already (``pending()``)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    return _readable(sock.fileno(), seconds)
+
+
 def readable_now(fd: int) -> bool:
     """Whether ``fd`` is readable at once (data, EOF or an error): a poll() without waiting."""
     return _readable(fd, 0.0)

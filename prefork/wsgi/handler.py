@@ -24,14 +24,13 @@ Runs in the worker, in the thread serving the connection.
 from __future__ import annotations
 
 import logging
-import select
 import socketserver
 from collections.abc import Callable, Iterable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork.accesslog import ERROR, SERVED
-from prefork.connections import forget_waits
+from prefork.connections import forget_waits, wait_readable
 from prefork.wsgi.body import DRAIN_LIMIT, Input
 from prefork.wsgi.environ import request_environ
 from prefork.wsgi.reader import HTTPError, Request, RequestReader
@@ -77,7 +76,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                     reader.done(request)
                     if worker is not None:  # waiting for the client is no request in progress
                         worker.request_idle(sock)
-                    if not reader.has_data() and not _wait_readable(sock, keepalive):
+                    if not reader.has_data() and not wait_readable(sock, keepalive):
                         return
                     forget_waits(sock)  # the read rules and request_timeout bound each request
                     if worker is not None:
@@ -105,7 +104,7 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                     self.log_request(line, response.code or 500, response.sent, ERROR, started)
                     raise
                 self.log_request(line, response.code, response.sent, SERVED, started)
-                if not response.keep_alive or not self.drained(reader, request, body):
+                if not response.keep_alive or not self.drained(reader, request):
                     return
         except HTTPError as error:
             log.debug("Bad request from %s: %s", self.client_address, error)
@@ -152,14 +151,12 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
             if close is not None:
                 close()
 
-    def drained(self, reader: RequestReader, request: Request, body: Input) -> bool:
+    def drained(self, reader: RequestReader, request: Request) -> bool:
         """Read and drop what is left of ``request``'s body so the next request can be read;
-        False (close the connection) when it is more than :data:`DRAIN_LIMIT` bytes, or the
-        client was never told to send it (``Expect: 100-continue`` unanswered)."""
+        False (close the connection) when it is more than :data:`DRAIN_LIMIT` bytes. (A body
+        the client was never told to send closed the connection already: ``can_finish``.)"""
         if not reader.body_pending(request):
             return True
-        if not body.continued:
-            return False
         left = DRAIN_LIMIT
         while left > 0:
             data = reader.read_body(request)
@@ -167,17 +164,6 @@ class WSGIRequestHandler(socketserver.BaseRequestHandler):
                 return request.complete
             left -= len(data)
         return False
-
-
-def _wait_readable(sock: Any, seconds: float) -> bool:
-    """Wait up to ``seconds`` for the next request on a kept-alive connection (a TLS socket
-    may hold it decrypted already: ``pending()``)."""
-    pending = getattr(sock, "pending", None)
-    if pending is not None and pending():
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(seconds * 1000))
 
 
 def _send_error(sock: Any, status: int, reason: str) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from prefork.connections import readable_now
+from prefork.connections import wait_readable
 
 if TYPE_CHECKING:
     import socket
@@ -185,10 +185,8 @@ class RequestReader:
         """Read what has arrived of ``request``'s body without waiting, until ``most`` body
         bytes in all were parsed (kept in ``request.body``); return whether the body is
         complete."""
-        sock = self._sock
-        pending = getattr(sock, "pending", None)  # a TLS socket's decrypted bytes
         while not (request.complete or self.closed or self.upgraded) and request.received < most:
-            if not ((pending is not None and pending()) or readable_now(sock.fileno())):
+            if not wait_readable(self._sock, 0):
                 break
             self._read()
         return request.complete
