@@ -263,6 +263,16 @@ def no_process_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected Unix stream pair, each end with a 2 s timeout, closed after the test."""
+    a, b = socket.socketpair()
+    a.settimeout(2)
+    b.settimeout(2)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
 def unix_path(tmp_path: Path) -> Iterator[str]:
     """A unique, short Unix socket path (sun_path is limited to about 107 bytes)."""
     short = Path("/tmp") / f"prefork-test-{os.getpid()}-{time.monotonic_ns()}.sock"
