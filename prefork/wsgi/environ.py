@@ -18,6 +18,7 @@ address not itself a trusted proxy, counting from the nearest.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -161,8 +162,16 @@ def trusted(host: str, allowed: tuple[Network, ...] | None) -> bool:
         return True  # a Unix-socket peer: only local processes reach it
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    networks = [ipaddress.ip_network(n) for n in LOOPBACK] if allowed is None else allowed
+    networks = _loopback() if allowed is None else allowed
     return any(address in network for network in networks)
+
+
+@functools.cache
+def _loopback() -> tuple[Network, ...]:
+    """:data:`LOOPBACK` parsed (once: behind a local proxy every request asks)."""
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(network) for network in LOOPBACK)
 
 
 def forwarded_client(
