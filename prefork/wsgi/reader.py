@@ -137,7 +137,7 @@ class RequestReader:
         self._current: Request | None = None
         self._error: HTTPError | None = None
         self._parser = httptools.HttpRequestParser(self)
-        #: The client closed its side (no more requests will come).
+        #: Nothing more is read: the client closed its side, or a request was refused.
         self.closed = False
         #: The client asked to switch protocols (Upgrade, CONNECT): no request follows this one.
         self.upgraded = False
